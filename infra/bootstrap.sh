@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates (once) the Python environment outside the clone and points it at this clone.
+# Dependencies are reinstalled only when pyproject.toml changes; the project itself is
+# installed editable, so re-pointing a venv at another clone costs seconds, not a rebuild.
+set -euo pipefail
+cache="${MEDSHARE_CACHE_DIR:-$HOME/.cache/medshare}"
+venv="$cache/venv"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+stamp="$venv/.deps-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "medshare: creating Python environment in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+if [ ! -f "$stamp" ]; then
+  echo "medshare: installing Python dependencies (first run takes a few minutes)"
+  "$venv/bin/pip" install -q -e "$here[dev]"
+  rm -f "$venv"/.deps-* && touch "$stamp"
+fi
+where="$("$venv/bin/python" -c 'import lakehouse, os; print(os.path.dirname(os.path.dirname(lakehouse.__file__)))' 2>/dev/null || true)"
+if [ "$where" != "$here" ]; then
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here"
+fi

@@ -1,0 +1,1 @@
+"""The foundation of medshare: settings, topology, object storage, Delta, Spark and Kafka access."""

@@ -1,0 +1,92 @@
+"""The Kafka client factory: producers, consumers and the admin client on the configured broker.
+
+Clients are created here with the platform's defaults and handed to the code that uses them,
+so that code can take a fake in unit tests and the real broker in integration tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from lakehouse.errors import TransportError
+from lakehouse.settings import Settings
+from lakehouse.topology import Topology
+
+CLIENT_ID = "medshare"
+
+
+@contextmanager
+def transport_errors(action: str) -> Iterator[None]:
+    """Translate kafka-python failures into TransportError naming what we were doing."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise TransportError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """An idempotent producer (acks=all); pass `transactional_id=` for a transactional one."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "client_id": CLIENT_ID,
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": "zstd",
+        "linger_ms": 5,
+    }
+    config.update(overrides)
+    with transport_errors(f"connect producer to {settings.kafka_bootstrap}"):
+        return KafkaProducer(**config)
+
+
+def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides: Any) -> KafkaConsumer:
+    """A consumer that sees committed transactions only and commits offsets explicitly."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "client_id": CLIENT_ID,
+        "group_id": group_id,
+        "isolation_level": "read_committed",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+    }
+    config.update(overrides)
+    with transport_errors(f"connect consumer to {settings.kafka_bootstrap}"):
+        return KafkaConsumer(*topics, **config)
+
+
+def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
+    config: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap, "client_id": CLIENT_ID}
+    config.update(overrides)
+    with transport_errors(f"connect admin client to {settings.kafka_bootstrap}"):
+        return KafkaAdminClient(**config)
+
+
+def ensure_topics(client: KafkaAdminClient, topology: Topology) -> list[str]:
+    """Create the topology's topics that do not exist yet; returns the names created."""
+    existing = set(client.list_topics())
+    wanted = [
+        NewTopic(
+            t.name,
+            num_partitions=topology.kafka.partitions_of(t),
+            replication_factor=topology.kafka.replication_factor,
+        )
+        for t in topology.kafka.topics
+        if t.name not in existing
+    ]
+    created = []
+    for topic in wanted:
+        try:
+            with transport_errors(f"create topic {topic.name}"):
+                client.create_topics([topic])
+        except TransportError as exc:
+            if not isinstance(exc.__cause__, TopicAlreadyExistsError):
+                raise
+        else:
+            created.append(topic.name)
+    return created

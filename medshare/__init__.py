@@ -1,0 +1,1 @@
+"""The `medshare` command line: thin wiring of the platform's packages."""
