@@ -1,0 +1,1 @@
+"""City ingestion: sources, validation, quarantine, pseudonymisation, the Spark job."""

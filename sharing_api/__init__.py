@@ -1,0 +1,1 @@
+"""The sharing API (FastAPI): identities, grants, policy, queries, audit."""
