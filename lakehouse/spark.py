@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from lakehouse.storage import Credentials
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+LOG_CONFIG = Path(__file__).resolve().parent / "spark-log4j2.properties"
 
 
 def spark_jars(settings: Settings) -> list[Path]:
@@ -34,6 +37,12 @@ def spark_conf(settings: Settings, credentials: Credentials) -> dict[str, str]:
         # Sized for a small machine: the default 200 makes hundreds of tiny tasks and files.
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.ui.enabled": "false",
+        # Loopback: the driver must not pick the machine's external interface.
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}",
+        "spark.sql.debug.maxToStringFields": "200",
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         # Keep new tables at a protocol delta-rs reads and writes too.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
@@ -59,6 +68,7 @@ def build_spark_session(
     from pyspark.sql import SparkSession
 
     conf = spark_conf(settings, credentials)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     active = SparkSession.getActiveSession()
     if active is not None:
         same = all(active.conf.get(k, None) == v for k, v in conf.items() if k.startswith("spark.hadoop"))
