@@ -17,7 +17,7 @@ from lakehouse.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Secrets that are fine on a developer's loopback and must never reach a real deployment.
-_DEV_SECRETS = {"medshare-dev-secret"}
+_DEV_SECRETS = {"medshare-dev-secret", "medshare-dev-province-key"}
 
 
 class Settings(BaseSettings):
@@ -43,17 +43,25 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
 
+    # The province-held key of person_key = HMAC-SHA256(key, resident id); its version is stored
+    # beside every pseudonym so the key can be rotated.
+    province_key: SecretStr = SecretStr("medshare-dev-province-key")
+    province_key_version: int = 1
+
     spark_master: str = "local[*]"
     spark_shuffle_partitions: int = 4
     spark_driver_memory: str = "2g"
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
-        if self.env != "local" and self.s3_root_password.get_secret_value() in _DEV_SECRETS:
-            raise ValueError(
-                "MEDSHARE_S3_ROOT_PASSWORD is the development default; set a real secret "
-                "outside MEDSHARE_ENV=local"
-            )
+        if self.env != "local":
+            for name, secret in [("S3_ROOT_PASSWORD", self.s3_root_password),
+                                 ("PROVINCE_KEY", self.province_key)]:
+                if secret.get_secret_value() in _DEV_SECRETS:
+                    raise ValueError(
+                        f"MEDSHARE_{name} is the development default; set a real secret "
+                        "outside MEDSHARE_ENV=local"
+                    )
         if len(self.s3_root_password.get_secret_value()) < 8:
             raise ValueError("MEDSHARE_S3_ROOT_PASSWORD must have at least 8 characters")
         return self

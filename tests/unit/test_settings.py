@@ -23,6 +23,9 @@ def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigError, match="MEDSHARE_S3_ROOT_PASSWORD"):
         load_settings()
     monkeypatch.setenv("MEDSHARE_S3_ROOT_PASSWORD", "a-real-secret-from-a-vault")
+    with pytest.raises(ConfigError, match="MEDSHARE_PROVINCE_KEY"):
+        load_settings()
+    monkeypatch.setenv("MEDSHARE_PROVINCE_KEY", "another-real-secret")
     assert load_settings().env == "production"
 
 
