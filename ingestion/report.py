@@ -1,0 +1,50 @@
+"""The run report: per dataset rows in, curated, quarantined by rule, duplicates removed, time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(kw_only=True)
+class DatasetReport:
+    dataset: str
+    rows_in: int = 0
+    curated: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)   # by first broken rule
+    duplicates: int = 0
+    replaced_files: int = 0
+    seconds: float = 0.0
+    quality_passed: bool | None = None
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def balanced(self) -> bool:
+        """Nothing lost: every input row is curated, quarantined or a removed duplicate."""
+        return self.rows_in == self.curated + self.quarantined_total + self.duplicates
+
+
+@dataclass(kw_only=True)
+class RunReport:
+    city: str
+    run_id: str
+    started_at: str
+    status: str = "running"          # running | succeeded | failed
+    error: str | None = None
+    files_seen: int = 0
+    files_new: int = 0
+    files_corrected: int = 0
+    files_unchanged: int = 0
+    files_rejected: list[dict[str, str]] = field(default_factory=list)
+    datasets: dict[str, DatasetReport] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for name, ds in self.datasets.items():
+            data["datasets"][name]["balanced"] = ds.balanced
+            data["datasets"][name]["quarantined_total"] = ds.quarantined_total
+        return json.dumps(data, indent=1, ensure_ascii=False)
