@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from lakehouse.storage import s3a_uri, storage_errors
 from lakehouse.topology import Topology
 
 from ingestion import landing
+from ingestion.quality import failed_expectations, run_suite
 from ingestion.parse import FileKind, FileReject, Parsed, classify, parse_dicom, parse_fhir, parse_tabular
 from ingestion.report import DatasetReport, RunReport
 from ingestion.validate import SOURCE_TIME_ZONE, typed_columns, validate
@@ -203,6 +205,8 @@ class CityIngestion:
             curated = curated.cache()
             report.curated = curated.count()
             report.duplicates = report.rows_in - report.quarantined_total - report.curated
+            if report.curated:
+                self._check_quality(contract, curated, report)
             self._commit_curated(contract, curated, corrected, DeltaTable)
             curated.unpersist()
         finally:
@@ -210,6 +214,19 @@ class CityIngestion:
         report.replaced_files = len({r.get("_source") for r in records} & corrected)
         report.seconds = round(time.monotonic() - started, 2)
         return report
+
+    def _check_quality(self, contract: Contract, curated: DataFrame, report: DatasetReport) -> None:
+        result = run_suite(curated, contract, run_id=self.options.run_id)
+        body = json.dumps(result, indent=1, default=str).encode()
+        key = f"{self.options.table_root}{RUNS_PREFIX}/{self.options.run_id}/quality/{contract.name}.json"
+        with storage_errors(f"store quality result {key}"):
+            self.client.put_object(self.tables.bronze, key, io.BytesIO(body), len(body),
+                                   content_type="application/json")
+        report.quality_passed = bool(result.get("success"))
+        if not report.quality_passed:
+            raise IngestionError(
+                f"{contract.name}: the curated batch fails its quality suite, nothing was committed: "
+                + "; ".join(failed_expectations(result)) + f" (result: s3://{self.tables.bronze}/{key})")
 
     def _commit_curated(self, contract: Contract, curated: DataFrame, corrected: set[str],
                         delta_table: type) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lakehouse.errors import MedshareError
@@ -124,3 +126,110 @@ def demo() -> None:
         demo_module.run(get_settings(), _report)
     except MedshareError as exc:
         _fail(exc)
+
+
+def _progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Argument(help="Folder to write the exports into (one sub-folder per city).")],
+    patients: Annotated[int, typer.Option(help="People to generate; each visits 1+ hospitals.")] = 1_000,
+    seed: Annotated[int, typer.Option(help="Same seed, same exports.")] = 7,
+    city: Annotated[list[str] | None, typer.Option("--city", help="Only these cities (repeatable).")] = None,
+    defect_scale: Annotated[float, typer.Option(
+        help="Multiply every defect rate (0 = clean data; 1 = defaults, about 7% of rows).")] = 1.0,
+) -> None:
+    """Write seeded, realistic hospital exports with injected defects, and a manifest of them."""
+    from ingestion.defects import DefectRates
+    from ingestion.generate import GenerateOptions, generate as run_generate, summary
+    from lakehouse.contracts import load_contracts
+
+    settings = get_settings()
+    try:
+        topology = load_topology(settings.platform_dir)
+        options = GenerateOptions(seed=seed, patients=patients, cities=tuple(city or ()),
+                                  rates=DefectRates().scaled(defect_scale), truncated_file=defect_scale > 0)
+        with _progress_bar() as bar:
+            task = bar.add_task("generating patients", total=patients)
+            manifest = run_generate(topology, load_contracts(settings.platform_dir), out, options,
+                                    lambda done: bar.update(task, completed=done))
+    except MedshareError as exc:
+        _fail(exc)
+    table = Table("dataset", "rows", "defects", title=f"exports in {out}")
+    for dataset, counts in summary(manifest).items():
+        defects = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "rows")
+        table.add_row(dataset, str(counts.get("rows", 0)), defects or "-")
+    Console().print(table)
+
+
+@app.command()
+def land(
+    folder: Annotated[Path, typer.Argument(help="A city's export folder (as written by `generate`).")],
+    city: Annotated[str, typer.Option(help="The city whose landing bucket receives the files.")],
+) -> None:
+    """Upload hospital exports into the city's landing bucket (unchanged files are skipped)."""
+    from ingestion.landing import land as run_land
+    from lakehouse.storage import s3_client, site_credentials
+
+    settings = get_settings()
+    if not folder.is_dir():
+        _fail(MedshareError(f"{folder} is not a folder"))
+    try:
+        bucket = load_topology(settings.platform_dir).city(city).buckets.landing
+        total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        with _progress_bar() as bar:
+            task = bar.add_task(f"uploading to {bucket}", total=total)
+            uploaded = run_land(s3_client(settings, site_credentials(settings, city)), bucket, folder,
+                                lambda n: bar.advance(task, n))
+    except MedshareError as exc:
+        _fail(exc)
+    console.print(f"landed {len(uploaded)} new or changed file(s) in {bucket}")
+
+
+@app.command()
+def ingest(
+    city: Annotated[str, typer.Option(help="The city whose landing bucket is ingested.")],
+) -> None:
+    """Run the city's Spark ingestion: landing → bronze → curated + quarantine, with a report.
+
+    Exits 1 when the run failed or a dataset's row accounting does not balance."""
+    from ingestion.job import IngestOptions, run_ingestion
+    from lakehouse.contracts import load_contracts
+    from lakehouse.spark import build_spark_session
+    from lakehouse.storage import s3_client, site_credentials
+
+    settings = get_settings()
+    try:
+        topology = load_topology(settings.platform_dir)
+        topology.city(city)
+        creds = site_credentials(settings, city)
+        spark = build_spark_session(settings, creds, app_name=f"medshare-ingest-{city}")
+        with _progress_bar() as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            report = run_ingestion(spark, s3_client(settings, creds), topology,
+                                   load_contracts(settings.platform_dir), IngestOptions(city=city), progress)
+    except MedshareError as exc:
+        _fail(exc)
+    table = Table("dataset", "rows in", "curated", "quarantined", "duplicates", "balanced", "seconds",
+                  title=f"ingestion run {report.run_id} ({city}): {report.status}")
+    for ds in report.datasets.values():
+        rules = ", ".join(f"{k} {v}" for k, v in sorted(ds.quarantined.items()))
+        table.add_row(ds.dataset, str(ds.rows_in), str(ds.curated),
+                      f"{ds.quarantined_total} ({rules})" if rules else "0", str(ds.duplicates),
+                      "yes" if ds.balanced else "[red]NO[/red]", f"{ds.seconds:.1f}")
+    Console().print(table)
+    console.print(f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
+                  f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected")
+    for rejected in report.files_rejected:
+        console.print(f"  [yellow]rejected[/yellow] {rejected['key']}: {rejected['reason']}")
+    if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):
+        raise typer.Exit(1)
