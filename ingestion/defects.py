@@ -134,7 +134,7 @@ def inject(
         extra.append({**out[i], DEFECT: ("exact_duplicate", DUPLICATE)})
     near_cols = [c.name for c in contract.columns
                  if not c.required and c.name not in key and c.type == "string" and c.allowed is None
-                 and c.identifier is None]
+                 and c.pattern is None and c.identifier is None]
     start = len(extra)
     if near_cols:
         for i in clean[start: start + int(len(records) * rates.near_duplicate + rng.random())]:

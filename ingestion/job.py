@@ -118,8 +118,7 @@ class CityIngestion:
     # -- files -------------------------------------------------------------------------------
     def _collect(self) -> tuple[Parsed, list[dict[str, object]], dict[str, str], set[str]]:
         ledger = _ledger(self.spark, self.tables)
-        files = [f for f in landing.list_landed(self.client, self.landing_bucket)
-                 if f.key.startswith(self.options.landing_prefix)]
+        files = list(landing.list_landed(self.client, self.landing_bucket, prefix=self.options.landing_prefix))
         self.report.files_seen = len(files)
         parsed, entries, checksums, corrected = Parsed(), [], {}, set()
         dicom: dict[str, list[tuple[str, bytes]]] = {}

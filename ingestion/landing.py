@@ -25,13 +25,14 @@ class LandedFile:
     etag: str
 
 
-def land(client: Minio, bucket: str, folder: Path, progress: Progress = lambda _: None) -> list[str]:
-    """Upload every file under `folder` (keys relative to it); returns the keys uploaded.
-    A file whose content is already there under the same key is not sent again."""
-    existing = {f.key: f.etag for f in list_landed(client, bucket)}
+def land(client: Minio, bucket: str, folder: Path, progress: Progress = lambda _: None,
+         *, prefix: str = "") -> list[str]:
+    """Upload every file under `folder` (keys: `prefix` + path relative to it); returns the keys
+    uploaded. A file whose content is already there under the same key is not sent again."""
+    existing = {f.key: f.etag for f in list_landed(client, bucket, prefix=prefix)}
     uploaded = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        key = path.relative_to(folder).as_posix()
+        key = prefix + path.relative_to(folder).as_posix()
         if key == "manifest.json":
             continue
         content = path.read_bytes()
@@ -46,9 +47,9 @@ def land(client: Minio, bucket: str, folder: Path, progress: Progress = lambda _
     return uploaded
 
 
-def list_landed(client: Minio, bucket: str) -> Iterator[LandedFile]:
+def list_landed(client: Minio, bucket: str, *, prefix: str = "") -> Iterator[LandedFile]:
     with storage_errors(f"list {bucket}"):
-        for obj in client.list_objects(bucket, recursive=True):
+        for obj in client.list_objects(bucket, prefix=prefix or None, recursive=True):
             if obj.object_name and not obj.is_dir:
                 yield LandedFile(key=obj.object_name, size=obj.size or 0, etag=(obj.etag or "").strip('"'))
 

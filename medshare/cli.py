@@ -219,14 +219,19 @@ def ingest(
                                    load_contracts(settings.platform_dir), IngestOptions(city=city), progress)
     except MedshareError as exc:
         _fail(exc)
-    table = Table("dataset", "rows in", "curated", "quarantined", "duplicates", "balanced", "seconds",
-                  title=f"ingestion run {report.run_id} ({city}): {report.status}")
+    table = Table("dataset", "rows in", "curated", "quarantined", "duplicates", "balanced", "quality",
+                  "seconds", title=f"ingestion run {report.run_id} ({city}): {report.status}")
+    rules = Table("dataset", "rule", "rows", title="quarantined rows by rule")
     for ds in report.datasets.values():
-        rules = ", ".join(f"{k} {v}" for k, v in sorted(ds.quarantined.items()))
-        table.add_row(ds.dataset, str(ds.rows_in), str(ds.curated),
-                      f"{ds.quarantined_total} ({rules})" if rules else "0", str(ds.duplicates),
-                      "yes" if ds.balanced else "[red]NO[/red]", f"{ds.seconds:.1f}")
-    Console().print(table)
+        quality = {None: "-", True: "passed", False: "[red]FAILED[/red]"}[ds.quality_passed]
+        table.add_row(ds.dataset, str(ds.rows_in), str(ds.curated), str(ds.quarantined_total),
+                      str(ds.duplicates), "yes" if ds.balanced else "[red]NO[/red]", quality,
+                      f"{ds.seconds:.1f}")
+        for rule, count in sorted(ds.quarantined.items()):
+            rules.add_row(ds.dataset, rule, str(count))
+    out = Console(width=max(Console().width, 110))
+    out.print(table)
+    out.print(rules)
     console.print(f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
                   f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected")
     for rejected in report.files_rejected:
