@@ -34,7 +34,8 @@ class ProvinceKey:
         if not self.secret:
             raise ValueError("the province key must not be empty")
         if isinstance(self.version, bool) or self.version < 1:
-            raise ValueError(f"the province key version must be a positive int, got {self.version!r}")
+            raise ValueError(
+                f"the province key version must be a positive int, got {self.version!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProvinceKey:

@@ -135,7 +135,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                     "value_num", "value_text", "unit", "reference_low", "reference_high",
                     "abnormal_flag", "collected_at"),
     "medications": ("hospital_id", "medication_id", "encounter_id", "resident_id", "atc_code",
-                    "drug_name", "dose", "dose_unit", "route", "frequency", "start_date", "end_date"),
+                    "drug_name", "dose", "dose_unit", "route", "frequency", "start_date",
+                    "end_date"),
     "imaging_studies": ("hospital_id", "study_instance_uid", "accession_number", "patient_mrn",
                         "resident_id", "encounter_id", "modality", "body_part", "study_date",
                         "study_description", "referring_physician", "number_of_series"),
@@ -148,7 +149,7 @@ RESOURCE_TYPES = ("Organization", "Patient", "Encounter", "Condition", "Observat
                   "MedicationRequest", "ImagingStudy")
 BUNDLE_TYPES = ("collection", "transaction")
 
-# Hospital exports are in China Standard Time, which has no daylight saving: a fixed offset is exact.
+# Exports are in China Standard Time, which has no daylight saving: a fixed offset is exact.
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8))
 CHINA_OFFSET = "+08:00"
 
@@ -219,7 +220,7 @@ def _local_date(text: str | None) -> str | None:
 
 
 def _clean(value: Any) -> Any:
-    """Without None, empty strings and the empty objects/lists they leave: FHIR forbids all three."""
+    """Without None, empty strings and the empty objects/lists they leave (FHIR forbids all)."""
     if isinstance(value, dict):
         pairs = ((k, _clean(v)) for k, v in value.items())
         return {k: v for k, v in pairs if v not in (None, "", {}, [])}
@@ -232,7 +233,7 @@ def _clean(value: Any) -> Any:
 def _identifier(system: str, value: str | None, type_code: str | None = None) -> Json | None:
     if value is None:
         return None
-    kind = {"coding": [{"system": IDENTIFIER_TYPE_SYSTEM, "code": type_code}]} if type_code else None
+    kind = {"coding": [_coding(IDENTIFIER_TYPE_SYSTEM, type_code)]} if type_code else None
     return {"type": kind, "system": system, "value": value}
 
 
@@ -272,13 +273,17 @@ class _BundleWriter:
     def new_id(self, resource_type: str, *key: str | None) -> str:
         """Deterministic (the same row gets the same id in every export, so a transaction PUT
         updates rather than duplicates) and free of MRNs, which are direct identifiers."""
-        for n in range(1, 1_000_000):
-            name = json.dumps([resource_type, *key] + ([n] if n > 1 else []), ensure_ascii=False)
-            new = str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:medshare:fhir:{name}"))
-            if (resource_type, new) not in self._ids:
-                self._ids.add((resource_type, new))
-                return new
-        raise AssertionError("unreachable: a million rows with the same key")
+        # A repeated key (a duplicate row) gets the next number: ids are unique in a bundle.
+        n = 1
+        while (resource_type, new := self._uuid(resource_type, *key, str(n))) in self._ids:
+            n += 1
+        self._ids.add((resource_type, new))
+        return new
+
+    @staticmethod
+    def _uuid(*name: str | None) -> str:
+        text = json.dumps(name, ensure_ascii=False)
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:medshare:fhir:{text}"))
 
     def org(self, hospital_id: str | None) -> Json | None:
         if hospital_id is None:
@@ -406,7 +411,7 @@ class _BundleWriter:
             "effectiveDateTime": _fhir_datetime(r.get("collected_at")),
             "valueQuantity": quantity,
             "valueString": None if quantity else text,
-            "interpretation": [{"coding": [_coding(INTERPRETATION_SYSTEM, flag)]}] if flag else None,
+            "interpretation": [{"coding": [_coding(INTERPRETATION_SYSTEM, flag)]}] if flag else [],
             "referenceRange": [{"low": bound(r.get("reference_low")),
                                 "high": bound(r.get("reference_high"))}],
         })
@@ -440,7 +445,8 @@ class _BundleWriter:
             "resourceType": "ImagingStudy", "id": self.new_id("ImagingStudy", h, uid),
             "extension": [_extension(BODY_PART_URL, "Coding", _body_part(r.get("body_part")))],
             "identifier": [_uid_identifier(uid),
-                           _identifier(_scoped(ACCESSION_SYSTEM, h), r.get("accession_number"), "ACSN")],
+                           _identifier(_scoped(ACCESSION_SYSTEM, h), r.get("accession_number"),
+                                       "ACSN")],
             "status": "available",
             "modality": [_coding(DICOM_SYSTEM, r.get("modality"))],
             "subject": self.patient_ref(r, with_mrn=True),
@@ -469,9 +475,9 @@ class _BundleWriter:
             self._stub_study[key] = study
             self.stub_studies.append(study)
         sop = r.get("sop_class_uid")
+        sop_class = None if sop is None else _coding(RFC3986_SYSTEM, f"urn:oid:{sop}")
         study["series"].append({
-            "extension": [_extension(SOP_CLASS_URL, "Coding",
-                                     None if sop is None else _coding(RFC3986_SYSTEM, f"urn:oid:{sop}"))],
+            "extension": [_extension(SOP_CLASS_URL, "Coding", sop_class)],
             "uid": r.get("series_instance_uid"),
             "modality": _coding(DICOM_SYSTEM, r.get("modality")),
             "description": r.get("series_description"),
@@ -509,7 +515,7 @@ def records_to_bundle(
     datasets (teleconsultations) are ignored. Values go out as written, bad ones included, so
     bundle_to_records gives the same records back."""
     if bundle_type not in BUNDLE_TYPES:
-        raise ValueError(f"bundle_type must be one of {', '.join(BUNDLE_TYPES)}, not {bundle_type!r}")
+        raise ValueError(f"bundle_type must be {' or '.join(BUNDLE_TYPES)}, not {bundle_type!r}")
     writer = _BundleWriter()
     for dataset, write in _WRITERS.items():
         for record in records.get(dataset, ()):
@@ -563,7 +569,7 @@ def _get(node: object, path: str) -> object:
             node = node[int(step)] if int(step) < len(node) else None
         else:
             if not isinstance(node, dict):
-                raise _Bad(f"{'.'.join(done) or 'resource'} is not an object")
+                raise _Bad(f"{'.'.join(done) or 'the value'} is not an object")
             node = node.get(step)
         done.append(step)
     return node
@@ -586,8 +592,13 @@ def _items(node: object, path: str) -> list[dict[str, Any]]:
 def _codings(concept: object, where: str) -> list[dict[str, Any]]:
     """The codings of a CodeableConcept, of a list of Codings or of one Coding."""
     if isinstance(concept, dict) and "coding" in concept:
-        return _items(concept, "coding")
-    return _items({where: concept}, where)
+        concept, where = concept["coding"], f"{where}.coding"
+    out: list[dict[str, Any]] = []
+    for item in concept if isinstance(concept, list) else [] if concept is None else [concept]:
+        if not isinstance(item, dict):
+            raise _Bad(f"{where} holds something other than Codings")
+        out.append(item)
+    return out
 
 
 def _code(concept: object, where: str, system: str) -> str | None:
@@ -630,3 +641,386 @@ def _is_reference_only(resource: object) -> bool:
                for t in _items(resource, "meta.tag"))
 
 
+# `Type/id`, absolute or relative, optionally version-specific.
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([^/]+)(?:/_history/[^/]+)?$")
+SEX = {v: k for k, v in GENDER.items()}
+ENCOUNTER_TYPE = {v: k for k, v in ENCOUNTER_CLASS.items()}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    index: int
+    full_url: str | None
+    resource: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.resource["resourceType"])
+
+    @property
+    def id(self) -> str | None:
+        value = self.resource.get("id")
+        return value if isinstance(value, str) else None
+
+    def label(self) -> str:
+        return f"entry {self.index} ({self.type}/{self.id or self.full_url or '?'})"
+
+
+@dataclass(frozen=True)
+class _Patient:
+    hospital_id: str
+    patient_mrn: str | None
+    resident_id: str | None
+
+
+class _BundleReader:
+    def __init__(self, source: str, where: str) -> None:
+        self.source, self.where = source, where  # `where` prefixes reasons ("line 3: ")
+        self.batch = FhirBatch()
+        self.by_url: dict[str, _Entry] = {}
+        self.by_key: dict[tuple[str, str], _Entry] = {}
+        self.patients: dict[int, _Patient] = {}
+
+    def reject(self, reason: str) -> None:
+        self.batch.rejects.append(Reject(self.source, f"{self.where}{reason}"))
+
+    def add(self, dataset: str, record: RawRecord) -> None:
+        record["_source"] = self.source
+        self.batch.records.setdefault(dataset, []).append(record)
+
+    def read(self, bundle: object) -> FhirBatch:
+        if not isinstance(bundle, dict):
+            self.reject(f"not a FHIR Bundle but a JSON {_json_kind(bundle)}")
+            return self.batch
+        if bundle.get("resourceType") != "Bundle":
+            self.reject(f"not a FHIR Bundle (resourceType {bundle.get('resourceType')!r})")
+            return self.batch
+        if bundle.get("type") not in BUNDLE_TYPES:
+            self.reject(f"Bundle type {bundle.get('type')!r} is not read "
+                        f"(expected {' or '.join(BUNDLE_TYPES)})")
+            return self.batch
+        raw_entries = bundle.get("entry", [])
+        if not isinstance(raw_entries, list):
+            self.reject("Bundle.entry is not a list")
+            return self.batch
+        entries = [e for i, raw in enumerate(raw_entries) if (e := self._entry(i, raw))]
+        for entry in entries:  # the first one wins when an id or fullUrl repeats
+            if entry.full_url:
+                self.by_url.setdefault(entry.full_url, entry)
+            if entry.id:
+                self.by_key.setdefault((entry.type, entry.id), entry)
+        # Patients first: every other entry resolves its subject among them.
+        for entry in entries:
+            if entry.type == "Patient":
+                self._guarded(entry, _BundleReader._patient)
+        for entry in entries:
+            if entry.type in _READERS:
+                self._guarded(entry, _READERS[entry.type])
+        return self.batch
+
+    def _entry(self, index: int, raw: object) -> _Entry | None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("resource"), dict):
+            self.reject(f"entry {index}: no resource object")
+            return None
+        full_url = raw.get("fullUrl")
+        entry = _Entry(index, full_url if isinstance(full_url, str) else None, raw["resource"])
+        kind = entry.resource.get("resourceType")
+        if not isinstance(kind, str):
+            self.reject(f"entry {index}: resource has no resourceType")
+            return None
+        if kind not in RESOURCE_TYPES:
+            self.reject(f"{entry.label()}: resourceType {kind!r} is not read "
+                        f"(expected one of {', '.join(RESOURCE_TYPES)})")
+            return None
+        return entry
+
+    def _guarded(self, entry: _Entry, read: Callable[[_BundleReader, _Entry], None]) -> None:
+        try:
+            read(self, entry)
+        except _Bad as exc:
+            self.reject(f"{entry.label()}: {exc}")
+
+    # -- references ------------------------------------------------------------------------
+    def resolve(self, reference: str, resource_type: str) -> _Entry | None:
+        found = self.by_url.get(reference)
+        if found is None and (match := _REFERENCE.search(reference)):
+            found = self.by_key.get((match.group(1), match.group(2)))
+        return found if found is not None and found.type == resource_type else None
+
+    def organization_id(self, reference: str) -> str | None:
+        # The hospital id is the Organization's id; the Organization need not be in the bundle.
+        match = _REFERENCE.search(reference)
+        if match and match.group(1) == "Organization":
+            return match.group(2)
+        target = self.resolve(reference, "Organization")
+        return target.id if target else None
+
+    def hospital(self, resource: object, path: str) -> str:
+        reference = _str(resource, f"{path}.reference")
+        if reference is None:
+            raise _Bad(f"has no {path} reference to an Organization")
+        hospital_id = self.organization_id(reference)
+        if hospital_id is None:
+            raise _Bad(f"{path} {reference!r} is not an Organization reference")
+        return hospital_id
+
+    def subject(self, resource: object) -> _Patient:
+        reference = _str(resource, "subject.reference")
+        if reference is None:
+            raise _Bad("has no subject reference to a Patient")
+        target = self.resolve(reference, "Patient")
+        if target is None:
+            raise _Bad(f"subject {reference!r} is not a Patient in this bundle")
+        patient = self.patients.get(target.index)
+        if patient is None:
+            raise _Bad(f"subject {reference!r} is a Patient that was rejected ({target.label()})")
+        return patient
+
+    def encounter_id(self, resource: object) -> str | None:
+        value = _str(resource, "encounter.identifier.value")
+        reference = _str(resource, "encounter.reference")
+        if value is not None or reference is None:
+            return value
+        target = self.resolve(reference, "Encounter")
+        if target is None:
+            raise _Bad(f"encounter {reference!r} is not an Encounter in this bundle and the "
+                       "reference carries no identifier")
+        return _identifier_value(target.resource, ENCOUNTER_SYSTEM, prefix=True)
+
+    # -- resources -------------------------------------------------------------------------
+    def _patient(self, entry: _Entry) -> None:
+        r = entry.resource
+        patient = _Patient(self.hospital(r, "managingOrganization"),
+                           _identifier_value(r, MRN_SYSTEM, prefix=True),
+                           _identifier_value(r, RESIDENT_ID_SYSTEM))
+        if not _is_reference_only(r):
+            sex = _str(r, "gender")
+            self.add("patients", {
+                "hospital_id": patient.hospital_id, "patient_mrn": patient.patient_mrn,
+                "resident_id": patient.resident_id, "name": _name(r),
+                "sex": SEX.get(sex or "", sex),
+                "birth_date": _local_date(_str(r, "birthDate")),
+                "phone": next((_str(t, "value") for t in _items(r, "telecom")
+                               if t.get("system") == "phone"), None),
+                "address": _str(r, "address.0.text") or _joined(r, "address.0.line"),
+                "county_code": _text(_extension_value(_get(r, "address.0"), COUNTY_CODE_URL),
+                                     "county-code"),
+                "registered_at": _local_timestamp(
+                    _text(_extension_value(r, REGISTERED_AT_URL), "registered-at")),
+            })
+        # Only now: a Patient rejected above is not a subject its dependants can use.
+        self.patients[entry.index] = patient
+
+    def _encounter(self, entry: _Entry) -> None:
+        r = entry.resource
+        hospital_id = self.hospital(r, "serviceProvider")
+        patient = self.subject(r)
+        kind = _code(_get(r, "class"), "class", ACT_CODE_SYSTEM)
+        origin = _str(r, "hospitalization.origin.reference")
+        self.add("encounters", {
+            "hospital_id": hospital_id,
+            "encounter_id": _identifier_value(r, ENCOUNTER_SYSTEM, prefix=True),
+            "patient_mrn": patient.patient_mrn, "resident_id": patient.resident_id,
+            "encounter_type": ENCOUNTER_TYPE.get(kind or "", kind),
+            "department": (_str(r, "serviceType.text")
+                           or _loose_code(_get(r, "serviceType"), "serviceType", "")),
+            "admit_time": _local_timestamp(_str(r, "period.start")),
+            "discharge_time": _local_timestamp(_str(r, "period.end")),
+            # A non-Organization origin (a Location, say) goes through as its reference text.
+            "referred_from_hospital_id": origin and (self.organization_id(origin) or origin),
+        })
+
+    def _condition(self, entry: _Entry) -> None:
+        r = entry.resource
+        patient = self.subject(r)
+        self.add("diagnoses", {
+            "hospital_id": patient.hospital_id, "encounter_id": self.encounter_id(r),
+            "diagnosis_seq": _text(_extension_value(r, DIAGNOSIS_SEQ_URL), "diagnosis-seq"),
+            "resident_id": patient.resident_id,
+            "icd10_code": _code(_get(r, "code"), "code", ICD10_SYSTEM),
+            "diagnosis_type": _text(_extension_value(r, DIAGNOSIS_TYPE_URL), "diagnosis-type"),
+            "diagnosed_at": _local_timestamp(_str(r, "recordedDate")),
+        })
+
+    def _observation(self, entry: _Entry) -> None:
+        r = entry.resource
+        if not any(c.get("system") == OBSERVATION_CATEGORY_SYSTEM and c.get("code") == "laboratory"
+                   for concept in _items(r, "category") for c in _codings(concept, "category")):
+            raise _Bad(f"not a laboratory Observation (category has no 'laboratory' in "
+                       f"{OBSERVATION_CATEGORY_SYSTEM})")
+        patient = self.subject(r)
+        loinc = _code(_get(r, "code"), "code", LOINC_SYSTEM)
+        value_num, value_text, unit = _observation_value(r)
+        self.add("lab_results", {
+            "hospital_id": patient.hospital_id,
+            "lab_result_id": _identifier_value(r, LAB_RESULT_SYSTEM, prefix=True),
+            "encounter_id": self.encounter_id(r), "resident_id": patient.resident_id,
+            "loinc_code": loinc, "value_num": value_num,
+            "value_text": value_text or _text(_extension_value(r, VALUE_TEXT_URL), "value-text"),
+            "unit": unit,
+            "reference_low": _str(r, "referenceRange.0.low.value"),
+            "reference_high": _str(r, "referenceRange.0.high.value"),
+            "abnormal_flag": _loose_code(_get(r, "interpretation.0"), "interpretation",
+                                         INTERPRETATION_SYSTEM),
+            "collected_at": _local_timestamp(_str(r, "effectiveDateTime")),
+        })
+
+    def _medication(self, entry: _Entry) -> None:
+        r = entry.resource
+        patient = self.subject(r)
+        # A medicationReference (a Medication resource) is not read: no ATC coding to find.
+        atc = _code(_get(r, "medicationCodeableConcept"), "medicationCodeableConcept", ATC_SYSTEM)
+        dosage = "dosageInstruction.0"
+        self.add("medications", {
+            "hospital_id": patient.hospital_id,
+            "medication_id": _identifier_value(r, MEDICATION_SYSTEM, prefix=True),
+            "encounter_id": self.encounter_id(r), "resident_id": patient.resident_id,
+            "atc_code": atc, "drug_name": _str(r, "medicationCodeableConcept.text"),
+            "dose": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.value"),
+            "dose_unit": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.unit"),
+            "route": _loose_code(_get(r, f"{dosage}.route"), f"{dosage}.route", ROUTE_SYSTEM),
+            "frequency": _loose_code(_get(r, f"{dosage}.timing.code"), f"{dosage}.timing.code", ""),
+            "start_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.start")),
+            "end_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.end")),
+        })
+
+    def _imaging_study(self, entry: _Entry) -> None:
+        r = entry.resource
+        patient = self.subject(r)
+        uid = _strip_oid(_identifier_value(r, DICOM_UID_SYSTEM))
+        if not _is_reference_only(r):
+            self.add("imaging_studies", {
+                "hospital_id": patient.hospital_id, "study_instance_uid": uid,
+                "accession_number": _identifier_value(r, ACCESSION_SYSTEM, prefix=True),
+                "patient_mrn": patient.patient_mrn, "resident_id": patient.resident_id,
+                "encounter_id": self.encounter_id(r),
+                "modality": _code(_get(r, "modality"), "modality", DICOM_SYSTEM),
+                "body_part": _loose_code(_extension_value(r, BODY_PART_URL), "body-part",
+                                         BODY_PART_SYSTEM),
+                "study_date": _local_date(_str(r, "started")),
+                "study_description": _str(r, "description"),
+                "referring_physician": _str(r, "referrer.display"),
+                "number_of_series": _str(r, "numberOfSeries"),
+            })
+        for i, series in enumerate(_items(r, "series")):
+            try:
+                self.add("imaging_series", _series(series, patient, uid))
+            except _Bad as exc:  # one bad series does not cost the study its other series
+                self.reject(f"{entry.label()} series {i}: {exc}")
+
+
+_READERS: dict[str, Callable[[_BundleReader, _Entry], None]] = {
+    "Encounter": _BundleReader._encounter,
+    "Condition": _BundleReader._condition,
+    "Observation": _BundleReader._observation,
+    "MedicationRequest": _BundleReader._medication,
+    "ImagingStudy": _BundleReader._imaging_study,
+}
+
+
+def _series(s: dict[str, Any], patient: _Patient, study_uid: str | None) -> RawRecord:
+    return {
+        "hospital_id": patient.hospital_id, "series_instance_uid": _str(s, "uid"),
+        "study_instance_uid": study_uid, "resident_id": patient.resident_id,
+        "modality": _code(_get(s, "modality"), "modality", DICOM_SYSTEM),
+        "body_part": _loose_code(_get(s, "bodySite"), "bodySite", BODY_PART_SYSTEM),
+        "series_description": _str(s, "description"),
+        "sop_class_uid": _strip_oid(_loose_code(_extension_value(s, SOP_CLASS_URL), "sop-class",
+                                                RFC3986_SYSTEM)),
+        "number_of_instances": _str(s, "numberOfInstances"),
+        "series_date": _local_date(_str(s, "started")),
+    }
+
+
+def _name(resource: object) -> str | None:
+    # Chinese order without a separator when there is no text: family name, then given names.
+    return _str(resource, "name.0.text") or "".join(
+        filter(None, [_str(resource, "name.0.family"), _joined(resource, "name.0.given")])) or None
+
+
+def _joined(node: object, path: str) -> str | None:
+    value = _get(node, path)
+    parts = value if isinstance(value, list) else [] if value is None else [value]
+    return "".join(filter(None, (_text(p, path) for p in parts))) or None
+
+
+def _observation_value(r: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(value_num, value_text, unit) from the one value[x] an Observation may have."""
+    kind = next((k for k in r if k.startswith("value")), None)
+    if kind is None:
+        return None, None, None
+    if kind == "valueQuantity":
+        return _str(r, "valueQuantity.value"), None, _str(r, "valueQuantity.unit")
+    if kind == "valueInteger":
+        return _str(r, kind), None, None
+    if kind in ("valueString", "valueBoolean"):
+        return None, _str(r, kind), None
+    if kind == "valueCodeableConcept":
+        text = _str(r, "valueCodeableConcept.text")
+        return None, text or _loose_code(r[kind], kind, ""), None
+    raise _Bad(f"{kind} is not read (expected valueQuantity, valueInteger, valueString, "
+               "valueBoolean or valueCodeableConcept)")
+
+
+def _strip_oid(uid: str | None) -> str | None:
+    return uid[len("urn:oid:"):] if uid is not None and uid.startswith("urn:oid:") else uid
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "boolean" if isinstance(value, bool) else "number"
+
+
+def bundle_to_records(bundle: object, *, source: str) -> FhirBatch:
+    """Raw records by dataset from one parsed Bundle, each with `_source`, and a Reject for
+    every entry that cannot be mapped — or one for the whole bundle when it is not a
+    collection or transaction Bundle."""
+    return _BundleReader(source, "").read(bundle)
+
+
+def _loads(text: str) -> object:
+    # Decimals keep a number's text as the export wrote it ("5.20" stays "5.20"); NaN and
+    # Infinity, which JSON does not allow, come through as the words themselves.
+    return json.loads(text, parse_float=Decimal, parse_constant=str)
+
+
+def _rejected(name: str, reason: str) -> FhirBatch:
+    return FhirBatch(rejects=[Reject(name, reason)])
+
+
+def read_fhir_file(name: str, content: bytes) -> FhirBatch:
+    """A FHIR export file: one Bundle as JSON, or NDJSON with one Bundle per line (by the
+    `.ndjson` suffix, or when a `.json` file holds several JSON values)."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _rejected(name, f"not UTF-8 text: byte {exc.start} cannot be decoded")
+    if not text.strip():
+        return _rejected(name, "empty file")
+    if not name.lower().endswith(".ndjson"):
+        try:
+            return bundle_to_records(_loads(text), source=name)
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":
+                return _rejected(name, f"invalid JSON: {exc.msg} at line {exc.lineno} "
+                                       f"column {exc.colno}")
+        except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
+            return _rejected(name, f"invalid JSON: {exc}")
+    merged = FhirBatch()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            document = _loads(line)
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            merged.rejects.append(Reject(name, f"line {number}: invalid JSON ({reason})"))
+            continue
+        batch = _BundleReader(name, f"line {number}: ").read(document)
+        for dataset, records in batch.records.items():
+            merged.records.setdefault(dataset, []).extend(records)
+        merged.rejects += batch.rejects
+    return merged

@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 from ingestion.identity import (
+    Sex,
     check_character,
     make_resident_id,
     resident_id_birth_date,
@@ -25,7 +26,7 @@ def _iso7064_holds(resident_id: str) -> bool:
     sum(a_i * 2^(i-1)) ≡ 1 (mod 11)."""
     values = [10 if c == "X" else int(c) for c in resident_id]
     total = sum(a * 2 ** (i - 1) for i, a in enumerate(reversed(values), start=1))
-    return total % 11 == 1
+    return bool(total % 11 == 1)
 
 
 # Worked examples of the standard: a Beijing Chaoyang woman born 1949-12-31 (sum 167, remainder
@@ -60,9 +61,10 @@ def test_make_resident_id_is_valid_and_encodes_its_inputs() -> None:
     rng = random.Random(11)
     for _ in range(500):
         birth = date(rng.randrange(1900, 2026), rng.randrange(1, 13), rng.randrange(1, 29))
-        sex = rng.choice(("M", "F"))
+        sex: Sex = rng.choice(("M", "F"))
         region = f"41{rng.randrange(10000):04d}"
-        rid = make_resident_id(region=region, birth_date=birth, sequence=rng.randrange(1000), sex=sex)
+        rid = make_resident_id(region=region, birth_date=birth, sequence=rng.randrange(1000),
+                               sex=sex)
         assert resident_id_problem(rid, today=TODAY) is None, rid
         assert _iso7064_holds(rid)
         assert rid[:6] == region
@@ -196,6 +198,7 @@ def test_mismatch_leaves_unreadable_ids_and_missing_values_to_other_rules() -> N
     assert resident_id_mismatch("1101051949", birth_date=date(1949, 12, 31), sex="F") is None
     assert resident_id_mismatch("11010519491231002X", birth_date=None, sex=None) is None
     # An impossible date is the resident_id rule's finding; the sex can still be compared.
-    assert resident_id_mismatch("11010519491331002X", birth_date=date(1949, 12, 31), sex="F") is None
-    assert resident_id_mismatch("11010519491331002X", birth_date=date(1949, 12, 31), sex="M") == (
+    impossible = "11010519491331002X"
+    assert resident_id_mismatch(impossible, birth_date=date(1949, 12, 31), sex="F") is None
+    assert resident_id_mismatch(impossible, birth_date=date(1949, 12, 31), sex="M") == (
         "sex F in the resident ID differs from the recorded M")

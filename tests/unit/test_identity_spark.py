@@ -38,7 +38,8 @@ def local_spark() -> Iterator[SparkSession]:
 def _valid(rng: random.Random, *, birth: date | None = None, province: str | None = None) -> str:
     province = province or rng.choice(sorted(PROVINCE_CODES))
     if birth is None:
-        birth = date(1900, 1, 1) + timedelta(days=rng.randrange((TODAY - date(1900, 1, 1)).days + 1))
+        span = (TODAY - date(1900, 1, 1)).days
+        birth = date(1900, 1, 1) + timedelta(days=rng.randrange(span + 1))
     # Explicit padding: strftime("%Y") does not pad years below 1000 on every platform.
     ymd = f"{birth.year:04d}{birth.month:02d}{birth.day:02d}"
     first17 = f"{province}{rng.randrange(10000):04d}{ymd}{rng.randrange(1000):03d}"
@@ -57,7 +58,8 @@ def _cases(rng: random.Random) -> dict[str, list[str | None]]:
     for _ in range(PER_KIND):
         good = _valid(rng)
         kinds["valid"].append(good)
-        kinds["bad_check"].append(good[:17] + rng.choice([c for c in "0123456789X" if c != good[17]]))
+        wrong = rng.choice([c for c in "0123456789X" if c != good[17]])
+        kinds["bad_check"].append(good[:17] + wrong)
         cut = rng.choice([0, 1, 15, 17, 19, 20, 25])
         kinds["wrong_length"].append((good * 2)[:cut])
         pos = rng.randrange(17)
@@ -70,7 +72,8 @@ def _cases(rng: random.Random) -> dict[str, list[str | None]]:
         kinds["future_date"].append(_valid(rng, birth=future))
         early = date(rng.randrange(1, 1900), rng.randrange(1, 13), rng.randrange(1, 29))
         kinds["before_1900"].append(_valid(rng, birth=early))
-        bad_province = rng.choice([f"{n:02d}" for n in range(100) if f"{n:02d}" not in PROVINCE_CODES])
+        bad_province = rng.choice([p for p in (f"{n:02d}" for n in range(100))
+                                   if p not in PROVINCE_CODES])
         kinds["bad_province"].append(_valid(rng, province=bad_province))
         while not (with_x := _valid(rng)).endswith("X"):
             pass
@@ -155,7 +158,8 @@ def test_mismatch_col_agrees_with_python(local_spark: SparkSession) -> None:
 def test_problem_col_does_not_fail_under_ansi_mode(local_spark: SparkSession) -> None:
     # Spark 4 runs ANSI mode by default, where a failing cast raises; the checks must not.
     assert local_spark.conf.get("spark.sql.ansi.enabled") == "true"
-    df = local_spark.createDataFrame([("ABCDEFGHIJKLMNOPQR",), ("41010219901301001X",)], "id string")
+    df = local_spark.createDataFrame([("ABCDEFGHIJKLMNOPQR",), ("41010219901301001X",)],
+                                     "id string")
     reasons = [r[0] for r in df.select(resident_id_problem_col(F.col("id"), TODAY)).collect()]
     assert reasons == ["non-digit characters in the first 17 positions",
                        "impossible birth date '19901301'"]

@@ -18,7 +18,8 @@ KEYS = [
     ProvinceKey(secret=b"medshare-dev-province-key", version=1),
     ProvinceKey(secret=b"\x00" * 63 + b"\xff", version=2),  # exactly one block
     ProvinceKey(secret=bytes(range(65)), version=3),  # one byte over a block: hashed first
-    ProvinceKey(secret="河南省卫生健康委员会数据共享平台密钥".encode() * 3, version=4),  # > 64 bytes
+    # Non-ASCII, longer than a block.
+    ProvinceKey(secret="河南省卫生健康委员会数据共享平台密钥".encode() * 3, version=4),
 ]
 
 
@@ -40,13 +41,16 @@ def _values() -> list[str | None]:
     while len(values) < 1200:
         kind = rng.randrange(3)
         if kind == 0:
-            values.append("".join(rng.choice("0123456789") for _ in range(17)) + rng.choice("0123456789X"))
+            digits = "".join(rng.choice("0123456789") for _ in range(17))
+            values.append(digits + rng.choice("0123456789X"))
         elif kind == 1:
             values.append("1.2.840." + ".".join(str(rng.randrange(10**rng.randrange(1, 10)))
                                                 for _ in range(rng.randrange(1, 8))))
         else:
-            values.append("".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x4E00, 0x9FFF)]))
-                                  for _ in range(rng.randrange(1, 30))))
+            # Printable ASCII mixed with CJK ideographs.
+            chars = [chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x4E00, 0x9FFF)]))
+                     for _ in range(rng.randrange(1, 30))]
+            values.append("".join(chars))
     return values
 
 
@@ -80,6 +84,7 @@ def test_hex120_to_decimal(local_spark: SparkSession) -> None:
              "0123456789abcdef0123456789abcd"]
     hexes += [f"{rng.getrandbits(rng.randrange(1, 121)):030x}" for _ in range(300)]
     df = local_spark.createDataFrame([(h,) for h in hexes], "h string")
-    got = {r["h"]: r["d"] for r in df.select("h", hex120_to_decimal_col(F.col("h")).alias("d")).collect()}
+    rows = df.select("h", hex120_to_decimal_col(F.col("h")).alias("d")).collect()
+    got = {r["h"]: r["d"] for r in rows}
     assert {h: got[h] for h in hexes} == {h: str(int(h, 16)) for h in hexes}
     assert got["f" * 30] == "1329227995784915872903807060280344575"  # 2^120 - 1, 37 digits
