@@ -5,6 +5,9 @@ Layout written under the output folder — the same keys `medshare land` uses in
 landing bucket:
 
     <city>/<hospital>/<dataset>/<dataset>-<batch>.csv|.jsonl     per-table extracts
+    <city>/<hospital>/fhir/bundle-<batch>.json                  FHIR R4 bundles (one hospital a city)
+    <city>/<hospital>/dicom/<study uid>/s<k>/i<i>.dcm           DICOM files (the same hospital)
+    _crosscheck/<city>/<hospital>/<dataset>/...csv              the same records as plain CSV
     manifest.json                                               what was written and injected
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from lakehouse.contracts import Contract
 from lakehouse.topology import Topology
 
+from ingestion.generate_media import media_hospital, write_media
 from ingestion.defects import DEFECT, MALFORMED_LINE, DefectRates, inject
 from ingestion.sources.tabular import write_csv, write_jsonl
 from ingestion.synthetic import Window, generate_batches
@@ -40,6 +44,8 @@ class GenerateOptions:
                                                            end=dt.date(2026, 10, 31)))
     batch_size: int = 5_000
     truncated_file: bool = True             # one CSV per city cut in the middle of a line
+    media: bool = True                      # one county hospital per city exports FHIR + DICOM
+    corrupt_dicom: bool = True              # and one unreadable DICOM file per city
 
 
 @dataclass(kw_only=True)
@@ -59,10 +65,15 @@ class Manifest:
     rates: dict[str, float]
     files: dict[str, dict[str, object]] = field(default_factory=dict)   # "<city>/<key>" → info
     defects: list[Defect] = field(default_factory=list)
+    # Records exported as FHIR bundles and DICOM files: city → dataset → count.
+    media_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Files made unreadable on purpose (a corrupt DICOM): "<city>/<key>".
+    rejected_files: list[str] = field(default_factory=list)
 
     def rows_written(self, city: str, dataset: str) -> int:
-        return sum(int(str(f["rows"])) for k, f in self.files.items()
-                   if k.startswith(f"{city}/") and f["dataset"] == dataset)
+        tabular = sum(int(str(f["rows"])) for k, f in self.files.items()
+                      if k.startswith(f"{city}/") and f["dataset"] == dataset)
+        return tabular + self.media_rows.get(city, {}).get(dataset, 0)
 
     def defect_counts(self) -> dict[str, int]:
         return dict(Counter(d.kind for d in self.defects))
@@ -128,10 +139,22 @@ def generate(
     hospital_index = {h.id: i for i, h in enumerate(topology.hospitals)}
     batches = generate_batches(topology, seed=options.seed, patients=options.patients, cities=cities,
                                window=options.window, batch_size=options.batch_size)
+    media = {c.id: media_hospital(topology, c.id) for c in topology.cities} if options.media else {}
+    media_ids = {h.id for h in media.values() if h}
     done = 0
     for number, batch in enumerate(batches):
         for hospital_id, datasets in batch.items():
             city = topology.hospital(hospital_id).city
+            if hospital_id in media_ids:
+                exported = write_media(out, city, topology.hospital(hospital_id), datasets, contracts,
+                                       batch=number, seed=options.seed,
+                                       corrupt=options.corrupt_dicom and number == 0)
+                counts = manifest.media_rows.setdefault(city, {})
+                for dataset, rows in exported.rows.items():
+                    counts[dataset] = counts.get(dataset, 0) + rows
+                manifest.rejected_files += [f"{city}/{k}" for k in exported.rejected_keys]
+                # Teleconsultations have no FHIR mapping here: they stay a CSV extract.
+                datasets = {d: r for d, r in datasets.items() if d not in exported.rows}
             # Half of the hospitals export CSV, the other half JSON Lines.
             fmt = "csv" if hospital_index[hospital_id] % 2 == 0 else "jsonl"
             for dataset, records in sorted(datasets.items()):
@@ -163,6 +186,9 @@ def summary(manifest: Manifest) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for info in manifest.files.values():
         table[str(info["dataset"])]["rows"] += int(str(info["rows"]))
+    for counts in manifest.media_rows.values():
+        for dataset, rows in counts.items():
+            table[dataset]["rows"] += rows
     for d in manifest.defects:
         table[d.dataset][d.kind] += 1
     return {k: dict(v) for k, v in sorted(table.items())}

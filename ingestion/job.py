@@ -82,11 +82,12 @@ def _table_exists(spark: SparkSession, uri: str) -> bool:
 
 
 def _ledger(spark: SparkSession, tables: CityTables) -> dict[str, str]:
-    """key → checksum of the latest ingested delivery."""
+    """key → checksum of the latest delivery, ingested or rejected: an unchanged file is not read
+    again (a rejected one would only be rejected again)."""
     uri = tables.bronze_table(LEDGER)
     if not _table_exists(spark, uri):
         return {}
-    rows = (spark.read.format("delta").load(uri).where("status = 'ingested'")
+    rows = (spark.read.format("delta").load(uri)
             .orderBy("recorded_at").select("key", "checksum").collect())
     return {r["key"]: r["checksum"] for r in rows}
 
@@ -254,7 +255,7 @@ class CityIngestion:
             self.report.files_rejected = [{"key": k, "reason": v} for k, v in sorted(rejected.items())]
             self.report.files_new = len(entries) - len(corrected)
             seq = 0
-            datasets = sorted(parsed.records)
+            datasets = sorted(d for d, records in parsed.records.items() if records)
             for done, name in enumerate(datasets, start=1):
                 records = parsed.records[name]
                 self.progress(f"ingesting {name}", done - 1, len(datasets))

@@ -39,9 +39,9 @@ class Ingested:
     settings: Settings
     contracts: dict[str, Contract]
 
-    def table(self, bucket: str, name: str) -> DeltaTable:
+    def table(self, bucket: str, name: str, root: str | None = None) -> DeltaTable:
         creds = site_credentials(self.settings, CITY)
-        return DeltaTable(s3_uri(bucket, f"{self.root}{name}"),
+        return DeltaTable(s3_uri(bucket, f"{self.root if root is None else root}{name}"),
                           storage_options=delta_storage_options(self.settings, creds))
 
     def options(self, **kw: object) -> IngestOptions:
@@ -83,7 +83,7 @@ def test_every_row_is_accounted_for(ingested: Ingested) -> None:
 
 def test_each_injected_defect_is_quarantined_under_its_rule(ingested: Ingested) -> None:
     rows = ingested.table(f"{CITY}-quarantine", "rows").to_pyarrow_table().to_pylist()
-    by_place = {(r["source_file"].removeprefix(ingested.root), r["line"]): r for r in rows}
+    by_place = {(r["source_file"], r["line"]): r for r in rows}
     defects = [d for d in ingested.manifest.defects if d.city == CITY and d.rule != DUPLICATE]
     kinds = {d.kind for d in defects}
     assert kinds >= {"bad_check_digit", "id_mismatch", "future_date", "impossible_date", "unknown_code",
@@ -103,7 +103,7 @@ def test_same_files_again_change_nothing(spark, ingested: Ingested, topology: To
     assert land(client, f"{CITY}-landing", ingested.exports, prefix=ingested.root) == []
     again = run_ingestion(spark, client, topology, ingested.contracts, ingested.options())
     assert again.status == "succeeded"
-    assert again.files_unchanged == ingested.report.files_seen - len(ingested.report.files_rejected)
+    assert again.files_unchanged == ingested.report.files_seen
     assert again.datasets == {}
     assert {n: ingested.table(f"{CITY}-curated", n).version() for n in versions} == versions
 
@@ -137,3 +137,119 @@ def test_no_direct_identifier_in_shareable_data(spark, ingested: Ingested) -> No
                 assert text not in forbidden, f"{name}.{column} holds an identifier"
                 # Also inside longer text (a reason, a JSON blob): no resident ID of the exports.
                 assert not set(re.findall(r"\d{17}[\dX]", text)) & secrets, f"{name}.{column}: {text}"
+
+
+def _curated_rows(ing: Ingested, root: str, dataset: str, hospital: str) -> list[tuple[object, ...]]:
+    contract = ing.contracts[dataset]
+    creds = site_credentials(ing.settings, CITY)
+    table = DeltaTable(s3_uri(f"{CITY}-curated", f"{root}{dataset}"),
+                       storage_options=delta_storage_options(ing.settings, creds))
+    rows = table.to_pyarrow_table(filters=[("hospital_id", "=", hospital)]).select(
+        [*contract.column_names, "month"]).to_pylist()
+    return sorted(tuple(r.values()) for r in rows)
+
+
+def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(spark, ingested: Ingested, topology: Topology) -> None:
+    from ingestion.generate_media import CROSSCHECK, media_hospital
+
+    hospital = media_hospital(topology, CITY)
+    assert hospital is not None
+    assert list((ingested.exports / hospital.id / "fhir").glob("*.json"))
+    assert list((ingested.exports / hospital.id / "dicom").rglob("*.dcm"))
+    root = ingested.root.rstrip("/") + "-csv/"
+    client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
+    land(client, f"{CITY}-landing", ingested.exports.parent / CROSSCHECK / CITY, prefix=root)
+    report = run_ingestion(spark, client, topology, ingested.contracts,
+                           IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW))
+    assert report.status == "succeeded" and not report.files_rejected
+    compared = 0
+    for dataset in ("patients", "encounters", "diagnoses", "lab_results", "medications",
+                    "imaging_studies", "imaging_series"):
+        from_media = _curated_rows(ingested, ingested.root, dataset, hospital.id)
+        from_csv = _curated_rows(ingested, root, dataset, hospital.id)
+        assert from_media == from_csv, dataset
+        compared += len(from_csv)
+    assert compared > 100
+
+
+def test_bad_files_are_rejected_with_reasons_and_never_crash(spark, ingested: Ingested, topology: Topology) -> None:
+    import io
+
+    root = ingested.root.rstrip("/") + "-bad/"
+    hospital = topology.hospitals_of(CITY)[0].id
+    header = ",".join(ingested.contracts["encounters"].column_names)
+    files = {
+        f"{hospital}/encounters/binary.csv": bytes(range(256)) * 4,
+        f"{hospital}/encounters/empty.csv": b"",
+        f"{hospital}/encounters/truncated.csv": (header + "\n" + f"{hospital},E1,MRN").encode(),
+        f"{hospital}/encounters/no-header.csv": b"a,b,c\n1,2,3\n",
+        f"{hospital}/dicom/corrupt.dcm": b"\x00" * 128 + b"DICM" + b"\x02\x00",
+        f"{hospital}/encounters/export.xlsx": b"PK\x03\x04 not a csv",
+        f"{hospital}/fhir/bundle.json": b"{not json",
+        "kaifeng-c1/encounters/e.csv": header.encode() + b"\n",
+    }
+    client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
+    for key, content in files.items():
+        client.put_object(f"{CITY}-landing", root + key, io.BytesIO(content), len(content))
+    report = run_ingestion(spark, client, topology, ingested.contracts,
+                           IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW))
+    assert report.status == "succeeded"
+    rejected = {r["key"]: r["reason"] for r in report.files_rejected}
+    expected = {
+        "binary.csv": "binary", "empty.csv": "empty", "no-header.csv": "lacks required",
+        "corrupt.dcm": "DICOM", "export.xlsx": "unknown file type", "bundle.json": "JSON",
+        "kaifeng-c1/encounters/e.csv": "not a hospital of this city",
+    }
+    for suffix, phrase in expected.items():
+        matches = [reason for key, reason in rejected.items() if key.endswith(suffix)]
+        assert matches and phrase.lower() in matches[0].lower(), (suffix, rejected)
+    # The truncated CSV is read: its cut line is quarantined, not lost.
+    assert report.datasets["encounters"].quarantined == {"malformed_line": 1}
+    stored = ingested.table(f"{CITY}-quarantine", "files", root).to_pyarrow_table().to_pylist()
+    assert {r["key"] for r in stored if r["run_id"] == report.run_id} == set(rejected)
+    assert all(r["reason"] for r in stored)
+
+
+def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(spark, ingested: Ingested, topology: Topology) -> None:
+    import csv
+    import io
+
+    # A CSV encounters export that was not truncated; only its defect-free lines are touched.
+    defects = [d for d in ingested.manifest.defects if d.city == CITY]
+    truncated = {d.file for d in defects if d.kind == "truncated_file"}
+    key = next(k.removeprefix(f"{CITY}/") for k, f in ingested.manifest.files.items()
+               if k.startswith(f"{CITY}/") and f["dataset"] == "encounters" and k.endswith(".csv")
+               and k.removeprefix(f"{CITY}/") not in truncated and int(str(f["rows"])) >= 5)
+    bad_lines = {d.line for d in defects if d.file == key}
+    path = ingested.exports / key
+    lines = path.read_text().splitlines()
+    header = next(csv.reader([lines[0]]))
+    parsed = {n: dict(zip(header, next(csv.reader([lines[n - 1]])), strict=True))
+              for n in range(2, len(lines) + 1) if n not in bad_lines}
+    ids = [r["encounter_id"] for r in parsed.values()]
+    clean = [n for n, r in parsed.items() if ids.count(r["encounter_id"]) == 1]
+    drop_line, change_line = clean[-1], clean[0]
+    dropped, changed = parsed[drop_line], parsed[change_line]
+    changed["department"] = "corrected department"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow([changed[h] for h in header])
+    lines[change_line - 1] = out.getvalue()
+    del lines[drop_line - 1]
+    path.write_text("\n".join(lines) + "\n")
+    corrected = [r for n, r in parsed.items() if n != drop_line]
+
+    client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
+    assert land(client, f"{CITY}-landing", ingested.exports, prefix=ingested.root) == [ingested.root + key]
+    report = run_ingestion(spark, client, topology, ingested.contracts, ingested.options())
+    assert report.status == "succeeded" and report.files_corrected == 1
+    assert report.datasets["encounters"].replaced_files == 1
+
+    table = ingested.table(f"{CITY}-curated", "encounters")
+    hospital = key.split("/")[0]
+    current = {r["encounter_id"]: r for r in table.to_pyarrow_table(
+        filters=[("hospital_id", "=", hospital)]).to_pylist()}
+    assert dropped["encounter_id"] not in current
+    assert current[changed["encounter_id"]]["department"] == "corrected department"
+    assert all(current[r["encounter_id"]]["_source_file"] == key for r in corrected)
+    operations = [h["operation"] for h in table.history(3)]
+    assert operations[:2] == ["MERGE", "DELETE"]

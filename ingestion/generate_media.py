@@ -1,0 +1,129 @@
+"""The FHIR and DICOM part of the synthetic exports.
+
+One county hospital per city (`media_hospital`) exports its records as FHIR R4 bundles and its
+imaging as real DICOM files (pydicom's bundled samples rewritten to the generated patients).
+For the same records the generator also writes the plain CSV export under `_crosscheck/`, so a
+test can prove that FHIR, DICOM and CSV sources yield the same curated rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from lakehouse.contracts import Contract
+from lakehouse.topology import CareLevel, Hospital, Topology
+
+from ingestion.sources.dicom import PatientTags, StudyTags, corrupt_dicom, dicom_templates, write_dicom_study
+from ingestion.sources.fhir import FHIR_DATASETS, records_to_bundle
+from ingestion.sources.tabular import write_csv
+
+RawRecord = dict[str, str | None]
+CROSSCHECK = "_crosscheck"
+IMAGING = ("imaging_studies", "imaging_series")
+
+
+def media_hospital(topology: Topology, city: str) -> Hospital | None:
+    """The city's first county hospital (by id): the one exporting FHIR and DICOM."""
+    county = sorted((h for h in topology.hospitals_of(city) if h.level is CareLevel.COUNTY), key=lambda h: h.id)
+    return county[0] if county else None
+
+
+@dataclass(kw_only=True)
+class MediaExport:
+    keys: list[str] = field(default_factory=list)                 # landing keys written
+    rows: dict[str, int] = field(default_factory=dict)            # dataset → records in them
+    rejected_keys: list[str] = field(default_factory=list)        # corrupt files, on purpose
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or str(value) == "" else str(value)
+
+
+def _read_back(paths: Sequence[Path], hospital_id: str, study: RawRecord) -> tuple[RawRecord, list[RawRecord]]:
+    """The CSV rows equivalent to a written study, read with pydicom directly from the files."""
+    series: dict[str, list[pydicom.Dataset]] = {}
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    study_row: RawRecord = {
+        **study, "study_instance_uid": str(first.StudyInstanceUID), "modality": _text(first.Modality),
+        "body_part": _text(first.get("BodyPartExamined")), "number_of_series": str(len(series)),
+    }
+    series_rows = []
+    for uid, instances in series.items():
+        ds = instances[0]
+        series_rows.append({
+            "hospital_id": hospital_id, "series_instance_uid": uid,
+            "study_instance_uid": str(ds.StudyInstanceUID), "resident_id": study["resident_id"],
+            "modality": _text(ds.Modality), "body_part": _text(ds.get("BodyPartExamined")),
+            "series_description": _text(ds.get("SeriesDescription")), "sop_class_uid": _text(ds.SOPClassUID),
+            "number_of_instances": str(len(instances)), "series_date": study["study_date"],
+        })
+    return study_row, series_rows
+
+
+def write_media(
+    out: Path, city: str, hospital: Hospital, records: dict[str, list[RawRecord]], contracts: dict[str, Contract],
+    *, batch: int, seed: int, corrupt: bool,
+) -> MediaExport:
+    """Write the hospital's FHIR bundle and DICOM studies for one batch, plus the crosscheck CSVs."""
+    export = MediaExport()
+    fhir_records = {d: records.get(d, []) for d in FHIR_DATASETS if d not in IMAGING}
+    key = f"{hospital.id}/fhir/bundle-{batch:04d}.json"
+    bundle = records_to_bundle(fhir_records, bundle_id=f"{hospital.id}-{batch:04d}")
+    (out / city / key).parent.mkdir(parents=True, exist_ok=True)
+    (out / city / key).write_text(json.dumps(bundle, ensure_ascii=False))
+    export.keys.append(key)
+    crosscheck = {d: list(r) for d, r in fhir_records.items()}
+
+    patients = {r["resident_id"]: r for r in records.get("patients", [])}
+    templates = dicom_templates()
+    studies: list[RawRecord] = []
+    series: list[RawRecord] = []
+    for n, study in enumerate(records.get("imaging_studies", [])):
+        patient = patients.get(study["resident_id"])
+        if patient is None or not study["study_date"]:
+            continue
+        folder = out / city / hospital.id / "dicom"
+        paths = write_dicom_study(
+            folder,
+            templates=[templates[n % len(templates)]],
+            patient=PatientTags(name=patient["name"] or "", mrn=patient["patient_mrn"] or "",
+                                resident_id=patient["resident_id"] or "",
+                                birth_date=dt.date.fromisoformat(patient["birth_date"] or "1970-01-01"),
+                                sex="F" if patient["sex"] == "F" else "M"),
+            study=StudyTags(study_date=dt.date.fromisoformat(study["study_date"]),
+                            description=study["study_description"] or "",
+                            accession_number=study["accession_number"] or "",
+                            encounter_id=study["encounter_id"] or "",
+                            referring_physician=study["referring_physician"] or "",
+                            institution_name=hospital.name,
+                            number_of_series=int(study["number_of_series"] or 1), instances_per_series=2),
+            seed=seed + batch * 100_000 + n,
+        )
+        export.keys += [p.relative_to(out / city).as_posix() for p in paths]
+        study_row, series_rows = _read_back(paths, hospital.id, study)
+        studies.append(study_row)
+        series += series_rows
+    crosscheck["imaging_studies"], crosscheck["imaging_series"] = studies, series
+    if corrupt and templates:
+        broken = out / city / hospital.id / "dicom" / f"broken-{batch:04d}.dcm"
+        shutil.copyfile(templates[0], broken)
+        corrupt_dicom(broken, mode="truncate")
+        export.rejected_keys.append(broken.relative_to(out / city).as_posix())
+
+    for dataset, rows in crosscheck.items():
+        export.rows[dataset] = len(rows)
+        if rows:
+            path = out / CROSSCHECK / city / hospital.id / dataset / f"{dataset}-{batch:04d}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(write_csv(rows, columns=contracts[dataset].column_names))
+    return export
