@@ -17,9 +17,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lakehouse.settings import Settings
-
 from infra.process import ServiceError
+from lakehouse.settings import Settings
 
 # The newest MinIO source the Go module proxy serves (the community edition is source-only).
 MINIO_MODULE = "github.com/minio/minio"
@@ -39,7 +38,12 @@ def _run(argv: list[str], *, what: str, env: dict[str, str] | None = None, cwd: 
     if shutil.which(argv[0]) is None:
         raise ServiceError(f"{what}: `{argv[0]}` is not installed on this machine")
     proc = subprocess.run(
-        argv, env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True, check=False
+        argv,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
@@ -81,9 +85,7 @@ def pyspark_jar_names() -> set[str]:
     return {_artifact_name(j.name) for j in jars.glob("*.jar")}
 
 
-def _ensure_jars(
-    target: Path, pom: Path, report: Report, *, what: str, skip: set[str] | None = None
-) -> Path:
+def _ensure_jars(target: Path, pom: Path, report: Report, *, what: str, skip: set[str] | None = None) -> Path:
     stamp = target / STAMP
     digest = _pom_digest(pom)
     if stamp.exists() and stamp.read_text().strip() == digest:
@@ -93,8 +95,16 @@ def _ensure_jars(
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / "jars"
         _run(
-            ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={out}", "-DincludeScope=runtime"],
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={out}",
+                "-DincludeScope=runtime",
+            ],
             what=f"resolving {what} jars",
         )
         for jar in out.glob("*.jar"):
@@ -109,7 +119,10 @@ def _ensure_jars(
 
 def ensure_kafka_jars(settings: Settings, report: Report) -> Path:
     return _ensure_jars(
-        settings.kafka_jars_dir, INFRA_DIR / "maven" / "kafka" / "pom.xml", report, what="Kafka broker"
+        settings.kafka_jars_dir,
+        INFRA_DIR / "maven" / "kafka" / "pom.xml",
+        report,
+        what="Kafka broker",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -152,10 +153,8 @@ def _terminate(pid: int, *, timeout: float) -> None:
         except ProcessLookupError:
             return
     # Reap it when it is our own child (the test suite starts services in-process).
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop(spec: ServiceSpec, *, timeout: float = 30.0) -> bool:

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from minio import MinioAdmin
+from minio.credentials.providers import StaticProvider
+
 from lakehouse import kafka
 from lakehouse.settings import Settings
-from lakehouse.storage import PROVINCE_SITE, root_credentials, s3_client, site_credentials, storage_errors
+from lakehouse.storage import (
+    PROVINCE_SITE,
+    root_credentials,
+    s3_client,
+    site_credentials,
+    storage_errors,
+)
 from lakehouse.topology import Topology
-from minio import MinioAdmin
-from minio.credentials import StaticProvider
 
 
 def site_buckets(topology: Topology) -> dict[str, tuple[str, ...]]:
@@ -63,4 +70,3 @@ def provision_topics(settings: Settings, topology: Topology) -> list[str]:
         return kafka.ensure_topics(client, topology)
     finally:
         client.close()
-

@@ -12,10 +12,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from lakehouse.settings import Settings
-
 from infra.install import INFRA_DIR, minio_binary
 from infra.process import ServiceError, ServiceSpec
+from lakehouse.settings import Settings
 
 KAFKA_HEAP = "-Xmx768m"
 
@@ -41,9 +40,13 @@ def minio_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name="minio",
         argv=(
-            str(minio_binary(settings)), "server", str(data / "data"),
-            "--address", settings.s3_host,
-            "--console-address", f"{host}:{settings.s3_console_port}",
+            str(minio_binary(settings)),
+            "server",
+            str(data / "data"),
+            "--address",
+            settings.s3_host,
+            "--console-address",
+            f"{host}:{settings.s3_console_port}",
             "--quiet",
         ),
         env={
@@ -66,36 +69,46 @@ def minio_spec(settings: Settings) -> ServiceSpec:
 def _kafka_properties(settings: Settings, data: Path) -> str:
     host, port = settings.kafka_host_port
     ctl = f"{host}:{settings.kafka_controller_port}"
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers={ctl}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{ctl}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={data / 'log'}",
-        "num.partitions=3",
-        "auto.create.topics.enable=false",
-        # A single broker: every internal topic has one replica.
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={ctl}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{ctl}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data / 'log'}",
+            "num.partitions=3",
+            "auto.create.topics.enable=false",
+            # A single broker: every internal topic has one replica.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=168",
+            "",
+        ]
+    )
 
 
 def _kafka_java(settings: Settings, main: str, *args: str) -> tuple[str, ...]:
     classpath = f"{settings.kafka_jars_dir}/*"
     log4j = INFRA_DIR / "kafka" / "log4j2.properties"
     return (
-        "java", KAFKA_HEAP, "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, main, *args,
+        "java",
+        KAFKA_HEAP,
+        "-Xms128m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        classpath,
+        main,
+        *args,
     )
 
 
@@ -108,7 +121,13 @@ def prepare_kafka(settings: Settings) -> Path:
     if not (data / "log" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         argv = _kafka_java(
-            settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+            settings,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
             "--standalone",
         )
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -136,7 +155,10 @@ def kafka_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name="kafka",
         argv=_kafka_java(settings, "kafka.Kafka", str(data / "server.properties")),
-        env={"LOG_DIR": str(log.parent), "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "")},
+        env={
+            "LOG_DIR": str(log.parent),
+            "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", ""),
+        },
         host=host,
         ports=(port, settings.kafka_controller_port),
         run_dir=run,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-from lakehouse.settings import Settings
-from lakehouse.topology import Topology
-
 from infra import install, process
 from infra.provision import provision_storage, provision_topics
 from infra.services import kafka_spec, minio_spec, prepare_kafka
+from lakehouse.settings import Settings
+from lakehouse.topology import Topology
 
 Report = Callable[[str], None]
 

@@ -25,8 +25,7 @@ class UnknownCodeListError(ConfigError):
 def _read(name: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     # Rows are cached as tuples so no caller can change what the next one reads.
     if name not in CODE_LISTS:
-        raise UnknownCodeListError(
-            f"unknown code list {name!r}; known code lists: {', '.join(CODE_LISTS)}")
+        raise UnknownCodeListError(f"unknown code list {name!r}; known code lists: {', '.join(CODE_LISTS)}")
     text = resources.files("ingestion").joinpath("codes", f"{name}.csv").read_text(encoding="utf-8")
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "code" not in reader.fieldnames:

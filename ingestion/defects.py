@@ -6,16 +6,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, fields
 
-from lakehouse.contracts import Contract
-
 from ingestion.codes import code_set
+from lakehouse.contracts import Contract
 
 RawRecord = dict[str, str | None]
 
 # Hidden key of a record: the defect kind and the rule it must be quarantined under. The writer
 # removes it and turns it into manifest entries with the file and line.
 DEFECT = "_defect"
-DUPLICATE = "duplicate"          # outcome of exact and near duplicates: removed, not quarantined
+DUPLICATE = "duplicate"  # outcome of exact and near duplicates: removed, not quarantined
 
 # Rules that every contract has implicitly (see ingestion.validate).
 TYPE_INVALID = "type_invalid"
@@ -23,12 +22,22 @@ REQUIRED_MISSING = "required_missing"
 MALFORMED_LINE = "malformed_line"
 
 
+def tag(kind: str, rule: str | None) -> str:
+    """The DEFECT value: `kind|rule` (a string, like every raw value)."""
+    return f"{kind}|{rule}"
+
+
+def untag(value: str) -> tuple[str, str]:
+    kind, _, rule = value.partition("|")
+    return kind, rule
+
+
 @dataclass(frozen=True, kw_only=True)
 class DefectRates:
     """Fraction of rows (per dataset) that get each defect."""
 
     bad_check_digit: float = 0.01
-    id_mismatch: float = 0.01          # patients: ID disagrees with recorded birth date or sex
+    id_mismatch: float = 0.01  # patients: ID disagrees with recorded birth date or sex
     future_date: float = 0.005
     impossible_date: float = 0.005
     unknown_code: float = 0.01
@@ -61,10 +70,12 @@ def _unknown_code(contract: Contract, rng: random.Random) -> tuple[str, str, str
         return None
     known = code_set(rule.code_list)
     # Shaped like a real code so only the membership rule (not the pattern) catches it.
-    candidates = {"icd10": [f"U{n:02d}.{m}" for n in range(80, 99) for m in range(10)],
-                  "loinc": [f"{n}-{(n * 7) % 10}" for n in range(99000, 99100)],
-                  "atc": [f"Z{n:02d}ZZ{m:02d}" for n in range(10, 30) for m in range(10)],
-                  "dicom_modality": ["XX", "QQ", "ZZ"]}[rule.code_list]
+    candidates = {
+        "icd10": [f"U{n:02d}.{m}" for n in range(80, 99) for m in range(10)],
+        "loinc": [f"{n}-{(n * 7) % 10}" for n in range(99000, 99100)],
+        "atc": [f"Z{n:02d}ZZ{m:02d}" for n in range(10, 30) for m in range(10)],
+        "dicom_modality": ["XX", "QQ", "ZZ"],
+    }[rule.code_list]
     return rule.name, rule.column, rng.choice([c for c in candidates if c not in known])
 
 
@@ -88,58 +99,71 @@ def inject(
         return picked
 
     key = set(contract.business_key)
-    required = [c.name for c in contract.columns if c.required and c.name not in key
-                and c.identifier != "resident_id"]
+    required = [
+        c.name for c in contract.columns if c.required and c.name not in key and c.identifier != "resident_id"
+    ]
     typed = [c.name for c in contract.columns if c.type in ("int", "long", "double") and c.name not in key]
     time_col = _time_column(contract)
 
     if "resident_id" in contract.column_names:
         for i in take(rates.bad_check_digit):
             out[i]["resident_id"] = _break_check_digit(out[i]["resident_id"] or "")
-            out[i][DEFECT] = ("bad_check_digit", _rule_of_kind(contract, "resident_id"))
+            out[i][DEFECT] = tag("bad_check_digit", _rule_of_kind(contract, "resident_id"))
     mismatch = _rule_of_kind(contract, "resident_id_matches")
     if mismatch:
         for i in take(rates.id_mismatch):
             out[i]["sex"] = "F" if out[i]["sex"] == "M" else "M"
-            out[i][DEFECT] = ("id_mismatch", mismatch)
+            out[i][DEFECT] = tag("id_mismatch", mismatch)
     future = _not_future_rule(contract)
     if future:
         for i in take(rates.future_date):
             value = out[i][future[1]] or "2026-01-01"
             out[i][future[1]] = "2031" + value[4:]
-            out[i][DEFECT] = ("future_date", future[0])
+            out[i][DEFECT] = tag("future_date", future[0])
     for i in take(rates.impossible_date):
         value = out[i][time_col] or "2026-01-01"
         out[i][time_col] = value[:5] + "02-30" + value[10:]
-        out[i][DEFECT] = ("impossible_date", TYPE_INVALID)
+        out[i][DEFECT] = tag("impossible_date", TYPE_INVALID)
     for i in take(rates.unknown_code):
         unknown = _unknown_code(contract, rng)
         if unknown:
             out[i][unknown[1]] = unknown[2]
-            out[i][DEFECT] = ("unknown_code", unknown[0])
+            out[i][DEFECT] = tag("unknown_code", unknown[0])
     if required:
         for i in take(rates.missing_required):
             out[i][rng.choice(required)] = None
-            out[i][DEFECT] = ("missing_required", REQUIRED_MISSING)
+            out[i][DEFECT] = tag("missing_required", REQUIRED_MISSING)
     for i in take(rates.wrong_type):
         column = rng.choice(typed) if typed else time_col
         out[i][column] = "n/a" if column in typed else "yesterday"
-        out[i][DEFECT] = ("wrong_type", TYPE_INVALID)
+        out[i][DEFECT] = tag("wrong_type", TYPE_INVALID)
     for i in take(rates.malformed_line):
-        out[i][DEFECT] = ("malformed_line", MALFORMED_LINE)
+        out[i][DEFECT] = tag("malformed_line", MALFORMED_LINE)
 
     clean = [i for i in free if DEFECT not in out[i]]
     extra: list[RawRecord] = []
     for i in clean[: int(len(records) * rates.exact_duplicate + rng.random())]:
-        extra.append({**out[i], DEFECT: ("exact_duplicate", DUPLICATE)})
-    near_cols = [c.name for c in contract.columns
-                 if not c.required and c.name not in key and c.type == "string" and c.allowed is None
-                 and c.pattern is None and c.identifier is None]
+        extra.append({**out[i], DEFECT: tag("exact_duplicate", DUPLICATE)})
+    near_cols = [
+        c.name
+        for c in contract.columns
+        if not c.required
+        and c.name not in key
+        and c.type == "string"
+        and c.allowed is None
+        and c.pattern is None
+        and c.identifier is None
+    ]
     start = len(extra)
     if near_cols:
-        for i in clean[start: start + int(len(records) * rates.near_duplicate + rng.random())]:
+        for i in clean[start : start + int(len(records) * rates.near_duplicate + rng.random())]:
             column = rng.choice(near_cols)
-            extra.append({**out[i], column: f"{out[i][column] or ''} (corrected)",
-                          DEFECT: ("near_duplicate", DUPLICATE)})
+            extra.append(
+                {
+                    **out[i],
+                    column: f"{out[i][column] or ''} (corrected)",
+                    DEFECT: tag("near_duplicate", DUPLICATE),
+                }
+            )
     # Duplicates arrive later in the export, as resent rows do.
     return out + extra

@@ -21,13 +21,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lakehouse.contracts import Contract
-from lakehouse.topology import Topology
-
+from ingestion.defects import DEFECT, MALFORMED_LINE, DefectRates, inject, untag
 from ingestion.generate_media import media_hospital, write_media
-from ingestion.defects import DEFECT, MALFORMED_LINE, DefectRates, inject
 from ingestion.sources.tabular import write_csv, write_jsonl
 from ingestion.synthetic import Window, generate_batches
+from lakehouse.contracts import Contract
+from lakehouse.topology import Topology
 
 RawRecord = dict[str, str | None]
 Progress = Callable[[int], None]
@@ -38,24 +37,25 @@ MANIFEST = "manifest.json"
 class GenerateOptions:
     seed: int = 7
     patients: int = 1_000
-    cities: tuple[str, ...] = ()            # empty: every city of the topology
+    cities: tuple[str, ...] = ()  # empty: every city of the topology
     rates: DefectRates = field(default_factory=DefectRates)
-    window: Window = field(default_factory=lambda: Window(start=dt.date(2025, 1, 1),
-                                                           end=dt.date(2026, 10, 31)))
+    window: Window = field(
+        default_factory=lambda: Window(start=dt.date(2025, 1, 1), end=dt.date(2026, 10, 31))
+    )
     batch_size: int = 5_000
-    truncated_file: bool = True             # one CSV per city cut in the middle of a line
-    media: bool = True                      # one county hospital per city exports FHIR + DICOM
-    corrupt_dicom: bool = True              # and one unreadable DICOM file per city
+    truncated_file: bool = True  # one CSV per city cut in the middle of a line
+    media: bool = True  # one county hospital per city exports FHIR + DICOM
+    corrupt_dicom: bool = True  # and one unreadable DICOM file per city
 
 
 @dataclass(kw_only=True)
 class Defect:
     city: str
-    file: str           # key relative to the city's folder (= the landing key)
+    file: str  # key relative to the city's folder (= the landing key)
     line: int
     dataset: str
     kind: str
-    rule: str           # the quarantine rule, or "duplicate"
+    rule: str  # the quarantine rule, or "duplicate"
 
 
 @dataclass(kw_only=True)
@@ -63,7 +63,7 @@ class Manifest:
     seed: int
     patients: int
     rates: dict[str, float]
-    files: dict[str, dict[str, object]] = field(default_factory=dict)   # "<city>/<key>" → info
+    files: dict[str, dict[str, object]] = field(default_factory=dict)  # "<city>/<key>" → info
     defects: list[Defect] = field(default_factory=list)
     # Records exported as FHIR bundles and DICOM files: city → dataset → count.
     media_rows: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -71,8 +71,11 @@ class Manifest:
     rejected_files: list[str] = field(default_factory=list)
 
     def rows_written(self, city: str, dataset: str) -> int:
-        tabular = sum(int(str(f["rows"])) for k, f in self.files.items()
-                      if k.startswith(f"{city}/") and f["dataset"] == dataset)
+        tabular = sum(
+            int(str(f["rows"]))
+            for k, f in self.files.items()
+            if k.startswith(f"{city}/") and f["dataset"] == dataset
+        )
         return tabular + self.media_rows.get(city, {}).get(dataset, 0)
 
     def defect_counts(self) -> dict[str, int]:
@@ -98,7 +101,9 @@ def _malformed(record: RawRecord, columns: tuple[str, ...], fmt: str) -> str:
     return json.dumps(dict(zip(columns[:3], values, strict=True)), ensure_ascii=False)[:-1] + ', "'
 
 
-def _render(records: list[RawRecord], contract: Contract, fmt: str) -> tuple[bytes, list[tuple[int, tuple[str, str]]]]:
+def _render(
+    records: list[RawRecord], contract: Contract, fmt: str
+) -> tuple[bytes, list[tuple[int, tuple[str, str]]]]:
     """File content and the (line, defect) of every tagged record."""
     columns = contract.column_names
     first_line = 2 if fmt == "csv" else 1
@@ -106,9 +111,10 @@ def _render(records: list[RawRecord], contract: Contract, fmt: str) -> tuple[byt
     clean: list[RawRecord] = []
     malformed: dict[int, str] = {}
     for i, record in enumerate(records):
-        defect = record.pop(DEFECT, None)
-        if defect is not None:
-            tagged.append((first_line + i, defect))  # type: ignore[arg-type]
+        tagged_as = record.pop(DEFECT, None)
+        if tagged_as is not None:
+            defect = untag(tagged_as)
+            tagged.append((first_line + i, defect))
             if defect[1] == MALFORMED_LINE:
                 malformed[i] = _malformed(record, columns, fmt)
         clean.append(record)
@@ -129,7 +135,10 @@ def _truncate(content: bytes, rng: random.Random) -> tuple[bytes, int]:
 
 
 def generate(
-    topology: Topology, contracts: dict[str, Contract], out: Path, options: GenerateOptions,
+    topology: Topology,
+    contracts: dict[str, Contract],
+    out: Path,
+    options: GenerateOptions,
     progress: Progress = lambda _: None,
 ) -> Manifest:
     cities = [topology.city(c) for c in options.cities] if options.cities else list(topology.cities)
@@ -137,8 +146,14 @@ def generate(
     manifest = Manifest(seed=options.seed, patients=options.patients, rates=asdict(options.rates))
     truncated: set[str] = set()
     hospital_index = {h.id: i for i, h in enumerate(topology.hospitals)}
-    batches = generate_batches(topology, seed=options.seed, patients=options.patients, cities=cities,
-                               window=options.window, batch_size=options.batch_size)
+    batches = generate_batches(
+        topology,
+        seed=options.seed,
+        patients=options.patients,
+        cities=cities,
+        window=options.window,
+        batch_size=options.batch_size,
+    )
     media = {c.id: media_hospital(topology, c.id) for c in topology.cities} if options.media else {}
     media_ids = {h.id for h in media.values() if h}
     done = 0
@@ -146,9 +161,16 @@ def generate(
         for hospital_id, datasets in batch.items():
             city = topology.hospital(hospital_id).city
             if hospital_id in media_ids:
-                exported = write_media(out, city, topology.hospital(hospital_id), datasets, contracts,
-                                       batch=number, seed=options.seed,
-                                       corrupt=options.corrupt_dicom and number == 0)
+                exported = write_media(
+                    out,
+                    city,
+                    topology.hospital(hospital_id),
+                    datasets,
+                    contracts,
+                    batch=number,
+                    seed=options.seed,
+                    corrupt=options.corrupt_dicom and number == 0,
+                )
                 counts = manifest.media_rows.setdefault(city, {})
                 for dataset, rows in exported.rows.items():
                     counts[dataset] = counts.get(dataset, 0) + rows
@@ -172,8 +194,10 @@ def generate(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content)
                 manifest.files[f"{city}/{key}"] = {"dataset": dataset, "format": fmt, "rows": rows}
-                manifest.defects += [Defect(city=city, file=key, line=line, dataset=dataset,
-                                            kind=kind, rule=rule) for line, (kind, rule) in tagged]
+                manifest.defects += [
+                    Defect(city=city, file=key, line=line, dataset=dataset, kind=kind, rule=rule)
+                    for line, (kind, rule) in tagged
+                ]
         done = min(done + options.batch_size, options.patients)
         progress(done)
     out.mkdir(parents=True, exist_ok=True)

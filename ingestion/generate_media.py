@@ -17,12 +17,17 @@ from pathlib import Path
 
 import pydicom
 
-from lakehouse.contracts import Contract
-from lakehouse.topology import CareLevel, Hospital, Topology
-
-from ingestion.sources.dicom import PatientTags, StudyTags, corrupt_dicom, dicom_templates, write_dicom_study
+from ingestion.sources.dicom import (
+    PatientTags,
+    StudyTags,
+    corrupt_dicom,
+    dicom_templates,
+    write_dicom_study,
+)
 from ingestion.sources.fhir import FHIR_DATASETS, records_to_bundle
 from ingestion.sources.tabular import write_csv
+from lakehouse.contracts import Contract
+from lakehouse.topology import CareLevel, Hospital, Topology
 
 RawRecord = dict[str, str | None]
 CROSSCHECK = "_crosscheck"
@@ -31,48 +36,69 @@ IMAGING = ("imaging_studies", "imaging_series")
 
 def media_hospital(topology: Topology, city: str) -> Hospital | None:
     """The city's first county hospital (by id): the one exporting FHIR and DICOM."""
-    county = sorted((h for h in topology.hospitals_of(city) if h.level is CareLevel.COUNTY), key=lambda h: h.id)
+    county = sorted(
+        (h for h in topology.hospitals_of(city) if h.level is CareLevel.COUNTY), key=lambda h: h.id
+    )
     return county[0] if county else None
 
 
 @dataclass(kw_only=True)
 class MediaExport:
-    keys: list[str] = field(default_factory=list)                 # landing keys written
-    rows: dict[str, int] = field(default_factory=dict)            # dataset → records in them
-    rejected_keys: list[str] = field(default_factory=list)        # corrupt files, on purpose
+    keys: list[str] = field(default_factory=list)  # landing keys written
+    rows: dict[str, int] = field(default_factory=dict)  # dataset → records in them
+    rejected_keys: list[str] = field(default_factory=list)  # corrupt files, on purpose
 
 
 def _text(value: object) -> str | None:
     return None if value is None or str(value) == "" else str(value)
 
 
-def _read_back(paths: Sequence[Path], hospital_id: str, study: RawRecord) -> tuple[RawRecord, list[RawRecord]]:
+def _read_back(
+    paths: Sequence[Path], hospital_id: str, study: RawRecord
+) -> tuple[RawRecord, list[RawRecord]]:
     """The CSV rows equivalent to a written study, read with pydicom directly from the files."""
     series: dict[str, list[pydicom.Dataset]] = {}
     for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+        instance = pydicom.dcmread(path, stop_before_pixels=True)
+        series.setdefault(str(instance.SeriesInstanceUID), []).append(instance)
     first = pydicom.dcmread(paths[0], stop_before_pixels=True)
     study_row: RawRecord = {
-        **study, "study_instance_uid": str(first.StudyInstanceUID), "modality": _text(first.Modality),
-        "body_part": _text(first.get("BodyPartExamined")), "number_of_series": str(len(series)),
+        **study,
+        "study_instance_uid": str(first.StudyInstanceUID),
+        "modality": _text(first.Modality),
+        "body_part": _text(first.get("BodyPartExamined")),
+        "number_of_series": str(len(series)),
     }
     series_rows = []
     for uid, instances in series.items():
         ds = instances[0]
-        series_rows.append({
-            "hospital_id": hospital_id, "series_instance_uid": uid,
-            "study_instance_uid": str(ds.StudyInstanceUID), "resident_id": study["resident_id"],
-            "modality": _text(ds.Modality), "body_part": _text(ds.get("BodyPartExamined")),
-            "series_description": _text(ds.get("SeriesDescription")), "sop_class_uid": _text(ds.SOPClassUID),
-            "number_of_instances": str(len(instances)), "series_date": study["study_date"],
-        })
+        series_rows.append(
+            {
+                "hospital_id": hospital_id,
+                "series_instance_uid": uid,
+                "study_instance_uid": str(ds.StudyInstanceUID),
+                "resident_id": study["resident_id"],
+                "modality": _text(ds.Modality),
+                "body_part": _text(ds.get("BodyPartExamined")),
+                "series_description": _text(ds.get("SeriesDescription")),
+                "sop_class_uid": _text(ds.SOPClassUID),
+                "number_of_instances": str(len(instances)),
+                "series_date": study["study_date"],
+            }
+        )
     return study_row, series_rows
 
 
 def write_media(
-    out: Path, city: str, hospital: Hospital, records: dict[str, list[RawRecord]], contracts: dict[str, Contract],
-    *, batch: int, seed: int, corrupt: bool,
+    out: Path,
+    city: str,
+    hospital: Hospital,
+    records: dict[str, list[RawRecord]],
+    contracts: dict[str, Contract],
+    *,
+    batch: int,
+    seed: int,
+    corrupt: bool,
 ) -> MediaExport:
     """Write the hospital's FHIR bundle and DICOM studies for one batch, plus the crosscheck CSVs."""
     export = MediaExport()
@@ -96,17 +122,23 @@ def write_media(
         paths = write_dicom_study(
             folder,
             templates=[templates[n % len(templates)]],
-            patient=PatientTags(name=patient["name"] or "", mrn=patient["patient_mrn"] or "",
-                                resident_id=patient["resident_id"] or "",
-                                birth_date=dt.date.fromisoformat(patient["birth_date"] or "1970-01-01"),
-                                sex="F" if patient["sex"] == "F" else "M"),
-            study=StudyTags(study_date=dt.date.fromisoformat(study["study_date"]),
-                            description=study["study_description"] or "",
-                            accession_number=study["accession_number"] or "",
-                            encounter_id=study["encounter_id"] or "",
-                            referring_physician=study["referring_physician"] or "",
-                            institution_name=hospital.name,
-                            number_of_series=int(study["number_of_series"] or 1), instances_per_series=2),
+            patient=PatientTags(
+                name=patient["name"] or "",
+                mrn=patient["patient_mrn"] or "",
+                resident_id=patient["resident_id"] or "",
+                birth_date=dt.date.fromisoformat(patient["birth_date"] or "1970-01-01"),
+                sex="F" if patient["sex"] == "F" else "M",
+            ),
+            study=StudyTags(
+                study_date=dt.date.fromisoformat(study["study_date"]),
+                description=study["study_description"] or "",
+                accession_number=study["accession_number"] or "",
+                encounter_id=study["encounter_id"] or "",
+                referring_physician=study["referring_physician"] or "",
+                institution_name=hospital.name,
+                number_of_series=int(study["number_of_series"] or 1),
+                instances_per_series=2,
+            ),
             seed=seed + batch * 100_000 + n,
         )
         export.keys += [p.relative_to(out / city).as_posix() for p in paths]

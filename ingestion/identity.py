@@ -23,8 +23,18 @@ CHECK_CHARACTERS = "10X98765432"
 # First two digits of the region code: provinces, autonomous regions, municipalities, plus
 # Taiwan (71) and the two SARs (81, 82), as listed in GB/T 2260.
 PROVINCE_CODES: frozenset[str] = frozenset(
-    f"{n:02d}" for n in (*range(11, 16), *range(21, 24), *range(31, 38), *range(41, 47),
-                         *range(50, 55), *range(61, 66), 71, 81, 82)
+    f"{n:02d}"
+    for n in (
+        *range(11, 16),
+        *range(21, 24),
+        *range(31, 38),
+        *range(41, 47),
+        *range(50, 55),
+        *range(61, 66),
+        71,
+        81,
+        82,
+    )
 )
 EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 
@@ -134,8 +144,7 @@ def resident_id_sex(value: str) -> Sex:
     return "M" if int(value[14:17]) % 2 == 1 else "F"
 
 
-def resident_id_mismatch(value: str | None, *, birth_date: date | None,
-                         sex: str | None) -> str | None:
+def resident_id_mismatch(value: str | None, *, birth_date: date | None, sex: str | None) -> str | None:
     """A reason when the ID disagrees with the recorded birth date or sex, else None.
 
     An ID too malformed to read (or a missing value on either side) is no mismatch: the
@@ -146,8 +155,10 @@ def resident_id_mismatch(value: str | None, *, birth_date: date | None,
     problems = []
     id_birth = _parse_birth_date(value)
     if birth_date is not None and id_birth is not None and id_birth != birth_date:
-        problems.append(f"birth date {id_birth.isoformat()} in the resident ID differs from "
-                        f"the recorded {birth_date.isoformat()}")
+        problems.append(
+            f"birth date {id_birth.isoformat()} in the resident ID differs from "
+            f"the recorded {birth_date.isoformat()}"
+        )
     id_sex = resident_id_sex(value)
     if sex is not None and id_sex != sex:
         problems.append(f"sex {id_sex} in the resident ID differs from the recorded {sex}")

@@ -68,23 +68,33 @@ def resident_id_problem_col(col: Column, today: date) -> Column:
     expected = _expected_check(col)
     return (
         F.when(col.isNull(), F.lit(MISSING))
-        .when(F.length(col) != LENGTH, F.format_string(
-            f"{WRONG_LENGTH}: %d characters, expected {LENGTH}", F.length(col)))
-        .when(~F.substring(col, 1, 17).rlike("^[0-9]{17}$"),
-              F.lit(f"{NON_DIGIT} in the first 17 positions"))
+        .when(
+            F.length(col) != LENGTH,
+            F.format_string(f"{WRONG_LENGTH}: %d characters, expected {LENGTH}", F.length(col)),
+        )
+        .when(
+            ~F.substring(col, 1, 17).rlike("^[0-9]{17}$"),
+            F.lit(f"{NON_DIGIT} in the first 17 positions"),
+        )
         .when(last == "x", F.lit(f"{LOWER_CASE_X} as check character, expected upper-case X"))
-        .when(~last.isin(*"0123456789X"),
-              F.format_string(f"{BAD_CHECK_FORMAT}: '%s' is not a digit or X", last))
-        .when(~F.substring(col, 1, 2).isin(*sorted(PROVINCE_CODES)),
-              F.format_string(f"{UNKNOWN_PROVINCE} '%s'", F.substring(col, 1, 2)))
-        .when(birth.isNull(),
-              F.format_string(f"{IMPOSSIBLE_BIRTH_DATE} '%s'", F.substring(col, 7, 8)))
-        .when(birth > _date_lit(today),
-              F.format_string(f"{FUTURE_BIRTH_DATE}: %s", birth.cast("string")))
-        .when(birth < _date_lit(EARLIEST_BIRTH_DATE),
-              F.format_string(f"{EARLY_BIRTH_DATE}: %s", birth.cast("string")))
-        .when(last != expected,
-              F.format_string(f"{BAD_CHECK}: expected %s, found %s", expected, last))
+        .when(
+            ~last.isin(*"0123456789X"),
+            F.format_string(f"{BAD_CHECK_FORMAT}: '%s' is not a digit or X", last),
+        )
+        .when(
+            ~F.substring(col, 1, 2).isin(*sorted(PROVINCE_CODES)),
+            F.format_string(f"{UNKNOWN_PROVINCE} '%s'", F.substring(col, 1, 2)),
+        )
+        .when(birth.isNull(), F.format_string(f"{IMPOSSIBLE_BIRTH_DATE} '%s'", F.substring(col, 7, 8)))
+        .when(
+            birth > _date_lit(today),
+            F.format_string(f"{FUTURE_BIRTH_DATE}: %s", birth.cast("string")),
+        )
+        .when(
+            birth < _date_lit(EARLIEST_BIRTH_DATE),
+            F.format_string(f"{EARLY_BIRTH_DATE}: %s", birth.cast("string")),
+        )
+        .when(last != expected, F.format_string(f"{BAD_CHECK}: expected %s, found %s", expected, last))
     )
 
 
@@ -98,11 +108,16 @@ def resident_id_mismatch_col(id_col: Column, birth_date_col: Column, sex_col: Co
     id_sex = F.when(F.substring(id_col, 15, 3).try_cast("int") % 2 == 1, F.lit("M")).otherwise("F")
     birth_problem = F.when(
         id_birth != birth_date_col,
-        F.format_string("birth date %s in the resident ID differs from the recorded %s",
-                        id_birth.cast("string"), birth_date_col.cast("string")))
+        F.format_string(
+            "birth date %s in the resident ID differs from the recorded %s",
+            id_birth.cast("string"),
+            birth_date_col.cast("string"),
+        ),
+    )
     sex_problem = F.when(
         id_sex != sex_col,
-        F.format_string("sex %s in the resident ID differs from the recorded %s", id_sex, sex_col))
+        F.format_string("sex %s in the resident ID differs from the recorded %s", id_sex, sex_col),
+    )
     # concat_ws skips nulls; an empty result means neither part disagreed.
     joined = F.concat_ws("; ", birth_problem, sex_problem)
     return F.when(_readable(id_col) & (joined != ""), joined)

@@ -25,8 +25,14 @@ class LandedFile:
     etag: str
 
 
-def land(client: Minio, bucket: str, folder: Path, progress: Progress = lambda _: None,
-         *, prefix: str = "") -> list[str]:
+def land(
+    client: Minio,
+    bucket: str,
+    folder: Path,
+    progress: Progress = lambda _: None,
+    *,
+    prefix: str = "",
+) -> list[str]:
     """Upload every file under `folder` (keys: `prefix` + path relative to it); returns the keys
     uploaded. A file whose content is already there under the same key is not sent again."""
     existing = {f.key: f.etag for f in list_landed(client, bucket, prefix=prefix)}

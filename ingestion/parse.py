@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from lakehouse.contracts import Contract
-
 from ingestion.sources.tabular import read_csv, read_jsonl
+from lakehouse.contracts import Contract
 
 RawRecord = dict[str, str | None]
 
@@ -39,15 +38,17 @@ class Parsed:
 @dataclass(frozen=True, kw_only=True)
 class FileKind:
     hospital_id: str
-    kind: str               # "csv" | "jsonl" | "fhir" | "dicom"
-    dataset: str | None     # for per-table extracts
+    kind: str  # "csv" | "jsonl" | "fhir" | "dicom"
+    dataset: str | None  # for per-table extracts
 
 
 def classify(key: str, *, contracts: dict[str, Contract], hospitals: set[str]) -> FileKind | FileReject:
     parts = PurePosixPath(key).parts
     suffix = PurePosixPath(key).suffix.lower()
     if len(parts) < 3:
-        return FileReject(key=key, reason="unexpected location: expected <hospital>/<dataset|fhir|dicom>/<file>")
+        return FileReject(
+            key=key, reason="unexpected location: expected <hospital>/<dataset|fhir|dicom>/<file>"
+        )
     hospital, folder = parts[0], parts[1]
     if hospital not in hospitals:
         return FileReject(key=key, reason=f"{hospital!r} is not a hospital of this city")
@@ -84,8 +85,9 @@ def parse_tabular(key: str, content: bytes, kind: FileKind, contract: Contract) 
         header = content.decode("utf-8-sig").splitlines()[0].split(",")
         missing = [c for c in contract.required if c not in {h.strip() for h in header}]
         if missing:
-            parsed.rejects.append(FileReject(
-                key=key, reason=f"CSV header lacks required column(s): {', '.join(missing)}"))
+            parsed.rejects.append(
+                FileReject(key=key, reason=f"CSV header lacks required column(s): {', '.join(missing)}")
+            )
             return parsed
     for record in records:
         record["_source"] = key

@@ -34,13 +34,14 @@ class ProvinceKey:
         if not self.secret:
             raise ValueError("the province key must not be empty")
         if isinstance(self.version, bool) or self.version < 1:
-            raise ValueError(
-                f"the province key version must be a positive int, got {self.version!r}")
+            raise ValueError(f"the province key version must be a positive int, got {self.version!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProvinceKey:
-        return cls(secret=settings.province_key.get_secret_value().encode("utf-8"),
-                   version=settings.province_key_version)
+        return cls(
+            secret=settings.province_key.get_secret_value().encode("utf-8"),
+            version=settings.province_key_version,
+        )
 
 
 def _hmac(key: ProvinceKey, message: bytes) -> bytes:

@@ -27,11 +27,13 @@ def build_suite(contract: Contract) -> list[Any]:
         else gxe.ExpectColumnValuesToBeUnique(column=contract.business_key[0]),
         gxe.ExpectColumnValuesToNotBeNull(column="month"),
     ]
-    expectations += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in contract.required
-                     if c != hospital]
+    expectations += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in contract.required if c != hospital]
     expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=hospital))
-    expectations += [gxe.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed))
-                     for c in contract.columns if c.allowed]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(c.allowed))
+        for c in contract.columns
+        if c.allowed
+    ]
     return expectations
 
 
@@ -46,9 +48,11 @@ def run_suite(df: DataFrame, contract: Contract, *, run_id: str) -> dict[str, An
     suite = context.suites.add(gx.ExpectationSuite(name=f"{contract.name}-curated"))
     for expectation in build_suite(contract):
         suite.add_expectation(expectation)
-    batch = (context.data_sources.add_spark(f"{contract.name}-source")
-             .add_dataframe_asset(contract.name)
-             .add_batch_definition_whole_dataframe(run_id))
+    batch = (
+        context.data_sources.add_spark(f"{contract.name}-source")
+        .add_dataframe_asset(contract.name)
+        .add_batch_definition_whole_dataframe(run_id)
+    )
     validation = gx.ValidationDefinition(data=batch, suite=suite, name=f"{contract.name}-{run_id}")
     result: dict[str, Any] = validation.run(batch_parameters={"dataframe": df}).to_json_dict()
     return result

@@ -11,7 +11,7 @@ class DatasetReport:
     dataset: str
     rows_in: int = 0
     curated: int = 0
-    quarantined: dict[str, int] = field(default_factory=dict)   # by first broken rule
+    quarantined: dict[str, int] = field(default_factory=dict)  # by first broken rule
     duplicates: int = 0
     replaced_files: int = 0
     seconds: float = 0.0
@@ -32,7 +32,7 @@ class RunReport:
     city: str
     run_id: str
     started_at: str
-    status: str = "running"          # running | succeeded | failed
+    status: str = "running"  # running | succeeded | failed
     error: str | None = None
     files_seen: int = 0
     files_new: int = 0

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
-from lakehouse.contracts import Contract
-
 from ingestion.pseudonymise import ProvinceKey
 from ingestion.pseudonymise_spark import person_key_col, pseudo_uid_col
+from lakehouse.contracts import Contract
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -48,8 +47,10 @@ def shareable(df: DataFrame, contract: Contract, key: ProvinceKey) -> DataFrame:
     projected = []
     for c in contract.columns:
         if c.identifier == "resident_id":
-            projected += [person_key_col(key, F.col(c.name)).alias(PERSON_KEY),
-                          F.lit(key.version).alias(KEY_VERSION)]
+            projected += [
+                person_key_col(key, F.col(c.name)).alias(PERSON_KEY),
+                F.lit(key.version).alias(KEY_VERSION),
+            ]
         elif c.identifier == "uid":
             projected.append(pseudo_uid_col(key, F.col(c.name)).alias(c.name))
         elif c.identifier is None:

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from lakehouse.errors import TopologyError
 
@@ -40,8 +47,15 @@ class Rule(_Frozen):
     """A row rule: a row that breaks it goes to quarantine under the rule's name."""
 
     name: Name
-    kind: Literal["resident_id", "resident_id_matches", "not_future", "date_range", "ordered",
-                  "code_in", "hospital_known"]
+    kind: Literal[
+        "resident_id",
+        "resident_id_matches",
+        "not_future",
+        "date_range",
+        "ordered",
+        "code_in",
+        "hospital_known",
+    ]
     column: Name | None = None
     columns: tuple[Name, Name] | None = None
     min: str | None = None
@@ -83,9 +97,11 @@ class Contract(_Frozen):
         if dupes:
             raise ValueError(f"duplicate columns: {', '.join(sorted(dupes))}")
         known = set(names)
-        for where, refs in [("business_key", self.business_key),
-                            ("partition_by", (self.partition_by.hospital, self.partition_by.month)),
-                            *[(f"rules.{r.name}", r.referenced()) for r in self.rules]]:
+        for where, refs in [
+            ("business_key", self.business_key),
+            ("partition_by", (self.partition_by.hospital, self.partition_by.month)),
+            *[(f"rules.{r.name}", r.referenced()) for r in self.rules],
+        ]:
             unknown = [r for r in refs if r not in known]
             if unknown:
                 raise ValueError(f"{where} names unknown column(s): {', '.join(unknown)}")

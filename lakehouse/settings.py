@@ -55,8 +55,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
         if self.env != "local":
-            for name, secret in [("S3_ROOT_PASSWORD", self.s3_root_password),
-                                 ("PROVINCE_KEY", self.province_key)]:
+            for name, secret in [
+                ("S3_ROOT_PASSWORD", self.s3_root_password),
+                ("PROVINCE_KEY", self.province_key),
+            ]:
                 if secret.get_secret_value() in _DEV_SECRETS:
                     raise ValueError(
                         f"MEDSHARE_{name} is the development default; set a real secret "
@@ -99,7 +101,9 @@ class Settings(BaseSettings):
         deployment with one store per site gives each its own root secret anyway.
         """
         digest = hmac.new(
-            self.s3_root_password.get_secret_value().encode(), f"site:{site}".encode(), hashlib.sha256
+            self.s3_root_password.get_secret_value().encode(),
+            f"site:{site}".encode(),
+            hashlib.sha256,
         ).hexdigest()
         return SecretStr(digest[:40])
 

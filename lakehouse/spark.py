@@ -50,8 +50,9 @@ def spark_conf(settings: Settings, credentials: Credentials) -> dict[str, str]:
         "spark.hadoop.fs.s3a.endpoint.region": settings.s3_region,
         "spark.hadoop.fs.s3a.path.style.access": "true",
         "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.s3_secure).lower(),
-        "spark.hadoop.fs.s3a.aws.credentials.provider":
-            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        ),
         "spark.hadoop.fs.s3a.access.key": credentials.access_key,
         "spark.hadoop.fs.s3a.secret.key": credentials.secret_key.get_secret_value(),
         # AWS SDK >= 2.30 sends new checksum headers some S3-compatible stores reject.

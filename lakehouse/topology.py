@@ -147,7 +147,9 @@ def _cross_check(topo: Topology) -> list[str]:
     city_ids = {c.id for c in topo.cities}
     for i, hospital in enumerate(topo.hospitals):
         if hospital.city not in city_ids:
-            problems.append(f"hospitals[{i}].city: unknown city {hospital.city!r} of hospital {hospital.id!r}")
+            problems.append(
+                f"hospitals[{i}].city: unknown city {hospital.city!r} of hospital {hospital.id!r}"
+            )
     if topo.province.telemedicine_centre not in {h.id for h in topo.hospitals}:
         problems.append(
             f"province.telemedicine_centre: unknown hospital {topo.province.telemedicine_centre!r}"

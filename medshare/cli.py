@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from lakehouse.errors import MedshareError
@@ -45,8 +52,7 @@ def setup() -> None:
         install.ensure_all(get_settings(), _report)
     except MedshareError as exc:
         _fail(exc)
-    console.print("[green]set-up complete[/green]: everything is cached in "
-                  f"{get_settings().cache_dir}")
+    console.print(f"[green]set-up complete[/green]: everything is cached in {get_settings().cache_dir}")
 
 
 @app.command()
@@ -59,8 +65,11 @@ def up() -> None:
         started = stack.up(settings, load_topology(settings.platform_dir), _report)
     except MedshareError as exc:
         _fail(exc)
-    console.print(f"[green]up[/green]: started {', '.join(started)}" if started
-                  else "[green]up[/green]: already running, nothing to do")
+    console.print(
+        f"[green]up[/green]: started {', '.join(started)}"
+        if started
+        else "[green]up[/green]: already running, nothing to do"
+    )
     _print_status()
 
 
@@ -82,8 +91,11 @@ def _print_status() -> bool:
     table = Table("service", "ports", "pid", "health", "log")
     statuses = stack.status(get_settings())
     for s in statuses:
-        health = "[green]healthy[/green]" if s.healthy else (
-            "[red]unhealthy[/red]" if s.pid else "[dim]stopped[/dim]")
+        health = (
+            "[green]healthy[/green]"
+            if s.healthy
+            else ("[red]unhealthy[/red]" if s.pid else "[dim]stopped[/dim]")
+        )
         table.add_row(s.name, ",".join(map(str, s.ports)), str(s.pid or "-"), health, str(s.log_file))
     Console().print(table)
     return all(s.healthy for s in statuses)
@@ -129,8 +141,13 @@ def demo() -> None:
 
 
 def _progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 @app.command()
@@ -139,23 +156,36 @@ def generate(
     patients: Annotated[int, typer.Option(help="People to generate; each visits 1+ hospitals.")] = 1_000,
     seed: Annotated[int, typer.Option(help="Same seed, same exports.")] = 7,
     city: Annotated[list[str] | None, typer.Option("--city", help="Only these cities (repeatable).")] = None,
-    defect_scale: Annotated[float, typer.Option(
-        help="Multiply every defect rate (0 = clean data; 1 = defaults, about 7% of rows).")] = 1.0,
+    defect_scale: Annotated[
+        float,
+        typer.Option(help="Multiply every defect rate (0 = clean data; 1 = defaults, about 7% of rows)."),
+    ] = 1.0,
 ) -> None:
     """Write seeded, realistic hospital exports with injected defects, and a manifest of them."""
     from ingestion.defects import DefectRates
-    from ingestion.generate import GenerateOptions, generate as run_generate, summary
+    from ingestion.generate import GenerateOptions, summary
+    from ingestion.generate import generate as run_generate
     from lakehouse.contracts import load_contracts
 
     settings = get_settings()
     try:
         topology = load_topology(settings.platform_dir)
-        options = GenerateOptions(seed=seed, patients=patients, cities=tuple(city or ()),
-                                  rates=DefectRates().scaled(defect_scale), truncated_file=defect_scale > 0)
+        options = GenerateOptions(
+            seed=seed,
+            patients=patients,
+            cities=tuple(city or ()),
+            rates=DefectRates().scaled(defect_scale),
+            truncated_file=defect_scale > 0,
+        )
         with _progress_bar() as bar:
             task = bar.add_task("generating patients", total=patients)
-            manifest = run_generate(topology, load_contracts(settings.platform_dir), out, options,
-                                    lambda done: bar.update(task, completed=done))
+            manifest = run_generate(
+                topology,
+                load_contracts(settings.platform_dir),
+                out,
+                options,
+                lambda done: bar.update(task, completed=done),
+            )
     except MedshareError as exc:
         _fail(exc)
     table = Table("dataset", "rows", "defects", title=f"exports in {out}")
@@ -182,8 +212,12 @@ def land(
         total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         with _progress_bar() as bar:
             task = bar.add_task(f"uploading to {bucket}", total=total)
-            uploaded = run_land(s3_client(settings, site_credentials(settings, city)), bucket, folder,
-                                lambda n: bar.advance(task, n))
+            uploaded = run_land(
+                s3_client(settings, site_credentials(settings, city)),
+                bucket,
+                folder,
+                lambda n: bar.advance(task, n),
+            )
     except MedshareError as exc:
         _fail(exc)
     console.print(f"landed {len(uploaded)} new or changed file(s) in {bucket}")
@@ -208,32 +242,56 @@ def ingest(
         creds = site_credentials(settings, city)
         spark = build_spark_session(settings, creds, app_name=f"medshare-ingest-{city}")
         with _progress_bar() as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
-            report = run_ingestion(spark, s3_client(settings, creds), topology,
-                                   load_contracts(settings.platform_dir), IngestOptions(city=city), progress)
+            report = run_ingestion(
+                spark,
+                s3_client(settings, creds),
+                topology,
+                load_contracts(settings.platform_dir),
+                IngestOptions(city=city),
+                progress,
+            )
     except MedshareError as exc:
         _fail(exc)
-    table = Table("dataset", "rows in", "curated", "quarantined", "duplicates", "balanced", "quality",
-                  "seconds", title=f"ingestion run {report.run_id} ({city}): {report.status}")
+    table = Table(
+        "dataset",
+        "rows in",
+        "curated",
+        "quarantined",
+        "duplicates",
+        "balanced",
+        "quality",
+        "seconds",
+        title=f"ingestion run {report.run_id} ({city}): {report.status}",
+    )
     rules = Table("dataset", "rule", "rows", title="quarantined rows by rule")
     for ds in report.datasets.values():
         quality = {None: "-", True: "passed", False: "[red]FAILED[/red]"}[ds.quality_passed]
-        table.add_row(ds.dataset, str(ds.rows_in), str(ds.curated), str(ds.quarantined_total),
-                      str(ds.duplicates), "yes" if ds.balanced else "[red]NO[/red]", quality,
-                      f"{ds.seconds:.1f}")
+        table.add_row(
+            ds.dataset,
+            str(ds.rows_in),
+            str(ds.curated),
+            str(ds.quarantined_total),
+            str(ds.duplicates),
+            "yes" if ds.balanced else "[red]NO[/red]",
+            quality,
+            f"{ds.seconds:.1f}",
+        )
         for rule, count in sorted(ds.quarantined.items()):
             rules.add_row(ds.dataset, rule, str(count))
     out = Console(width=max(Console().width, 110))
     out.print(table)
     out.print(rules)
-    console.print(f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
-                  f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected")
+    console.print(
+        f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
+        f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected"
+    )
     for rejected in report.files_rejected:
         console.print(f"  [yellow]rejected[/yellow] {rejected['key']}: {rejected['reason']}")
     if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):

@@ -1,7 +1,10 @@
 """`make demo`: the platform end to end on the running stack. Grows with every capability.
 
-Today: Spark writes a partitioned Delta table into a city's bucket through s3a, delta-rs reads
-it back, a message makes the round trip through Kafka, and a summary is printed.
+1. Foundation: Spark writes a partitioned Delta table into a city's bucket through s3a, delta-rs
+   reads it back, a message makes the round trip through Kafka.
+2. City ingestion: seeded exports (CSV, JSON Lines, FHIR, DICOM, with defects) are generated
+   for two cities, landed in their landing buckets and ingested by each city's Spark job; the
+   run reports prove every row is curated, quarantined or a removed duplicate.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ def _spark_to_delta_rs(settings: Settings, city: str, bucket: str, report: Repor
         hospitals = [h.id for h in load_topology(settings.platform_dir).hospitals_of(city)]
         df = (
             spark.range(10_000)
-            .withColumn("hospital_id", F.element_at(F.array(*map(F.lit, hospitals)),
-                                                    (F.col("id") % len(hospitals) + 1).cast("int")))
+            .withColumn(
+                "hospital_id",
+                F.element_at(F.array(*map(F.lit, hospitals)), (F.col("id") % len(hospitals) + 1).cast("int")),
+            )
             .withColumn("visit_date", F.date_add(F.lit("2026-01-01"), (F.col("id") % 180).cast("int")))
             .withColumn("month", F.date_format("visit_date", "yyyy-MM"))
         )
@@ -60,8 +65,9 @@ def _spark_to_delta_rs(settings: Settings, city: str, bucket: str, report: Repor
     return {
         "rows written (Spark)": written,
         "rows read (delta-rs)": read.num_rows,
-        "partitions": len({(h, m) for h, m in zip(read["hospital_id"].to_pylist(),
-                                                  read["month"].to_pylist(), strict=True)}),
+        "partitions": len(
+            {(h, m) for h, m in zip(read["hospital_id"].to_pylist(), read["month"].to_pylist(), strict=True)}
+        ),
         "Delta version": table.version(),
         "Spark seconds": f"{spark_seconds:.1f}",
     }
@@ -86,7 +92,71 @@ def _kafka_round_trip(settings: Settings, city: str, report: Report) -> dict[str
     consumer.close()
     if got is None or json.loads(got.value)["token"] != token:
         raise MedshareError(f"the message sent to {topic} did not come back")
-    return {"topic": topic, "offset": meta.offset, "round trip ms": f"{(time.monotonic() - started) * 1000:.0f}"}
+    return {
+        "topic": topic,
+        "offset": meta.offset,
+        "round trip ms": f"{(time.monotonic() - started) * 1000:.0f}",
+    }
+
+
+DEMO_CITIES = ("zhengzhou", "luoyang")
+DEMO_PATIENTS = 400
+
+
+def _ingest_cities(settings: Settings, report: Report) -> Table:
+    from ingestion.generate import GenerateOptions, generate
+    from ingestion.job import IngestOptions, run_ingestion
+    from ingestion.landing import land
+    from lakehouse.contracts import load_contracts
+    from lakehouse.spark import build_spark_session
+    from lakehouse.storage import s3_client
+
+    topology = load_topology(settings.platform_dir)
+    contracts = load_contracts(settings.platform_dir)
+    exports = settings.state_dir / "demo-exports"
+    report(f"generating exports of {DEMO_PATIENTS} patients for {', '.join(DEMO_CITIES)} in {exports}")
+    generate(
+        topology,
+        contracts,
+        exports,
+        GenerateOptions(seed=2026, patients=DEMO_PATIENTS, cities=DEMO_CITIES),
+    )
+    table = Table(
+        "city",
+        "dataset",
+        "rows in",
+        "curated",
+        "quarantined",
+        "duplicates",
+        "balanced",
+        title="city ingestion",
+    )
+    for city_id in DEMO_CITIES:
+        city = topology.city(city_id)
+        creds = site_credentials(settings, city_id)
+        client = s3_client(settings, creds)
+        landed = land(client, city.buckets.landing, exports / city_id)
+        report(f"{city_id}: landed {len(landed)} new or changed file(s); running the ingestion job")
+        spark = build_spark_session(settings, creds, app_name=f"medshare-demo-ingest-{city_id}")
+        try:
+            run = run_ingestion(spark, client, topology, contracts, IngestOptions(city=city_id))
+        finally:
+            spark.stop()
+        if not run.datasets:
+            table.add_row(city_id, "(all files unchanged since the last run)", "", "", "", "", "")
+        for ds in run.datasets.values():
+            table.add_row(
+                city_id,
+                ds.dataset,
+                str(ds.rows_in),
+                str(ds.curated),
+                str(ds.quarantined_total),
+                str(ds.duplicates),
+                "yes" if ds.balanced else "NO",
+            )
+        if not all(ds.balanced for ds in run.datasets.values()):
+            raise MedshareError(f"{city_id}: row accounting does not balance (run {run.run_id})")
+    return table
 
 
 def run(settings: Settings, report: Report) -> None:
@@ -95,8 +165,11 @@ def run(settings: Settings, report: Report) -> None:
     summary: dict[str, object] = {"city": city.id, "bucket": city.buckets.curated}
     summary |= _spark_to_delta_rs(settings, city.id, city.buckets.curated, report)
     summary |= _kafka_round_trip(settings, city.id, report)
+    ingestion = _ingest_cities(settings, report)
 
-    table = Table("step", "result", title="medshare demo")
+    table = Table("step", "result", title="medshare demo: foundation")
     for key, value in summary.items():
         table.add_row(key, str(value))
-    Console().print(table)
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    console.print(ingestion)

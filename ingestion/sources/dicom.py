@@ -25,19 +25,46 @@ from pydicom.uid import UID, generate_uid
 
 RawRecord = dict[str, str | None]
 
-STUDY_COLUMNS = ("hospital_id", "study_instance_uid", "accession_number", "patient_mrn",
-                 "resident_id", "encounter_id", "modality", "body_part", "study_date",
-                 "study_description", "referring_physician", "number_of_series")
-SERIES_COLUMNS = ("hospital_id", "series_instance_uid", "study_instance_uid", "resident_id",
-                  "modality", "body_part", "series_description", "sop_class_uid",
-                  "number_of_instances", "series_date")
+STUDY_COLUMNS = (
+    "hospital_id",
+    "study_instance_uid",
+    "accession_number",
+    "patient_mrn",
+    "resident_id",
+    "encounter_id",
+    "modality",
+    "body_part",
+    "study_date",
+    "study_description",
+    "referring_physician",
+    "number_of_series",
+)
+SERIES_COLUMNS = (
+    "hospital_id",
+    "series_instance_uid",
+    "study_instance_uid",
+    "resident_id",
+    "modality",
+    "body_part",
+    "series_description",
+    "sop_class_uid",
+    "number_of_instances",
+    "series_date",
+)
 
 # What a damaged file makes pydicom raise (found by fuzzing its sample files): a missing 'DICM'
 # prefix, a value whose length is not a multiple of its size, a read past the end (OSError
 # "No tag to read", struct.error on a short header, EOFError), garbage where a VR should be
 # (NotImplementedError "Unknown Value Representation"), undecodable or NUL-laden text (ValueError).
-_READ_ERRORS = (InvalidDicomError, BytesLengthException, OSError, EOFError, struct.error,
-                NotImplementedError, ValueError)
+_READ_ERRORS = (
+    InvalidDicomError,
+    BytesLengthException,
+    OSError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    ValueError,
+)
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -116,9 +143,13 @@ def _instance(source: str, ds: Dataset) -> _Instance | str:
         "referring_physician": _text(ds.get("ReferringPhysicianName")),
         "sop_class_uid": _text(ds.get("SOPClassUID")),
     }
-    return _Instance(source=source, study_uid=uids["StudyInstanceUID"] or "",
-                     series_uid=uids["SeriesInstanceUID"] or "",
-                     sop_uid=uids["SOPInstanceUID"] or "", tags=tags)
+    return _Instance(
+        source=source,
+        study_uid=uids["StudyInstanceUID"] or "",
+        series_uid=uids["SeriesInstanceUID"] or "",
+        sop_uid=uids["SOPInstanceUID"] or "",
+        tags=tags,
+    )
 
 
 def _read_one(source: str, content: bytes | Path) -> _Instance | str:
@@ -142,16 +173,24 @@ def _read_one(source: str, content: bytes | Path) -> _Instance | str:
 
 def _study_record(hospital_id: str, first: _Instance, series: set[str]) -> RawRecord:
     record: RawRecord = {c: first.tags.get(c) for c in STUDY_COLUMNS}
-    record.update(hospital_id=hospital_id, study_instance_uid=first.study_uid,
-                  number_of_series=str(len(series)), _source=first.source)
+    record.update(
+        hospital_id=hospital_id,
+        study_instance_uid=first.study_uid,
+        number_of_series=str(len(series)),
+        _source=first.source,
+    )
     return record
 
 
 def _series_record(hospital_id: str, first: _Instance, sops: set[str]) -> RawRecord:
     record: RawRecord = {c: first.tags.get(c) for c in SERIES_COLUMNS}
-    record.update(hospital_id=hospital_id, series_instance_uid=first.series_uid,
-                  study_instance_uid=first.study_uid, number_of_instances=str(len(sops)),
-                  _source=first.source)
+    record.update(
+        hospital_id=hospital_id,
+        series_instance_uid=first.series_uid,
+        study_instance_uid=first.study_uid,
+        number_of_instances=str(len(sops)),
+        _source=first.source,
+    )
     return record
 
 
@@ -186,12 +225,12 @@ _TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 # send, from the files bundled with the pydicom wheel — so the generator needs no network.
 # pydicom ships no DX or MG file; the generator can stand in CR for DX.
 TEMPLATE_NAMES = (
-    "CT_small.dcm",                        # CT, 39 KB
-    "MR_small.dcm",                        # MR, 10 KB
-    "dicomdirtests/77654033/CR1/6154",     # CR (cervical spine), 2 KB
-    "JPEG-lossy.dcm",                      # NM (whole-body bone scan), 10 KB
-    "examples_palette.dcm",                # US, 283 KB
-    "waveform_ecg.dcm",                    # ECG (12-lead waveform, no pixels), 291 KB
+    "CT_small.dcm",  # CT, 39 KB
+    "MR_small.dcm",  # MR, 10 KB
+    "dicomdirtests/77654033/CR1/6154",  # CR (cervical spine), 2 KB
+    "JPEG-lossy.dcm",  # NM (whole-body bone scan), 10 KB
+    "examples_palette.dcm",  # US, 283 KB
+    "waveform_ecg.dcm",  # ECG (12-lead waveform, no pixels), 291 KB
 )
 
 
@@ -202,9 +241,9 @@ def dicom_templates() -> list[Path]:
 
 @dataclass(frozen=True, kw_only=True)
 class PatientTags:
-    name: str                   # DICOM PN, e.g. "Zhang^Wei" or "张^伟"
-    mrn: str                    # the hospital's local patient ID → PatientID
-    resident_id: str            # 18-character resident ID → OtherPatientIDs
+    name: str  # DICOM PN, e.g. "Zhang^Wei" or "张^伟"
+    mrn: str  # the hospital's local patient ID → PatientID
+    resident_id: str  # 18-character resident ID → OtherPatientIDs
     birth_date: dt.date
     sex: Literal["M", "F", "O"]
 
@@ -215,7 +254,7 @@ class StudyTags:
     description: str
     accession_number: str
     encounter_id: str
-    referring_physician: str    # DICOM PN
+    referring_physician: str  # DICOM PN
     institution_name: str
     study_time: dt.time = dt.time(9, 0)
     number_of_series: int = 1
@@ -229,11 +268,23 @@ class StudyTags:
 
 # Identity left over from the template's original patient and staff: an export of our patient
 # must not carry someone else's address or age.
-_FOREIGN_IDENTITY = ("OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthTime",
-                     "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
-                     "OtherPatientNames", "PatientWeight", "PatientSize", "OperatorsName",
-                     "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-                     "InstitutionAddress", "InstitutionalDepartmentName", "StationName")
+_FOREIGN_IDENTITY = (
+    "OtherPatientIDsSequence",
+    "IssuerOfPatientID",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "OtherPatientNames",
+    "PatientWeight",
+    "PatientSize",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+)
 # Dates that would otherwise contradict the new study date.
 _OTHER_DATES = ("SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate")
 _OTHER_TIMES = ("SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime")
@@ -247,8 +298,9 @@ def _age(birth: dt.date, on: dt.date) -> str:
 def _uid(seed: int, patient: PatientTags, study: StudyTags, *parts: str) -> UID:
     # Patient and accession are mixed in so that two studies given the same seed by mistake still
     # get distinct UIDs; the same inputs always give the same UIDs.
-    return generate_uid(entropy_srcs=["medshare", str(seed), patient.resident_id,
-                                      study.accession_number, *parts])
+    return generate_uid(
+        entropy_srcs=["medshare", str(seed), patient.resident_id, study.accession_number, *parts]
+    )
 
 
 def _retag(ds: Dataset, patient: PatientTags, study: StudyTags) -> None:
@@ -278,8 +330,9 @@ def _retag(ds: Dataset, patient: PatientTags, study: StudyTags) -> None:
         setattr(ds, keyword, time)
 
 
-def write_dicom_study(out_dir: Path, *, templates: Sequence[Path], patient: PatientTags,
-                      study: StudyTags, seed: int) -> list[Path]:
+def write_dicom_study(
+    out_dir: Path, *, templates: Sequence[Path], patient: PatientTags, study: StudyTags, seed: int
+) -> list[Path]:
     """Write one study of `study.number_of_series` × `study.instances_per_series` files under
     `out_dir/<StudyInstanceUID>/`, pixel data kept. Series k is made from templates[k % len] —
     pass a single template for a single-modality study. Same arguments, same UIDs and files."""
@@ -319,4 +372,4 @@ def corrupt_dicom(path: Path, *, mode: Literal["truncate", "garbage"]) -> None:
     if mode == "truncate":
         path.write_bytes(content[:200])
     else:
-        path.write_bytes(_GARBAGE + content[len(_GARBAGE):])
+        path.write_bytes(_GARBAGE + content[len(_GARBAGE) :])

@@ -87,7 +87,7 @@ LAB_RESULT_SYSTEM = "urn:medshare:lab-result:"
 MEDICATION_SYSTEM = "urn:medshare:medication:"
 ACCESSION_SYSTEM = "urn:medshare:accession:"
 HOSPITAL_SYSTEM = "urn:medshare:hospital"
-DICOM_UID_SYSTEM = "urn:dicom:uid"      # FHIR's own system for DICOM UIDs (values `urn:oid:…`)
+DICOM_UID_SYSTEM = "urn:dicom:uid"  # FHIR's own system for DICOM UIDs (values `urn:oid:…`)
 
 # --- Code systems ---------------------------------------------------------------------------
 ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
@@ -99,7 +99,7 @@ OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation
 CONDITION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-category"
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 IDENTIFIER_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
-RFC3986_SYSTEM = "urn:ietf:rfc:3986"    # how FHIR codes a DICOM SOP class (`urn:oid:…`)
+RFC3986_SYSTEM = "urn:ietf:rfc:3986"  # how FHIR codes a DICOM SOP class (`urn:oid:…`)
 # Our route codes (the medications contract's values) and DICOM Body Part Examined (0018,0015)
 # terms: neither has a FHIR code system, so the project names them.
 ROUTE_SYSTEM = "urn:medshare:route"
@@ -120,33 +120,112 @@ REFERENCE_ONLY = "reference-only"
 # by FHIR's own rules. The base is ours and names no real server.
 FULL_URL_BASE = "https://fhir.medshare.invalid/r4"
 
-ENCOUNTER_CLASS = {"outpatient": "AMB", "inpatient": "IMP", "emergency": "EMER",
-                   "teleconsultation": "VR"}
+ENCOUNTER_CLASS = {
+    "outpatient": "AMB",
+    "inpatient": "IMP",
+    "emergency": "EMER",
+    "teleconsultation": "VR",
+}
 GENDER = {"M": "male", "F": "female"}
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "patients": ("hospital_id", "patient_mrn", "resident_id", "name", "sex", "birth_date", "phone",
-                 "address", "county_code", "registered_at"),
-    "encounters": ("hospital_id", "encounter_id", "patient_mrn", "resident_id", "encounter_type",
-                   "department", "admit_time", "discharge_time", "referred_from_hospital_id"),
-    "diagnoses": ("hospital_id", "encounter_id", "diagnosis_seq", "resident_id", "icd10_code",
-                  "diagnosis_type", "diagnosed_at"),
-    "lab_results": ("hospital_id", "lab_result_id", "encounter_id", "resident_id", "loinc_code",
-                    "value_num", "value_text", "unit", "reference_low", "reference_high",
-                    "abnormal_flag", "collected_at"),
-    "medications": ("hospital_id", "medication_id", "encounter_id", "resident_id", "atc_code",
-                    "drug_name", "dose", "dose_unit", "route", "frequency", "start_date",
-                    "end_date"),
-    "imaging_studies": ("hospital_id", "study_instance_uid", "accession_number", "patient_mrn",
-                        "resident_id", "encounter_id", "modality", "body_part", "study_date",
-                        "study_description", "referring_physician", "number_of_series"),
-    "imaging_series": ("hospital_id", "series_instance_uid", "study_instance_uid", "resident_id",
-                       "modality", "body_part", "series_description", "sop_class_uid",
-                       "number_of_instances", "series_date"),
+    "patients": (
+        "hospital_id",
+        "patient_mrn",
+        "resident_id",
+        "name",
+        "sex",
+        "birth_date",
+        "phone",
+        "address",
+        "county_code",
+        "registered_at",
+    ),
+    "encounters": (
+        "hospital_id",
+        "encounter_id",
+        "patient_mrn",
+        "resident_id",
+        "encounter_type",
+        "department",
+        "admit_time",
+        "discharge_time",
+        "referred_from_hospital_id",
+    ),
+    "diagnoses": (
+        "hospital_id",
+        "encounter_id",
+        "diagnosis_seq",
+        "resident_id",
+        "icd10_code",
+        "diagnosis_type",
+        "diagnosed_at",
+    ),
+    "lab_results": (
+        "hospital_id",
+        "lab_result_id",
+        "encounter_id",
+        "resident_id",
+        "loinc_code",
+        "value_num",
+        "value_text",
+        "unit",
+        "reference_low",
+        "reference_high",
+        "abnormal_flag",
+        "collected_at",
+    ),
+    "medications": (
+        "hospital_id",
+        "medication_id",
+        "encounter_id",
+        "resident_id",
+        "atc_code",
+        "drug_name",
+        "dose",
+        "dose_unit",
+        "route",
+        "frequency",
+        "start_date",
+        "end_date",
+    ),
+    "imaging_studies": (
+        "hospital_id",
+        "study_instance_uid",
+        "accession_number",
+        "patient_mrn",
+        "resident_id",
+        "encounter_id",
+        "modality",
+        "body_part",
+        "study_date",
+        "study_description",
+        "referring_physician",
+        "number_of_series",
+    ),
+    "imaging_series": (
+        "hospital_id",
+        "series_instance_uid",
+        "study_instance_uid",
+        "resident_id",
+        "modality",
+        "body_part",
+        "series_description",
+        "sop_class_uid",
+        "number_of_instances",
+        "series_date",
+    ),
 }
 FHIR_DATASETS = tuple(COLUMNS)
-RESOURCE_TYPES = ("Organization", "Patient", "Encounter", "Condition", "Observation",
-                  "MedicationRequest", "ImagingStudy")
+RESOURCE_TYPES = (
+    "Organization",
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "ImagingStudy",
+)
 BUNDLE_TYPES = ("collection", "transaction")
 
 # Exports are in China Standard Time, which has no daylight saving: a fixed offset is exact.
@@ -288,9 +367,15 @@ class _BundleWriter:
     def org(self, hospital_id: str | None) -> Json | None:
         if hospital_id is None:
             return None
-        self.orgs.setdefault(hospital_id, {
-            "resourceType": "Organization", "id": hospital_id, "active": True,
-            "identifier": [{"system": HOSPITAL_SYSTEM, "value": hospital_id}]})
+        self.orgs.setdefault(
+            hospital_id,
+            {
+                "resourceType": "Organization",
+                "id": hospital_id,
+                "active": True,
+                "identifier": [{"system": HOSPITAL_SYSTEM, "value": hospital_id}],
+            },
+        )
         return _ref("Organization", hospital_id)
 
     # -- patients --------------------------------------------------------------------------
@@ -299,38 +384,50 @@ class _BundleWriter:
         pid = self.new_id("Patient", h, mrn)
         self._patient.setdefault((h, mrn, rid), pid)
         self._patient_any.setdefault((h, rid), pid)
-        address = {"text": r.get("address"),
-                   "extension": [_extension(COUNTY_CODE_URL, "Code", r.get("county_code"))]}
+        address = {
+            "text": r.get("address"),
+            "extension": [_extension(COUNTY_CODE_URL, "Code", r.get("county_code"))],
+        }
         sex = r.get("sex")
-        self.patients.append({
-            "resourceType": "Patient", "id": pid,
-            "extension": [_extension(REGISTERED_AT_URL, "DateTime",
-                                     _fhir_datetime(r.get("registered_at")))],
-            "identifier": self._patient_identifiers(h, mrn, rid),
-            "active": True,
-            "name": [{"text": r.get("name")}],
-            "telecom": [{"system": "phone", "value": r.get("phone")}] if r.get("phone") else None,
-            # Other values go out as written: the contract, not the writer, rejects them.
-            "gender": GENDER.get(sex, sex) if sex is not None else None,
-            "birthDate": r.get("birth_date"),
-            "address": [address],
-            "managingOrganization": self.org(h),
-        })
+        self.patients.append(
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "extension": [
+                    _extension(REGISTERED_AT_URL, "DateTime", _fhir_datetime(r.get("registered_at")))
+                ],
+                "identifier": self._patient_identifiers(h, mrn, rid),
+                "active": True,
+                "name": [{"text": r.get("name")}],
+                "telecom": [{"system": "phone", "value": r.get("phone")}] if r.get("phone") else None,
+                # Other values go out as written: the contract, not the writer, rejects them.
+                "gender": GENDER.get(sex, sex) if sex is not None else None,
+                "birthDate": r.get("birth_date"),
+                "address": [address],
+                "managingOrganization": self.org(h),
+            }
+        )
 
     @staticmethod
     def _patient_identifiers(h: str | None, mrn: str | None, rid: str | None) -> list[Json | None]:
-        return [_identifier(_scoped(MRN_SYSTEM, h), mrn, "MR"),
-                _identifier(RESIDENT_ID_SYSTEM, rid, "NNCHN")]
+        return [
+            _identifier(_scoped(MRN_SYSTEM, h), mrn, "MR"),
+            _identifier(RESIDENT_ID_SYSTEM, rid, "NNCHN"),
+        ]
 
     def _stub_patient(self, h: str | None, mrn: str | None, rid: str | None) -> str:
         pid = self.new_id("Patient", "reference-only", h, mrn, rid)
         self._stub[(h, mrn, rid)] = pid
         self._stub_any.setdefault((h, rid), pid)
-        self.stubs.append({
-            "resourceType": "Patient", "id": pid,
-            "meta": {"tag": [{"system": TAG_SYSTEM, "code": REFERENCE_ONLY}]},
-            "identifier": self._patient_identifiers(h, mrn, rid),
-            "managingOrganization": self.org(h)})
+        self.stubs.append(
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "meta": {"tag": [{"system": TAG_SYSTEM, "code": REFERENCE_ONLY}]},
+                "identifier": self._patient_identifiers(h, mrn, rid),
+                "managingOrganization": self.org(h),
+            }
+        )
         return pid
 
     def patient_ref(self, r: Mapping[str, str | None], *, with_mrn: bool) -> Json:
@@ -341,8 +438,11 @@ class _BundleWriter:
             key = (h, r.get("patient_mrn"), rid)
             pid = self._patient.get(key) or self._stub.get(key) or self._stub_patient(*key)
         else:
-            pid = (self._patient_any.get((h, rid)) or self._stub_any.get((h, rid))
-                   or self._stub_patient(h, None, rid))
+            pid = (
+                self._patient_any.get((h, rid))
+                or self._stub_any.get((h, rid))
+                or self._stub_patient(h, None, rid)
+            )
         return _ref("Patient", pid)
 
     def encounter_ref(self, h: str | None, encounter_id: str | None) -> Json | None:
@@ -350,8 +450,10 @@ class _BundleWriter:
         if encounter_id is None:
             return None
         eid = self._encounter.get((h, encounter_id))
-        return {"reference": f"Encounter/{eid}" if eid else None,
-                "identifier": {"system": _scoped(ENCOUNTER_SYSTEM, h), "value": encounter_id}}
+        return {
+            "reference": f"Encounter/{eid}" if eid else None,
+            "identifier": {"system": _scoped(ENCOUNTER_SYSTEM, h), "value": encounter_id},
+        }
 
     # -- encounters and what hangs off them ------------------------------------------------
     def encounter(self, r: Mapping[str, str | None]) -> None:
@@ -359,33 +461,41 @@ class _BundleWriter:
         eid = self.new_id("Encounter", h, encounter_id)
         self._encounter.setdefault((h, encounter_id), eid)
         referred = r.get("referred_from_hospital_id")
-        self.resources.append({
-            "resourceType": "Encounter", "id": eid,
-            "identifier": [_identifier(_scoped(ENCOUNTER_SYSTEM, h), encounter_id)],
-            "status": "finished" if r.get("discharge_time") else "in-progress",
-            "class": _coding(ACT_CODE_SYSTEM, ENCOUNTER_CLASS.get(kind, kind) if kind else None),
-            "serviceType": {"text": r.get("department")},
-            "subject": self.patient_ref(r, with_mrn=True),
-            "period": {"start": _fhir_datetime(r.get("admit_time")),
-                       "end": _fhir_datetime(r.get("discharge_time"))},
-            "hospitalization": {"origin": self.org(referred)},
-            "serviceProvider": self.org(h),
-        })
+        self.resources.append(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "identifier": [_identifier(_scoped(ENCOUNTER_SYSTEM, h), encounter_id)],
+                "status": "finished" if r.get("discharge_time") else "in-progress",
+                "class": _coding(ACT_CODE_SYSTEM, ENCOUNTER_CLASS.get(kind, kind) if kind else None),
+                "serviceType": {"text": r.get("department")},
+                "subject": self.patient_ref(r, with_mrn=True),
+                "period": {
+                    "start": _fhir_datetime(r.get("admit_time")),
+                    "end": _fhir_datetime(r.get("discharge_time")),
+                },
+                "hospitalization": {"origin": self.org(referred)},
+                "serviceProvider": self.org(h),
+            }
+        )
 
     def condition(self, r: Mapping[str, str | None]) -> None:
         h, encounter_id = r.get("hospital_id"), r.get("encounter_id")
-        self.resources.append({
-            "resourceType": "Condition",
-            "id": self.new_id("Condition", h, encounter_id, r.get("diagnosis_seq")),
-            "extension": [
-                _extension(DIAGNOSIS_SEQ_URL, "Integer", _fhir_number(r.get("diagnosis_seq"))),
-                _extension(DIAGNOSIS_TYPE_URL, "Code", r.get("diagnosis_type"))],
-            "category": [{"coding": [_coding(CONDITION_CATEGORY_SYSTEM, "encounter-diagnosis")]}],
-            "code": {"coding": [_coding(ICD10_SYSTEM, r.get("icd10_code"))]},
-            "subject": self.patient_ref(r, with_mrn=False),
-            "encounter": self.encounter_ref(h, encounter_id),
-            "recordedDate": _fhir_datetime(r.get("diagnosed_at")),
-        })
+        self.resources.append(
+            {
+                "resourceType": "Condition",
+                "id": self.new_id("Condition", h, encounter_id, r.get("diagnosis_seq")),
+                "extension": [
+                    _extension(DIAGNOSIS_SEQ_URL, "Integer", _fhir_number(r.get("diagnosis_seq"))),
+                    _extension(DIAGNOSIS_TYPE_URL, "Code", r.get("diagnosis_type")),
+                ],
+                "category": [{"coding": [_coding(CONDITION_CATEGORY_SYSTEM, "encounter-diagnosis")]}],
+                "code": {"coding": [_coding(ICD10_SYSTEM, r.get("icd10_code"))]},
+                "subject": self.patient_ref(r, with_mrn=False),
+                "encounter": self.encounter_ref(h, encounter_id),
+                "recordedDate": _fhir_datetime(r.get("diagnosed_at")),
+            }
+        )
 
     def observation(self, r: Mapping[str, str | None]) -> None:
         h, unit, text = r.get("hospital_id"), r.get("unit"), r.get("value_text")
@@ -397,56 +507,79 @@ class _BundleWriter:
             return None if value is None else {"value": _fhir_number(value), "unit": unit}
 
         flag = r.get("abnormal_flag")
-        self.resources.append({
-            "resourceType": "Observation",
-            "id": self.new_id("Observation", h, r.get("lab_result_id")),
-            # value[x] holds one value: text beside a quantity goes to an extension.
-            "extension": [_extension(VALUE_TEXT_URL, "String", text if quantity else None)],
-            "identifier": [_identifier(_scoped(LAB_RESULT_SYSTEM, h), r.get("lab_result_id"))],
-            "status": "final",
-            "category": [{"coding": [_coding(OBSERVATION_CATEGORY_SYSTEM, "laboratory")]}],
-            "code": {"coding": [_coding(LOINC_SYSTEM, r.get("loinc_code"))]},
-            "subject": self.patient_ref(r, with_mrn=False),
-            "encounter": self.encounter_ref(h, r.get("encounter_id")),
-            "effectiveDateTime": _fhir_datetime(r.get("collected_at")),
-            "valueQuantity": quantity,
-            "valueString": None if quantity else text,
-            "interpretation": [{"coding": [_coding(INTERPRETATION_SYSTEM, flag)]}] if flag else [],
-            "referenceRange": [{"low": bound(r.get("reference_low")),
-                                "high": bound(r.get("reference_high"))}],
-        })
+        self.resources.append(
+            {
+                "resourceType": "Observation",
+                "id": self.new_id("Observation", h, r.get("lab_result_id")),
+                # value[x] holds one value: text beside a quantity goes to an extension.
+                "extension": [_extension(VALUE_TEXT_URL, "String", text if quantity else None)],
+                "identifier": [_identifier(_scoped(LAB_RESULT_SYSTEM, h), r.get("lab_result_id"))],
+                "status": "final",
+                "category": [{"coding": [_coding(OBSERVATION_CATEGORY_SYSTEM, "laboratory")]}],
+                "code": {"coding": [_coding(LOINC_SYSTEM, r.get("loinc_code"))]},
+                "subject": self.patient_ref(r, with_mrn=False),
+                "encounter": self.encounter_ref(h, r.get("encounter_id")),
+                "effectiveDateTime": _fhir_datetime(r.get("collected_at")),
+                "valueQuantity": quantity,
+                "valueString": None if quantity else text,
+                "interpretation": [{"coding": [_coding(INTERPRETATION_SYSTEM, flag)]}] if flag else [],
+                "referenceRange": [
+                    {"low": bound(r.get("reference_low")), "high": bound(r.get("reference_high"))}
+                ],
+            }
+        )
 
     def medication(self, r: Mapping[str, str | None]) -> None:
         h, route = r.get("hospital_id"), r.get("route")
-        self.resources.append({
-            "resourceType": "MedicationRequest",
-            "id": self.new_id("MedicationRequest", h, r.get("medication_id")),
-            "identifier": [_identifier(_scoped(MEDICATION_SYSTEM, h), r.get("medication_id"))],
-            "status": "unknown",  # exports say nothing about it; the dates are in the timing
-            "intent": "order",
-            "medicationCodeableConcept": {"coding": [_coding(ATC_SYSTEM, r.get("atc_code"))],
-                                          "text": r.get("drug_name")},
-            "subject": self.patient_ref(r, with_mrn=False),
-            "encounter": self.encounter_ref(h, r.get("encounter_id")),
-            "dosageInstruction": [{
-                "timing": {"repeat": {"boundsPeriod": {"start": r.get("start_date"),
-                                                       "end": r.get("end_date")}},
-                           "code": {"text": r.get("frequency")}},
-                "route": {"coding": [_coding(ROUTE_SYSTEM, route)]} if route else None,
-                "doseAndRate": [{"doseQuantity": {"value": _fhir_number(r.get("dose")),
-                                                  "unit": r.get("dose_unit")}}],
-            }],
-        })
+        self.resources.append(
+            {
+                "resourceType": "MedicationRequest",
+                "id": self.new_id("MedicationRequest", h, r.get("medication_id")),
+                "identifier": [_identifier(_scoped(MEDICATION_SYSTEM, h), r.get("medication_id"))],
+                "status": "unknown",  # exports say nothing about it; the dates are in the timing
+                "intent": "order",
+                "medicationCodeableConcept": {
+                    "coding": [_coding(ATC_SYSTEM, r.get("atc_code"))],
+                    "text": r.get("drug_name"),
+                },
+                "subject": self.patient_ref(r, with_mrn=False),
+                "encounter": self.encounter_ref(h, r.get("encounter_id")),
+                "dosageInstruction": [
+                    {
+                        "timing": {
+                            "repeat": {
+                                "boundsPeriod": {
+                                    "start": r.get("start_date"),
+                                    "end": r.get("end_date"),
+                                }
+                            },
+                            "code": {"text": r.get("frequency")},
+                        },
+                        "route": {"coding": [_coding(ROUTE_SYSTEM, route)]} if route else None,
+                        "doseAndRate": [
+                            {
+                                "doseQuantity": {
+                                    "value": _fhir_number(r.get("dose")),
+                                    "unit": r.get("dose_unit"),
+                                }
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
 
     # -- imaging ---------------------------------------------------------------------------
     def study(self, r: Mapping[str, str | None]) -> None:
         h, uid, rid = r.get("hospital_id"), r.get("study_instance_uid"), r.get("resident_id")
         resource: Json = {
-            "resourceType": "ImagingStudy", "id": self.new_id("ImagingStudy", h, uid),
+            "resourceType": "ImagingStudy",
+            "id": self.new_id("ImagingStudy", h, uid),
             "extension": [_extension(BODY_PART_URL, "Coding", _body_part(r.get("body_part")))],
-            "identifier": [_uid_identifier(uid),
-                           _identifier(_scoped(ACCESSION_SYSTEM, h), r.get("accession_number"),
-                                       "ACSN")],
+            "identifier": [
+                _uid_identifier(uid),
+                _identifier(_scoped(ACCESSION_SYSTEM, h), r.get("accession_number"), "ACSN"),
+            ],
             "status": "available",
             "modality": [_coding(DICOM_SYSTEM, r.get("modality"))],
             "subject": self.patient_ref(r, with_mrn=True),
@@ -470,21 +603,26 @@ class _BundleWriter:
                 "resourceType": "ImagingStudy",
                 "id": self.new_id("ImagingStudy", "reference-only", *key),
                 "meta": {"tag": [{"system": TAG_SYSTEM, "code": REFERENCE_ONLY}]},
-                "identifier": [_uid_identifier(key[1])], "status": "available",
-                "subject": self.patient_ref(r, with_mrn=False), "series": []}
+                "identifier": [_uid_identifier(key[1])],
+                "status": "available",
+                "subject": self.patient_ref(r, with_mrn=False),
+                "series": [],
+            }
             self._stub_study[key] = study
             self.stub_studies.append(study)
         sop = r.get("sop_class_uid")
         sop_class = None if sop is None else _coding(RFC3986_SYSTEM, f"urn:oid:{sop}")
-        study["series"].append({
-            "extension": [_extension(SOP_CLASS_URL, "Coding", sop_class)],
-            "uid": r.get("series_instance_uid"),
-            "modality": _coding(DICOM_SYSTEM, r.get("modality")),
-            "description": r.get("series_description"),
-            "numberOfInstances": _fhir_number(r.get("number_of_instances")),
-            "bodySite": _body_part(r.get("body_part")),
-            "started": r.get("series_date"),
-        })
+        study["series"].append(
+            {
+                "extension": [_extension(SOP_CLASS_URL, "Coding", sop_class)],
+                "uid": r.get("series_instance_uid"),
+                "modality": _coding(DICOM_SYSTEM, r.get("modality")),
+                "description": r.get("series_description"),
+                "numberOfInstances": _fhir_number(r.get("number_of_instances")),
+                "bodySite": _body_part(r.get("body_part")),
+                "started": r.get("series_date"),
+            }
+        )
 
 
 def _uid_identifier(uid: str | None) -> Json | None:
@@ -508,7 +646,9 @@ _WRITERS: dict[str, Callable[[_BundleWriter, Mapping[str, str | None]], None]] =
 
 
 def records_to_bundle(
-    records: Mapping[str, Sequence[Mapping[str, str | None]]], *, bundle_id: str,
+    records: Mapping[str, Sequence[Mapping[str, str | None]]],
+    *,
+    bundle_id: str,
     bundle_type: str = "collection",
 ) -> dict[str, Any]:
     """One Bundle (a JSON-serialisable dict) holding the raw records of FHIR_DATASETS; other
@@ -520,8 +660,13 @@ def records_to_bundle(
     for dataset, write in _WRITERS.items():
         for record in records.get(dataset, ()):
             write(writer, record)
-    resources = [*writer.orgs.values(), *writer.patients, *writer.stubs, *writer.resources,
-                 *writer.stub_studies]
+    resources = [
+        *writer.orgs.values(),
+        *writer.patients,
+        *writer.stubs,
+        *writer.resources,
+        *writer.stub_studies,
+    ]
     entries = []
     for resource in resources:
         path = f"{resource['resourceType']}/{resource['id']}"
@@ -637,8 +782,10 @@ def _identifier_value(resource: object, system: str, *, prefix: bool = False) ->
 
 
 def _is_reference_only(resource: object) -> bool:
-    return any(t.get("system") == TAG_SYSTEM and t.get("code") == REFERENCE_ONLY
-               for t in _items(resource, "meta.tag"))
+    return any(
+        t.get("system") == TAG_SYSTEM and t.get("code") == REFERENCE_ONLY
+        for t in _items(resource, "meta.tag")
+    )
 
 
 # `Type/id`, absolute or relative, optionally version-specific.
@@ -696,8 +843,9 @@ class _BundleReader:
             self.reject(f"not a FHIR Bundle (resourceType {bundle.get('resourceType')!r})")
             return self.batch
         if bundle.get("type") not in BUNDLE_TYPES:
-            self.reject(f"Bundle type {bundle.get('type')!r} is not read "
-                        f"(expected {' or '.join(BUNDLE_TYPES)})")
+            self.reject(
+                f"Bundle type {bundle.get('type')!r} is not read (expected {' or '.join(BUNDLE_TYPES)})"
+            )
             return self.batch
         raw_entries = bundle.get("entry", [])
         if not isinstance(raw_entries, list):
@@ -729,8 +877,10 @@ class _BundleReader:
             self.reject(f"entry {index}: resource has no resourceType")
             return None
         if kind not in RESOURCE_TYPES:
-            self.reject(f"{entry.label()}: resourceType {kind!r} is not read "
-                        f"(expected one of {', '.join(RESOURCE_TYPES)})")
+            self.reject(
+                f"{entry.label()}: resourceType {kind!r} is not read "
+                f"(expected one of {', '.join(RESOURCE_TYPES)})"
+            )
             return None
         return entry
 
@@ -783,31 +933,44 @@ class _BundleReader:
             return value
         target = self.resolve(reference, "Encounter")
         if target is None:
-            raise _Bad(f"encounter {reference!r} is not an Encounter in this bundle and the "
-                       "reference carries no identifier")
+            raise _Bad(
+                f"encounter {reference!r} is not an Encounter in this bundle and the "
+                "reference carries no identifier"
+            )
         return _identifier_value(target.resource, ENCOUNTER_SYSTEM, prefix=True)
 
     # -- resources -------------------------------------------------------------------------
     def _patient(self, entry: _Entry) -> None:
         r = entry.resource
-        patient = _Patient(self.hospital(r, "managingOrganization"),
-                           _identifier_value(r, MRN_SYSTEM, prefix=True),
-                           _identifier_value(r, RESIDENT_ID_SYSTEM))
+        patient = _Patient(
+            self.hospital(r, "managingOrganization"),
+            _identifier_value(r, MRN_SYSTEM, prefix=True),
+            _identifier_value(r, RESIDENT_ID_SYSTEM),
+        )
         if not _is_reference_only(r):
             sex = _str(r, "gender")
-            self.add("patients", {
-                "hospital_id": patient.hospital_id, "patient_mrn": patient.patient_mrn,
-                "resident_id": patient.resident_id, "name": _name(r),
-                "sex": SEX.get(sex or "", sex),
-                "birth_date": _local_date(_str(r, "birthDate")),
-                "phone": next((_str(t, "value") for t in _items(r, "telecom")
-                               if t.get("system") == "phone"), None),
-                "address": _str(r, "address.0.text") or _joined(r, "address.0.line"),
-                "county_code": _text(_extension_value(_get(r, "address.0"), COUNTY_CODE_URL),
-                                     "county-code"),
-                "registered_at": _local_timestamp(
-                    _text(_extension_value(r, REGISTERED_AT_URL), "registered-at")),
-            })
+            self.add(
+                "patients",
+                {
+                    "hospital_id": patient.hospital_id,
+                    "patient_mrn": patient.patient_mrn,
+                    "resident_id": patient.resident_id,
+                    "name": _name(r),
+                    "sex": SEX.get(sex or "", sex),
+                    "birth_date": _local_date(_str(r, "birthDate")),
+                    "phone": next(
+                        (_str(t, "value") for t in _items(r, "telecom") if t.get("system") == "phone"),
+                        None,
+                    ),
+                    "address": _str(r, "address.0.text") or _joined(r, "address.0.line"),
+                    "county_code": _text(
+                        _extension_value(_get(r, "address.0"), COUNTY_CODE_URL), "county-code"
+                    ),
+                    "registered_at": _local_timestamp(
+                        _text(_extension_value(r, REGISTERED_AT_URL), "registered-at")
+                    ),
+                },
+            )
         # Only now: a Patient rejected above is not a subject its dependants can use.
         self.patients[entry.index] = patient
 
@@ -817,53 +980,73 @@ class _BundleReader:
         patient = self.subject(r)
         kind = _code(_get(r, "class"), "class", ACT_CODE_SYSTEM)
         origin = _str(r, "hospitalization.origin.reference")
-        self.add("encounters", {
-            "hospital_id": hospital_id,
-            "encounter_id": _identifier_value(r, ENCOUNTER_SYSTEM, prefix=True),
-            "patient_mrn": patient.patient_mrn, "resident_id": patient.resident_id,
-            "encounter_type": ENCOUNTER_TYPE.get(kind or "", kind),
-            "department": (_str(r, "serviceType.text")
-                           or _loose_code(_get(r, "serviceType"), "serviceType", "")),
-            "admit_time": _local_timestamp(_str(r, "period.start")),
-            "discharge_time": _local_timestamp(_str(r, "period.end")),
-            # A non-Organization origin (a Location, say) goes through as its reference text.
-            "referred_from_hospital_id": origin and (self.organization_id(origin) or origin),
-        })
+        self.add(
+            "encounters",
+            {
+                "hospital_id": hospital_id,
+                "encounter_id": _identifier_value(r, ENCOUNTER_SYSTEM, prefix=True),
+                "patient_mrn": patient.patient_mrn,
+                "resident_id": patient.resident_id,
+                "encounter_type": ENCOUNTER_TYPE.get(kind or "", kind),
+                "department": (
+                    _str(r, "serviceType.text") or _loose_code(_get(r, "serviceType"), "serviceType", "")
+                ),
+                "admit_time": _local_timestamp(_str(r, "period.start")),
+                "discharge_time": _local_timestamp(_str(r, "period.end")),
+                # A non-Organization origin (a Location, say) goes through as its reference text.
+                "referred_from_hospital_id": origin and (self.organization_id(origin) or origin),
+            },
+        )
 
     def _condition(self, entry: _Entry) -> None:
         r = entry.resource
         patient = self.subject(r)
-        self.add("diagnoses", {
-            "hospital_id": patient.hospital_id, "encounter_id": self.encounter_id(r),
-            "diagnosis_seq": _text(_extension_value(r, DIAGNOSIS_SEQ_URL), "diagnosis-seq"),
-            "resident_id": patient.resident_id,
-            "icd10_code": _code(_get(r, "code"), "code", ICD10_SYSTEM),
-            "diagnosis_type": _text(_extension_value(r, DIAGNOSIS_TYPE_URL), "diagnosis-type"),
-            "diagnosed_at": _local_timestamp(_str(r, "recordedDate")),
-        })
+        self.add(
+            "diagnoses",
+            {
+                "hospital_id": patient.hospital_id,
+                "encounter_id": self.encounter_id(r),
+                "diagnosis_seq": _text(_extension_value(r, DIAGNOSIS_SEQ_URL), "diagnosis-seq"),
+                "resident_id": patient.resident_id,
+                "icd10_code": _code(_get(r, "code"), "code", ICD10_SYSTEM),
+                "diagnosis_type": _text(_extension_value(r, DIAGNOSIS_TYPE_URL), "diagnosis-type"),
+                "diagnosed_at": _local_timestamp(_str(r, "recordedDate")),
+            },
+        )
 
     def _observation(self, entry: _Entry) -> None:
         r = entry.resource
-        if not any(c.get("system") == OBSERVATION_CATEGORY_SYSTEM and c.get("code") == "laboratory"
-                   for concept in _items(r, "category") for c in _codings(concept, "category")):
-            raise _Bad(f"not a laboratory Observation (category has no 'laboratory' in "
-                       f"{OBSERVATION_CATEGORY_SYSTEM})")
+        if not any(
+            c.get("system") == OBSERVATION_CATEGORY_SYSTEM and c.get("code") == "laboratory"
+            for concept in _items(r, "category")
+            for c in _codings(concept, "category")
+        ):
+            raise _Bad(
+                f"not a laboratory Observation (category has no 'laboratory' in "
+                f"{OBSERVATION_CATEGORY_SYSTEM})"
+            )
         patient = self.subject(r)
         loinc = _code(_get(r, "code"), "code", LOINC_SYSTEM)
         value_num, value_text, unit = _observation_value(r)
-        self.add("lab_results", {
-            "hospital_id": patient.hospital_id,
-            "lab_result_id": _identifier_value(r, LAB_RESULT_SYSTEM, prefix=True),
-            "encounter_id": self.encounter_id(r), "resident_id": patient.resident_id,
-            "loinc_code": loinc, "value_num": value_num,
-            "value_text": value_text or _text(_extension_value(r, VALUE_TEXT_URL), "value-text"),
-            "unit": unit,
-            "reference_low": _str(r, "referenceRange.0.low.value"),
-            "reference_high": _str(r, "referenceRange.0.high.value"),
-            "abnormal_flag": _loose_code(_get(r, "interpretation.0"), "interpretation",
-                                         INTERPRETATION_SYSTEM),
-            "collected_at": _local_timestamp(_str(r, "effectiveDateTime")),
-        })
+        self.add(
+            "lab_results",
+            {
+                "hospital_id": patient.hospital_id,
+                "lab_result_id": _identifier_value(r, LAB_RESULT_SYSTEM, prefix=True),
+                "encounter_id": self.encounter_id(r),
+                "resident_id": patient.resident_id,
+                "loinc_code": loinc,
+                "value_num": value_num,
+                "value_text": value_text or _text(_extension_value(r, VALUE_TEXT_URL), "value-text"),
+                "unit": unit,
+                "reference_low": _str(r, "referenceRange.0.low.value"),
+                "reference_high": _str(r, "referenceRange.0.high.value"),
+                "abnormal_flag": _loose_code(
+                    _get(r, "interpretation.0"), "interpretation", INTERPRETATION_SYSTEM
+                ),
+                "collected_at": _local_timestamp(_str(r, "effectiveDateTime")),
+            },
+        )
 
     def _medication(self, entry: _Entry) -> None:
         r = entry.resource
@@ -871,37 +1054,48 @@ class _BundleReader:
         # A medicationReference (a Medication resource) is not read: no ATC coding to find.
         atc = _code(_get(r, "medicationCodeableConcept"), "medicationCodeableConcept", ATC_SYSTEM)
         dosage = "dosageInstruction.0"
-        self.add("medications", {
-            "hospital_id": patient.hospital_id,
-            "medication_id": _identifier_value(r, MEDICATION_SYSTEM, prefix=True),
-            "encounter_id": self.encounter_id(r), "resident_id": patient.resident_id,
-            "atc_code": atc, "drug_name": _str(r, "medicationCodeableConcept.text"),
-            "dose": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.value"),
-            "dose_unit": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.unit"),
-            "route": _loose_code(_get(r, f"{dosage}.route"), f"{dosage}.route", ROUTE_SYSTEM),
-            "frequency": _loose_code(_get(r, f"{dosage}.timing.code"), f"{dosage}.timing.code", ""),
-            "start_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.start")),
-            "end_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.end")),
-        })
+        self.add(
+            "medications",
+            {
+                "hospital_id": patient.hospital_id,
+                "medication_id": _identifier_value(r, MEDICATION_SYSTEM, prefix=True),
+                "encounter_id": self.encounter_id(r),
+                "resident_id": patient.resident_id,
+                "atc_code": atc,
+                "drug_name": _str(r, "medicationCodeableConcept.text"),
+                "dose": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.value"),
+                "dose_unit": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.unit"),
+                "route": _loose_code(_get(r, f"{dosage}.route"), f"{dosage}.route", ROUTE_SYSTEM),
+                "frequency": _loose_code(_get(r, f"{dosage}.timing.code"), f"{dosage}.timing.code", ""),
+                "start_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.start")),
+                "end_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.end")),
+            },
+        )
 
     def _imaging_study(self, entry: _Entry) -> None:
         r = entry.resource
         patient = self.subject(r)
         uid = _strip_oid(_identifier_value(r, DICOM_UID_SYSTEM))
         if not _is_reference_only(r):
-            self.add("imaging_studies", {
-                "hospital_id": patient.hospital_id, "study_instance_uid": uid,
-                "accession_number": _identifier_value(r, ACCESSION_SYSTEM, prefix=True),
-                "patient_mrn": patient.patient_mrn, "resident_id": patient.resident_id,
-                "encounter_id": self.encounter_id(r),
-                "modality": _code(_get(r, "modality"), "modality", DICOM_SYSTEM),
-                "body_part": _loose_code(_extension_value(r, BODY_PART_URL), "body-part",
-                                         BODY_PART_SYSTEM),
-                "study_date": _local_date(_str(r, "started")),
-                "study_description": _str(r, "description"),
-                "referring_physician": _str(r, "referrer.display"),
-                "number_of_series": _str(r, "numberOfSeries"),
-            })
+            self.add(
+                "imaging_studies",
+                {
+                    "hospital_id": patient.hospital_id,
+                    "study_instance_uid": uid,
+                    "accession_number": _identifier_value(r, ACCESSION_SYSTEM, prefix=True),
+                    "patient_mrn": patient.patient_mrn,
+                    "resident_id": patient.resident_id,
+                    "encounter_id": self.encounter_id(r),
+                    "modality": _code(_get(r, "modality"), "modality", DICOM_SYSTEM),
+                    "body_part": _loose_code(
+                        _extension_value(r, BODY_PART_URL), "body-part", BODY_PART_SYSTEM
+                    ),
+                    "study_date": _local_date(_str(r, "started")),
+                    "study_description": _str(r, "description"),
+                    "referring_physician": _str(r, "referrer.display"),
+                    "number_of_series": _str(r, "numberOfSeries"),
+                },
+            )
         for i, series in enumerate(_items(r, "series")):
             try:
                 self.add("imaging_series", _series(series, patient, uid))
@@ -920,13 +1114,16 @@ _READERS: dict[str, Callable[[_BundleReader, _Entry], None]] = {
 
 def _series(s: dict[str, Any], patient: _Patient, study_uid: str | None) -> RawRecord:
     return {
-        "hospital_id": patient.hospital_id, "series_instance_uid": _str(s, "uid"),
-        "study_instance_uid": study_uid, "resident_id": patient.resident_id,
+        "hospital_id": patient.hospital_id,
+        "series_instance_uid": _str(s, "uid"),
+        "study_instance_uid": study_uid,
+        "resident_id": patient.resident_id,
         "modality": _code(_get(s, "modality"), "modality", DICOM_SYSTEM),
         "body_part": _loose_code(_get(s, "bodySite"), "bodySite", BODY_PART_SYSTEM),
         "series_description": _str(s, "description"),
-        "sop_class_uid": _strip_oid(_loose_code(_extension_value(s, SOP_CLASS_URL), "sop-class",
-                                                RFC3986_SYSTEM)),
+        "sop_class_uid": _strip_oid(
+            _loose_code(_extension_value(s, SOP_CLASS_URL), "sop-class", RFC3986_SYSTEM)
+        ),
         "number_of_instances": _str(s, "numberOfInstances"),
         "series_date": _local_date(_str(s, "started")),
     }
@@ -934,8 +1131,11 @@ def _series(s: dict[str, Any], patient: _Patient, study_uid: str | None) -> RawR
 
 def _name(resource: object) -> str | None:
     # Chinese order without a separator when there is no text: family name, then given names.
-    return _str(resource, "name.0.text") or "".join(
-        filter(None, [_str(resource, "name.0.family"), _joined(resource, "name.0.given")])) or None
+    return (
+        _str(resource, "name.0.text")
+        or "".join(filter(None, [_str(resource, "name.0.family"), _joined(resource, "name.0.given")]))
+        or None
+    )
 
 
 def _joined(node: object, path: str) -> str | None:
@@ -958,12 +1158,14 @@ def _observation_value(r: dict[str, Any]) -> tuple[str | None, str | None, str |
     if kind == "valueCodeableConcept":
         text = _str(r, "valueCodeableConcept.text")
         return None, text or _loose_code(r[kind], kind, ""), None
-    raise _Bad(f"{kind} is not read (expected valueQuantity, valueInteger, valueString, "
-               "valueBoolean or valueCodeableConcept)")
+    raise _Bad(
+        f"{kind} is not read (expected valueQuantity, valueInteger, valueString, "
+        "valueBoolean or valueCodeableConcept)"
+    )
 
 
 def _strip_oid(uid: str | None) -> str | None:
-    return uid[len("urn:oid:"):] if uid is not None and uid.startswith("urn:oid:") else uid
+    return uid[len("urn:oid:") :] if uid is not None and uid.startswith("urn:oid:") else uid
 
 
 def _json_kind(value: object) -> str:
@@ -1005,8 +1207,7 @@ def read_fhir_file(name: str, content: bytes) -> FhirBatch:
             return bundle_to_records(_loads(text), source=name)
         except json.JSONDecodeError as exc:
             if exc.msg != "Extra data":
-                return _rejected(name, f"invalid JSON: {exc.msg} at line {exc.lineno} "
-                                       f"column {exc.colno}")
+                return _rejected(name, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
             return _rejected(name, f"invalid JSON: {exc}")
     merged = FhirBatch()

@@ -72,7 +72,11 @@ def read_jsonl(content: bytes, *, columns: Sequence[str]) -> Iterator[RawRecord]
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield {"_line": str(number), "_error": f"{MALFORMED}: invalid JSON ({exc.msg})", "_raw": line}
+            yield {
+                "_line": str(number),
+                "_error": f"{MALFORMED}: invalid JSON ({exc.msg})",
+                "_raw": line,
+            }
             continue
         if not isinstance(obj, dict):
             yield {"_line": str(number), "_error": f"{MALFORMED}: not a JSON object", "_raw": line}
@@ -82,8 +86,11 @@ def read_jsonl(content: bytes, *, columns: Sequence[str]) -> Iterator[RawRecord]
             for name in columns:
                 record[name] = _scalar(obj.get(name))
         except TypeError as exc:
-            yield {"_line": str(number), "_error": f"{MALFORMED}: {name} is a {exc}, not a value",
-                   "_raw": line}
+            yield {
+                "_line": str(number),
+                "_error": f"{MALFORMED}: {name} is a {exc}, not a value",
+                "_raw": line,
+            }
             continue
         record["_line"] = str(number)
         yield record

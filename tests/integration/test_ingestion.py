@@ -41,27 +41,41 @@ class Ingested:
 
     def table(self, bucket: str, name: str, root: str | None = None) -> DeltaTable:
         creds = site_credentials(self.settings, CITY)
-        return DeltaTable(s3_uri(bucket, f"{self.root if root is None else root}{name}"),
-                          storage_options=delta_storage_options(self.settings, creds))
+        return DeltaTable(
+            s3_uri(bucket, f"{self.root if root is None else root}{name}"),
+            storage_options=delta_storage_options(self.settings, creds),
+        )
 
     def options(self, **kw: object) -> IngestOptions:
         return IngestOptions(city=CITY, table_root=self.root, landing_prefix=self.root, now=NOW, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
-def ingested(spark, stack: Settings, topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Ingested:
+def ingested(
+    spark, stack: Settings, topology: Topology, tmp_path_factory: pytest.TempPathFactory
+) -> Ingested:
     import uuid
 
     root = f"tests/{uuid.uuid4().hex[:10]}/"
     contracts = load_contracts(stack.platform_dir)
     out = tmp_path_factory.mktemp("exports")
     # Defect rates tripled so every kind occurs even in a small export.
-    manifest = generate(topology, contracts, out, GenerateOptions(
-        seed=11, patients=150, cities=(CITY,), rates=DefectRates().scaled(3)))
+    manifest = generate(
+        topology,
+        contracts,
+        out,
+        GenerateOptions(seed=11, patients=150, cities=(CITY,), rates=DefectRates().scaled(3)),
+    )
     client = s3_client(stack, site_credentials(stack, CITY))
     land(client, topology.city(CITY).buckets.landing, out / CITY, prefix=root)
-    ing = Ingested(root=root, exports=out / CITY, manifest=manifest, report=None, settings=stack,  # type: ignore[arg-type]
-                   contracts=contracts)
+    ing = Ingested(
+        root=root,
+        exports=out / CITY,
+        manifest=manifest,
+        report=None,
+        settings=stack,  # type: ignore[arg-type]
+        contracts=contracts,
+    )
     ing.report = run_ingestion(spark, client, topology, contracts, ing.options())
     return ing
 
@@ -75,7 +89,9 @@ def test_every_row_is_accounted_for(ingested: Ingested) -> None:
         assert ds.rows_in == ds.curated + ds.quarantined_total + ds.duplicates, name
         expected_bad = Counter(d.rule for d in city_defects if d.dataset == name and d.rule != DUPLICATE)
         assert ds.quarantined_total == sum(expected_bad.values()), name
-        assert ds.duplicates == sum(1 for d in city_defects if d.dataset == name and d.rule == DUPLICATE), name
+        assert ds.duplicates == sum(1 for d in city_defects if d.dataset == name and d.rule == DUPLICATE), (
+            name
+        )
         assert ds.quality_passed is True
     curated = {n: ingested.table(f"{CITY}-curated", n).to_pyarrow_table().num_rows for n in report.datasets}
     assert curated == {n: ds.curated for n, ds in report.datasets.items()}
@@ -86,8 +102,17 @@ def test_each_injected_defect_is_quarantined_under_its_rule(ingested: Ingested) 
     by_place = {(r["source_file"], r["line"]): r for r in rows}
     defects = [d for d in ingested.manifest.defects if d.city == CITY and d.rule != DUPLICATE]
     kinds = {d.kind for d in defects}
-    assert kinds >= {"bad_check_digit", "id_mismatch", "future_date", "impossible_date", "unknown_code",
-                     "missing_required", "wrong_type", "malformed_line", "truncated_file"}
+    assert kinds >= {
+        "bad_check_digit",
+        "id_mismatch",
+        "future_date",
+        "impossible_date",
+        "unknown_code",
+        "missing_required",
+        "wrong_type",
+        "malformed_line",
+        "truncated_file",
+    }
     for d in defects:
         row = by_place.get((d.file, d.line))
         assert row is not None, f"{d.kind} at {d.file}:{d.line} was not quarantined"
@@ -116,8 +141,8 @@ def test_no_direct_identifier_in_shareable_data(spark, ingested: Ingested) -> No
     for path in ingested.exports.rglob("*"):
         if path.is_file():
             text = path.read_text(errors="replace")
-            secrets |= set(re.findall(r"\b\d{17}[\dX]\b", text))          # resident IDs
-            secrets |= set(re.findall(r"\b1[3-9]\d{9}\b", text))            # phone numbers
+            secrets |= set(re.findall(r"\b\d{17}[\dX]\b", text))  # resident IDs
+            secrets |= set(re.findall(r"\b1[3-9]\d{9}\b", text))  # phone numbers
             secrets |= set(re.findall(r"[A-Z]{2}-[A-Z0-9-]+-\d{7}", text))  # MRNs
     names_and_addresses = set()
     for name, contract in ingested.contracts.items():
@@ -142,14 +167,21 @@ def test_no_direct_identifier_in_shareable_data(spark, ingested: Ingested) -> No
 def _curated_rows(ing: Ingested, root: str, dataset: str, hospital: str) -> list[tuple[object, ...]]:
     contract = ing.contracts[dataset]
     creds = site_credentials(ing.settings, CITY)
-    table = DeltaTable(s3_uri(f"{CITY}-curated", f"{root}{dataset}"),
-                       storage_options=delta_storage_options(ing.settings, creds))
-    rows = table.to_pyarrow_table(filters=[("hospital_id", "=", hospital)]).select(
-        [*contract.column_names, "month"]).to_pylist()
+    table = DeltaTable(
+        s3_uri(f"{CITY}-curated", f"{root}{dataset}"),
+        storage_options=delta_storage_options(ing.settings, creds),
+    )
+    rows = (
+        table.to_pyarrow_table(filters=[("hospital_id", "=", hospital)])
+        .select([*contract.column_names, "month"])
+        .to_pylist()
+    )
     return sorted(tuple(r.values()) for r in rows)
 
 
-def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(spark, ingested: Ingested, topology: Topology) -> None:
+def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(
+    spark, ingested: Ingested, topology: Topology
+) -> None:
     from ingestion.generate_media import CROSSCHECK, media_hospital
 
     hospital = media_hospital(topology, CITY)
@@ -159,12 +191,24 @@ def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(spark, ingested: Inge
     root = ingested.root.rstrip("/") + "-csv/"
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     land(client, f"{CITY}-landing", ingested.exports.parent / CROSSCHECK / CITY, prefix=root)
-    report = run_ingestion(spark, client, topology, ingested.contracts,
-                           IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW))
+    report = run_ingestion(
+        spark,
+        client,
+        topology,
+        ingested.contracts,
+        IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW),
+    )
     assert report.status == "succeeded" and not report.files_rejected
     compared = 0
-    for dataset in ("patients", "encounters", "diagnoses", "lab_results", "medications",
-                    "imaging_studies", "imaging_series"):
+    for dataset in (
+        "patients",
+        "encounters",
+        "diagnoses",
+        "lab_results",
+        "medications",
+        "imaging_studies",
+        "imaging_series",
+    ):
         from_media = _curated_rows(ingested, ingested.root, dataset, hospital.id)
         from_csv = _curated_rows(ingested, root, dataset, hospital.id)
         assert from_media == from_csv, dataset
@@ -172,7 +216,9 @@ def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(spark, ingested: Inge
     assert compared > 100
 
 
-def test_bad_files_are_rejected_with_reasons_and_never_crash(spark, ingested: Ingested, topology: Topology) -> None:
+def test_bad_files_are_rejected_with_reasons_and_never_crash(
+    spark, ingested: Ingested, topology: Topology
+) -> None:
     import io
 
     root = ingested.root.rstrip("/") + "-bad/"
@@ -191,13 +237,22 @@ def test_bad_files_are_rejected_with_reasons_and_never_crash(spark, ingested: In
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     for key, content in files.items():
         client.put_object(f"{CITY}-landing", root + key, io.BytesIO(content), len(content))
-    report = run_ingestion(spark, client, topology, ingested.contracts,
-                           IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW))
+    report = run_ingestion(
+        spark,
+        client,
+        topology,
+        ingested.contracts,
+        IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW),
+    )
     assert report.status == "succeeded"
     rejected = {r["key"]: r["reason"] for r in report.files_rejected}
     expected = {
-        "binary.csv": "binary", "empty.csv": "empty", "no-header.csv": "lacks required",
-        "corrupt.dcm": "DICOM", "export.xlsx": "unknown file type", "bundle.json": "JSON",
+        "binary.csv": "binary",
+        "empty.csv": "empty",
+        "no-header.csv": "lacks required",
+        "corrupt.dcm": "DICOM",
+        "export.xlsx": "unknown file type",
+        "bundle.json": "JSON",
         "kaifeng-c1/encounters/e.csv": "not a hospital of this city",
     }
     for suffix, phrase in expected.items():
@@ -210,22 +265,33 @@ def test_bad_files_are_rejected_with_reasons_and_never_crash(spark, ingested: In
     assert all(r["reason"] for r in stored)
 
 
-def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(spark, ingested: Ingested, topology: Topology) -> None:
+def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(
+    spark, ingested: Ingested, topology: Topology
+) -> None:
     import csv
     import io
 
     # A CSV encounters export that was not truncated; only its defect-free lines are touched.
     defects = [d for d in ingested.manifest.defects if d.city == CITY]
     truncated = {d.file for d in defects if d.kind == "truncated_file"}
-    key = next(k.removeprefix(f"{CITY}/") for k, f in ingested.manifest.files.items()
-               if k.startswith(f"{CITY}/") and f["dataset"] == "encounters" and k.endswith(".csv")
-               and k.removeprefix(f"{CITY}/") not in truncated and int(str(f["rows"])) >= 5)
+    key = next(
+        k.removeprefix(f"{CITY}/")
+        for k, f in ingested.manifest.files.items()
+        if k.startswith(f"{CITY}/")
+        and f["dataset"] == "encounters"
+        and k.endswith(".csv")
+        and k.removeprefix(f"{CITY}/") not in truncated
+        and int(str(f["rows"])) >= 5
+    )
     bad_lines = {d.line for d in defects if d.file == key}
     path = ingested.exports / key
     lines = path.read_text().splitlines()
     header = next(csv.reader([lines[0]]))
-    parsed = {n: dict(zip(header, next(csv.reader([lines[n - 1]])), strict=True))
-              for n in range(2, len(lines) + 1) if n not in bad_lines}
+    parsed = {
+        n: dict(zip(header, next(csv.reader([lines[n - 1]])), strict=True))
+        for n in range(2, len(lines) + 1)
+        if n not in bad_lines
+    }
     ids = [r["encounter_id"] for r in parsed.values()]
     clean = [n for n, r in parsed.items() if ids.count(r["encounter_id"]) == 1]
     drop_line, change_line = clean[-1], clean[0]
@@ -246,8 +312,10 @@ def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(spark, ingeste
 
     table = ingested.table(f"{CITY}-curated", "encounters")
     hospital = key.split("/")[0]
-    current = {r["encounter_id"]: r for r in table.to_pyarrow_table(
-        filters=[("hospital_id", "=", hospital)]).to_pylist()}
+    current = {
+        r["encounter_id"]: r
+        for r in table.to_pyarrow_table(filters=[("hospital_id", "=", hospital)]).to_pylist()
+    }
     assert dropped["encounter_id"] not in current
     assert current[changed["encounter_id"]]["department"] == "corrected department"
     assert all(current[r["encounter_id"]]["_source_file"] == key for r in corrected)

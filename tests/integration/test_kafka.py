@@ -33,8 +33,12 @@ def test_idempotent_producer_round_trip(stack: Settings, unique: str) -> None:
     assert producer.config["enable_idempotence"] is True
     sent = [{"n": i, "city": "zhengzhou" if i % 2 else "luoyang"} for i in range(200)]
     for msg in sent:
-        producer.send(topic, key=msg["city"].encode(), value=json.dumps(msg).encode(),
-                      headers=[("city", msg["city"].encode())])
+        producer.send(
+            topic,
+            key=msg["city"].encode(),
+            value=json.dumps(msg).encode(),
+            headers=[("city", msg["city"].encode())],
+        )
     producer.flush(timeout=30)
     producer.close()
 
@@ -47,7 +51,7 @@ def test_idempotent_producer_round_trip(stack: Settings, unique: str) -> None:
         if len(got) == len(sent):
             break
     consumer.close()
-    assert sorted((g[1]["n"] for g in got)) == list(range(200))
+    assert sorted(g[1]["n"] for g in got) == list(range(200))
     # The key decides the partition: one city's messages stay in one partition, in order.
     for city in ("zhengzhou", "luoyang"):
         parts = {p for p, m, _ in got if m["city"] == city}

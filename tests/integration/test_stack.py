@@ -38,7 +38,9 @@ def private_settings(tmp_path: Path, base: Settings) -> Settings:
     )
 
 
-def test_up_twice_is_a_no_op_and_down_leaves_no_process(tmp_path: Path, settings: Settings, topology: Topology) -> None:
+def test_up_twice_is_a_no_op_and_down_leaves_no_process(
+    tmp_path: Path, settings: Settings, topology: Topology
+) -> None:
     mine = private_settings(tmp_path, settings)
     marker = str(mine.state_dir)
     try:
@@ -58,7 +60,9 @@ def test_up_twice_is_a_no_op_and_down_leaves_no_process(tmp_path: Path, settings
     assert stack.down(mine) == []
 
 
-def test_up_after_a_crash_replaces_the_stale_pid_file(tmp_path: Path, settings: Settings, topology: Topology) -> None:
+def test_up_after_a_crash_replaces_the_stale_pid_file(
+    tmp_path: Path, settings: Settings, topology: Topology
+) -> None:
     mine = private_settings(tmp_path, settings)
     run = mine.state_dir / "run"
     run.mkdir(parents=True)
@@ -77,7 +81,9 @@ def test_taken_port_fails_fast_saying_which(tmp_path: Path, settings: Settings, 
         squatter.bind(("127.0.0.1", mine.kafka_host_port[1]))
         squatter.listen()
         try:
-            with pytest.raises(ServiceError, match=f"kafka: port 127.0.0.1:{mine.kafka_host_port[1]} is taken"):
+            with pytest.raises(
+                ServiceError, match=f"kafka: port 127.0.0.1:{mine.kafka_host_port[1]} is taken"
+            ):
                 stack.up(mine, topology)
         finally:
             stack.down(mine)

@@ -57,12 +57,28 @@ def test_code_rows_cannot_be_changed_by_a_caller() -> None:
 
 # WHO ICD-10 chapters by the first three characters of the code.
 WHO_CHAPTERS = [
-    ("I", "A00", "B99"), ("II", "C00", "D48"), ("III", "D50", "D89"), ("IV", "E00", "E90"),
-    ("V", "F00", "F99"), ("VI", "G00", "G99"), ("VII", "H00", "H59"), ("VIII", "H60", "H95"),
-    ("IX", "I00", "I99"), ("X", "J00", "J99"), ("XI", "K00", "K93"), ("XII", "L00", "L99"),
-    ("XIII", "M00", "M99"), ("XIV", "N00", "N99"), ("XV", "O00", "O99"), ("XVI", "P00", "P96"),
-    ("XVII", "Q00", "Q99"), ("XVIII", "R00", "R99"), ("XIX", "S00", "T98"), ("XX", "V01", "Y98"),
-    ("XXI", "Z00", "Z99"), ("XXII", "U00", "U99"),
+    ("I", "A00", "B99"),
+    ("II", "C00", "D48"),
+    ("III", "D50", "D89"),
+    ("IV", "E00", "E90"),
+    ("V", "F00", "F99"),
+    ("VI", "G00", "G99"),
+    ("VII", "H00", "H59"),
+    ("VIII", "H60", "H95"),
+    ("IX", "I00", "I99"),
+    ("X", "J00", "J99"),
+    ("XI", "K00", "K93"),
+    ("XII", "L00", "L99"),
+    ("XIII", "M00", "M99"),
+    ("XIV", "N00", "N99"),
+    ("XV", "O00", "O99"),
+    ("XVI", "P00", "P96"),
+    ("XVII", "Q00", "Q99"),
+    ("XVIII", "R00", "R99"),
+    ("XIX", "S00", "T98"),
+    ("XX", "V01", "Y98"),
+    ("XXI", "Z00", "Z99"),
+    ("XXII", "U00", "U99"),
 ]
 
 
@@ -81,12 +97,26 @@ def test_icd10_codes(contracts: dict[str, Contract]) -> None:
         assert row["chapter"] == _who_chapter(row["code"]), row
     chapters = {r["chapter"] for r in rows}
     assert len(chapters) >= 18
-    for code in ("I10", "E11.9", "J18.9", "J44.9", "I63.9", "I25.1", "K29.5", "S72.0", "C34.9",
-                 "C16.9", "C22.0", "C50.9", "O80"):
+    for code in (
+        "I10",
+        "E11.9",
+        "J18.9",
+        "J44.9",
+        "I63.9",
+        "I25.1",
+        "K29.5",
+        "S72.0",
+        "C34.9",
+        "C16.9",
+        "C22.0",
+        "C50.9",
+        "O80",
+    ):
         assert code in code_set("icd10"), code
 
 
 # --- LOINC -----------------------------------------------------------------------------------
+
 
 def _loinc_check_digit(number: str) -> int:
     """LOINC's mod-10 check digit as the LOINC manual states it: the digits in odd positions
@@ -122,6 +152,7 @@ def test_loinc_codes(contracts: dict[str, Contract]) -> None:
 
 # --- ATC -------------------------------------------------------------------------------------
 
+
 def test_atc_codes(contracts: dict[str, Contract]) -> None:
     pattern = _pattern(contracts, "medications", "atc_code")
     routes = contracts["medications"].column("route").allowed
@@ -142,10 +173,29 @@ def test_atc_codes(contracts: dict[str, Contract]) -> None:
 
 # --- DICOM modality --------------------------------------------------------------------------
 
+
 def test_dicom_modalities() -> None:
     rows = code_rows("dicom_modality")
     for row in rows:
         # DICOM defined terms for Modality (0008,0060): upper-case, a CS value of <= 16 chars.
         assert re.fullmatch(r"[A-Z]{2,16}", row["code"]), row
-    assert {"CT", "MR", "CR", "DX", "US", "NM", "PT", "MG", "XA", "RF", "ECG", "SR", "SEG",
-            "RTSTRUCT", "RTPLAN", "RTDOSE", "RTIMAGE", "OT"} <= code_set("dicom_modality")
+    assert {
+        "CT",
+        "MR",
+        "CR",
+        "DX",
+        "US",
+        "NM",
+        "PT",
+        "MG",
+        "XA",
+        "RF",
+        "ECG",
+        "SR",
+        "SEG",
+        "RTSTRUCT",
+        "RTPLAN",
+        "RTDOSE",
+        "RTIMAGE",
+        "OT",
+    } <= code_set("dicom_modality")

@@ -26,12 +26,24 @@ pytestmark = pytest.mark.unit
 DATASETS = Path(__file__).resolve().parents[2] / "platform" / "datasets"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
-PATIENT = PatientTags(name="Zhang^Wei=张^伟", mrn="MRN0042", resident_id="41010219800501123X",
-                      birth_date=dt.date(1980, 5, 1), sex="M")
-STUDY = StudyTags(study_date=dt.date(2024, 3, 5), study_time=dt.time(14, 30, 5),
-                  description="胸部CT平扫", accession_number="ACC240305007",
-                  encounter_id="ENC-2024-000917", referring_physician="Li^Na=李^娜",
-                  institution_name="郑州市中心医院", number_of_series=2, instances_per_series=2)
+PATIENT = PatientTags(
+    name="Zhang^Wei=张^伟",
+    mrn="MRN0042",
+    resident_id="41010219800501123X",
+    birth_date=dt.date(1980, 5, 1),
+    sex="M",
+)
+STUDY = StudyTags(
+    study_date=dt.date(2024, 3, 5),
+    study_time=dt.time(14, 30, 5),
+    description="胸部CT平扫",
+    accession_number="ACC240305007",
+    encounter_id="ENC-2024-000917",
+    referring_physician="Li^Na=李^娜",
+    institution_name="郑州市中心医院",
+    number_of_series=2,
+    instances_per_series=2,
+)
 
 
 def template(name: str) -> Path:
@@ -44,8 +56,9 @@ def read(files: list[Path]) -> DicomBatch:
 
 @pytest.fixture
 def ct_study(tmp_path: Path) -> list[Path]:
-    return write_dicom_study(tmp_path / "out", templates=[template("CT_small.dcm")],
-                             patient=PATIENT, study=STUDY, seed=7)
+    return write_dicom_study(
+        tmp_path / "out", templates=[template("CT_small.dcm")], patient=PATIENT, study=STUDY, seed=7
+    )
 
 
 def uids_of(files: list[Path]) -> list[tuple[str, str, str]]:
@@ -67,21 +80,23 @@ def test_a_written_study_reads_back_as_the_tags_written(ct_study: list[Path]) ->
     batch = read(ct_study)
 
     assert batch.rejects == []
-    assert batch.studies == [{
-        "hospital_id": "zz-h01",
-        "study_instance_uid": study_uid,
-        "accession_number": "ACC240305007",
-        "patient_mrn": "MRN0042",
-        "resident_id": "41010219800501123X",
-        "encounter_id": "ENC-2024-000917",
-        "modality": "CT",
-        "body_part": None,              # CT_small.dcm has no BodyPartExamined
-        "study_date": "2024-03-05",
-        "study_description": "胸部CT平扫",
-        "referring_physician": "Li^Na=李^娜",
-        "number_of_series": "2",
-        "_source": ct_study[0].name,
-    }]
+    assert batch.studies == [
+        {
+            "hospital_id": "zz-h01",
+            "study_instance_uid": study_uid,
+            "accession_number": "ACC240305007",
+            "patient_mrn": "MRN0042",
+            "resident_id": "41010219800501123X",
+            "encounter_id": "ENC-2024-000917",
+            "modality": "CT",
+            "body_part": None,  # CT_small.dcm has no BodyPartExamined
+            "study_date": "2024-03-05",
+            "study_description": "胸部CT平扫",
+            "referring_physician": "Li^Na=李^娜",
+            "number_of_series": "2",
+            "_source": ct_study[0].name,
+        }
+    ]
     assert sorted(r["series_instance_uid"] or "" for r in batch.series) == series_uids
     for record in batch.series:
         assert record == {
@@ -103,10 +118,16 @@ def test_written_files_carry_the_patient_and_keep_their_pixels(ct_study: list[Pa
     original = pydicom.dcmread(template("CT_small.dcm"))
     ds = pydicom.dcmread(ct_study[0])
     assert (str(ds.PatientName), ds.PatientID, ds.OtherPatientIDs) == (
-        "Zhang^Wei=张^伟", "MRN0042", "41010219800501123X")
+        "Zhang^Wei=张^伟",
+        "MRN0042",
+        "41010219800501123X",
+    )
     assert (ds.PatientBirthDate, ds.PatientSex, ds.PatientAge) == ("19800501", "M", "043Y")
     assert (ds.InstitutionName, ds.AdmissionID, ds.StudyTime) == (
-        "郑州市中心医院", "ENC-2024-000917", "143005")
+        "郑州市中心医院",
+        "ENC-2024-000917",
+        "143005",
+    )
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert ds.PixelData == original.PixelData
     assert ds.StudyInstanceUID != original.StudyInstanceUID
@@ -123,7 +144,8 @@ def test_records_hold_only_contract_columns_and_no_pixel_data(ct_study: list[Pat
 
 
 def test_bad_files_become_rejects_and_the_good_ones_are_still_read(
-        ct_study: list[Path], tmp_path: Path) -> None:
+    ct_study: list[Path], tmp_path: Path
+) -> None:
     truncated, garbage = tmp_path / "truncated.dcm", tmp_path / "garbage.dcm"
     truncated.write_bytes(ct_study[0].read_bytes())
     garbage.write_bytes(ct_study[0].read_bytes())
@@ -175,7 +197,7 @@ def test_dates_fall_back_and_unparseable_ones_pass_through(ct_study: list[Path])
     by_series = {r["series_instance_uid"]: r for r in batch.series}
     assert by_series[files[0][0]]["series_date"] == "2024-03-05"
     assert by_series[files[1][0]]["series_date"] == "20241345"
-    assert batch.studies[0]["study_date"] == "2024-03-05"     # the first file's
+    assert batch.studies[0]["study_date"] == "2024-03-05"  # the first file's
 
 
 def test_the_same_seed_gives_the_same_uids(tmp_path: Path) -> None:
@@ -189,9 +211,15 @@ def test_the_same_seed_gives_the_same_uids(tmp_path: Path) -> None:
 
 def test_study_tags_bound_the_number_of_files() -> None:
     with pytest.raises(ValueError, match="number_of_series"):
-        StudyTags(study_date=dt.date(2024, 1, 1), description="x", accession_number="a",
-                  encounter_id="e", referring_physician="r", institution_name="i",
-                  number_of_series=4)
+        StudyTags(
+            study_date=dt.date(2024, 1, 1),
+            description="x",
+            accession_number="a",
+            encounter_id="e",
+            referring_physician="r",
+            institution_name="i",
+            number_of_series=4,
+        )
 
 
 def test_templates_are_small_varied_and_readable(tmp_path: Path) -> None:
@@ -205,13 +233,22 @@ def test_templates_are_small_varied_and_readable(tmp_path: Path) -> None:
         assert batch.rejects == [] and len(batch.studies) == 1
         assert batch.studies[0]["modality"] == expected
         # And each one survives being rewritten to our patient.
-        study = StudyTags(study_date=dt.date(2023, 11, 20), description="检查",
-                          accession_number=f"A{len(modalities)}", encounter_id="E1",
-                          referring_physician="Li^Na", institution_name="Hospital")
-        written = write_dicom_study(tmp_path / path.name, templates=[path], patient=PATIENT,
-                                    study=study, seed=3)
+        study = StudyTags(
+            study_date=dt.date(2023, 11, 20),
+            description="检查",
+            accession_number=f"A{len(modalities)}",
+            encounter_id="E1",
+            referring_physician="Li^Na",
+            institution_name="Hospital",
+        )
+        written = write_dicom_study(
+            tmp_path / path.name, templates=[path], patient=PATIENT, study=study, seed=3
+        )
         (record,) = read(written).studies
         assert (record["modality"], record["study_date"], record["resident_id"]) == (
-            expected, "2023-11-20", "41010219800501123X")
+            expected,
+            "2023-11-20",
+            "41010219800501123X",
+        )
         modalities.add(expected)
     assert {"CT", "MR", "CR", "NM", "US", "ECG"} <= modalities

@@ -255,14 +255,22 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         pytest.skip(f"the docker compose plugin is not installed: {' '.join(reason)}")
     compose = [docker, "compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE)]
     proc = subprocess.run(
-        [*compose, "config", "-q"], capture_output=True, text=True, env=env, cwd=tmp_path,
+        [*compose, "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
         check=False,
     )
     assert proc.returncode == 0, f"docker compose config failed:\n{proc.stdout}{proc.stderr}"
     # And it refuses to interpolate without the secret.
     del env["MEDSHARE_S3_ROOT_PASSWORD"]
     proc = subprocess.run(
-        [*compose, "config", "-q"], capture_output=True, text=True, env=env, cwd=tmp_path,
+        [*compose, "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
         check=False,
     )
     assert proc.returncode != 0 and "MEDSHARE_S3_ROOT_PASSWORD" in proc.stderr, proc.stderr

@@ -33,98 +33,266 @@ def clean_records() -> dict[str, list[dict[str, str | None]]]:
     """Two patients of one hospital across every FHIR dataset, some optional values None."""
     return {
         "patients": [
-            {"hospital_id": H, "patient_mrn": "ZZ-FAHZU-0000123", "resident_id": WANG,
-             "name": "王建国", "sex": "M", "birth_date": "1978-03-12", "phone": "13803712345",
-             "address": "郑州市金水区花园路45号", "county_code": "410105",
-             "registered_at": "2025-03-02T08:15:00"},
-            {"hospital_id": H, "patient_mrn": "ZZ-FAHZU-0000456", "resident_id": LI,
-             "name": "李秀英", "sex": "F", "birth_date": "1992-08-27", "phone": None,
-             "address": None, "county_code": "410322", "registered_at": "2025-04-10T13:02:41"},
+            {
+                "hospital_id": H,
+                "patient_mrn": "ZZ-FAHZU-0000123",
+                "resident_id": WANG,
+                "name": "王建国",
+                "sex": "M",
+                "birth_date": "1978-03-12",
+                "phone": "13803712345",
+                "address": "郑州市金水区花园路45号",
+                "county_code": "410105",
+                "registered_at": "2025-03-02T08:15:00",
+            },
+            {
+                "hospital_id": H,
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "name": "李秀英",
+                "sex": "F",
+                "birth_date": "1992-08-27",
+                "phone": None,
+                "address": None,
+                "county_code": "410322",
+                "registered_at": "2025-04-10T13:02:41",
+            },
         ],
         "encounters": [
-            {"hospital_id": H, "encounter_id": "E00000101", "patient_mrn": "ZZ-FAHZU-0000123",
-             "resident_id": WANG, "encounter_type": "outpatient", "department": "cardiology",
-             "admit_time": "2025-03-02T09:10:00", "discharge_time": "2025-03-02T09:55:00",
-             "referred_from_hospital_id": None},
-            {"hospital_id": H, "encounter_id": "E00000102", "patient_mrn": "ZZ-FAHZU-0000456",
-             "resident_id": LI, "encounter_type": "inpatient", "department": "respiratory",
-             "admit_time": "2025-04-10T14:20:00", "discharge_time": None,
-             "referred_from_hospital_id": "zz-xy-county"},
-            {"hospital_id": H, "encounter_id": "E00000103", "patient_mrn": "ZZ-FAHZU-0000456",
-             "resident_id": LI, "encounter_type": "emergency", "department": None,
-             "admit_time": "2025-06-01T22:41:07", "discharge_time": "2025-06-02T03:10:00",
-             "referred_from_hospital_id": None},
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000101",
+                "patient_mrn": "ZZ-FAHZU-0000123",
+                "resident_id": WANG,
+                "encounter_type": "outpatient",
+                "department": "cardiology",
+                "admit_time": "2025-03-02T09:10:00",
+                "discharge_time": "2025-03-02T09:55:00",
+                "referred_from_hospital_id": None,
+            },
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000102",
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "encounter_type": "inpatient",
+                "department": "respiratory",
+                "admit_time": "2025-04-10T14:20:00",
+                "discharge_time": None,
+                "referred_from_hospital_id": "zz-xy-county",
+            },
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000103",
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "encounter_type": "emergency",
+                "department": None,
+                "admit_time": "2025-06-01T22:41:07",
+                "discharge_time": "2025-06-02T03:10:00",
+                "referred_from_hospital_id": None,
+            },
         ],
         "diagnoses": [
-            {"hospital_id": H, "encounter_id": "E00000101", "diagnosis_seq": "1",
-             "resident_id": WANG, "icd10_code": "I10", "diagnosis_type": "primary",
-             "diagnosed_at": "2025-03-02T09:30:00"},
-            {"hospital_id": H, "encounter_id": "E00000101", "diagnosis_seq": "2",
-             "resident_id": WANG, "icd10_code": "E11.9", "diagnosis_type": "secondary",
-             "diagnosed_at": "2025-03-02T09:50:00"},
-            {"hospital_id": H, "encounter_id": "E00000102", "diagnosis_seq": "1",
-             "resident_id": LI, "icd10_code": "J18.9", "diagnosis_type": "primary",
-             "diagnosed_at": "2025-04-10T15:00:00"},
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000101",
+                "diagnosis_seq": "1",
+                "resident_id": WANG,
+                "icd10_code": "I10",
+                "diagnosis_type": "primary",
+                "diagnosed_at": "2025-03-02T09:30:00",
+            },
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000101",
+                "diagnosis_seq": "2",
+                "resident_id": WANG,
+                "icd10_code": "E11.9",
+                "diagnosis_type": "secondary",
+                "diagnosed_at": "2025-03-02T09:50:00",
+            },
+            {
+                "hospital_id": H,
+                "encounter_id": "E00000102",
+                "diagnosis_seq": "1",
+                "resident_id": LI,
+                "icd10_code": "J18.9",
+                "diagnosis_type": "primary",
+                "diagnosed_at": "2025-04-10T15:00:00",
+            },
         ],
         "lab_results": [
-            {"hospital_id": H, "lab_result_id": "L000000011", "encounter_id": "E00000101",
-             "resident_id": WANG, "loinc_code": "2345-7", "value_num": "6.8", "value_text": None,
-             "unit": "mmol/L", "reference_low": "3.9", "reference_high": "6.1",
-             "abnormal_flag": "H", "collected_at": "2025-03-02T09:25:00"},
-            {"hospital_id": H, "lab_result_id": "L000000012", "encounter_id": "E00000102",
-             "resident_id": LI, "loinc_code": "718-7", "value_num": "128", "value_text": None,
-             "unit": "g/L", "reference_low": "115", "reference_high": "150", "abnormal_flag": "N",
-             "collected_at": "2025-04-10T15:05:00"},
-            {"hospital_id": H, "lab_result_id": "L000000013", "encounter_id": "E00000102",
-             "resident_id": LI, "loinc_code": "94500-6", "value_num": None, "value_text": "阴性",
-             "unit": None, "reference_low": None, "reference_high": None, "abnormal_flag": None,
-             "collected_at": "2025-04-10T15:05:00"},
+            {
+                "hospital_id": H,
+                "lab_result_id": "L000000011",
+                "encounter_id": "E00000101",
+                "resident_id": WANG,
+                "loinc_code": "2345-7",
+                "value_num": "6.8",
+                "value_text": None,
+                "unit": "mmol/L",
+                "reference_low": "3.9",
+                "reference_high": "6.1",
+                "abnormal_flag": "H",
+                "collected_at": "2025-03-02T09:25:00",
+            },
+            {
+                "hospital_id": H,
+                "lab_result_id": "L000000012",
+                "encounter_id": "E00000102",
+                "resident_id": LI,
+                "loinc_code": "718-7",
+                "value_num": "128",
+                "value_text": None,
+                "unit": "g/L",
+                "reference_low": "115",
+                "reference_high": "150",
+                "abnormal_flag": "N",
+                "collected_at": "2025-04-10T15:05:00",
+            },
+            {
+                "hospital_id": H,
+                "lab_result_id": "L000000013",
+                "encounter_id": "E00000102",
+                "resident_id": LI,
+                "loinc_code": "94500-6",
+                "value_num": None,
+                "value_text": "阴性",
+                "unit": None,
+                "reference_low": None,
+                "reference_high": None,
+                "abnormal_flag": None,
+                "collected_at": "2025-04-10T15:05:00",
+            },
             # A number as the lab wrote it ("5.20") and a remark beside it.
-            {"hospital_id": H, "lab_result_id": "L000000014", "encounter_id": "E00000103",
-             "resident_id": LI, "loinc_code": "2823-3", "value_num": "5.20", "value_text": "溶血",
-             "unit": "mmol/L", "reference_low": "3.5", "reference_high": "5.3",
-             "abnormal_flag": "N", "collected_at": "2025-06-01T23:00:00"},
+            {
+                "hospital_id": H,
+                "lab_result_id": "L000000014",
+                "encounter_id": "E00000103",
+                "resident_id": LI,
+                "loinc_code": "2823-3",
+                "value_num": "5.20",
+                "value_text": "溶血",
+                "unit": "mmol/L",
+                "reference_low": "3.5",
+                "reference_high": "5.3",
+                "abnormal_flag": "N",
+                "collected_at": "2025-06-01T23:00:00",
+            },
         ],
         "medications": [
-            {"hospital_id": H, "medication_id": "M000000021", "encounter_id": "E00000101",
-             "resident_id": WANG, "atc_code": "C09AA05", "drug_name": "雷米普利片", "dose": "5",
-             "dose_unit": "mg", "route": "oral", "frequency": "qd", "start_date": "2025-03-02",
-             "end_date": "2025-04-01"},
-            {"hospital_id": H, "medication_id": "M000000022", "encounter_id": "E00000102",
-             "resident_id": LI, "atc_code": "J01DD04", "drug_name": "注射用头孢曲松钠",
-             "dose": "2.0", "dose_unit": "g", "route": "iv", "frequency": "qd",
-             "start_date": "2025-04-10", "end_date": None},
-            {"hospital_id": H, "medication_id": "M000000023", "encounter_id": "E00000103",
-             "resident_id": LI, "atc_code": "N02BE01", "drug_name": None, "dose": None,
-             "dose_unit": None, "route": None, "frequency": None, "start_date": "2025-06-01",
-             "end_date": None},
+            {
+                "hospital_id": H,
+                "medication_id": "M000000021",
+                "encounter_id": "E00000101",
+                "resident_id": WANG,
+                "atc_code": "C09AA05",
+                "drug_name": "雷米普利片",
+                "dose": "5",
+                "dose_unit": "mg",
+                "route": "oral",
+                "frequency": "qd",
+                "start_date": "2025-03-02",
+                "end_date": "2025-04-01",
+            },
+            {
+                "hospital_id": H,
+                "medication_id": "M000000022",
+                "encounter_id": "E00000102",
+                "resident_id": LI,
+                "atc_code": "J01DD04",
+                "drug_name": "注射用头孢曲松钠",
+                "dose": "2.0",
+                "dose_unit": "g",
+                "route": "iv",
+                "frequency": "qd",
+                "start_date": "2025-04-10",
+                "end_date": None,
+            },
+            {
+                "hospital_id": H,
+                "medication_id": "M000000023",
+                "encounter_id": "E00000103",
+                "resident_id": LI,
+                "atc_code": "N02BE01",
+                "drug_name": None,
+                "dose": None,
+                "dose_unit": None,
+                "route": None,
+                "frequency": None,
+                "start_date": "2025-06-01",
+                "end_date": None,
+            },
         ],
         "imaging_studies": [
-            {"hospital_id": H, "study_instance_uid": CT_STUDY, "accession_number": "A00000077",
-             "patient_mrn": "ZZ-FAHZU-0000456", "resident_id": LI, "encounter_id": "E00000102",
-             "modality": "CT", "body_part": "CHEST", "study_date": "2025-04-10",
-             "study_description": "CT chest", "referring_physician": "张医生",
-             "number_of_series": "2"},
+            {
+                "hospital_id": H,
+                "study_instance_uid": CT_STUDY,
+                "accession_number": "A00000077",
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "encounter_id": "E00000102",
+                "modality": "CT",
+                "body_part": "CHEST",
+                "study_date": "2025-04-10",
+                "study_description": "CT chest",
+                "referring_physician": "张医生",
+                "number_of_series": "2",
+            },
             # From the PACS alone: no MRN, accession, encounter or description.
-            {"hospital_id": H, "study_instance_uid": DX_STUDY, "accession_number": None,
-             "patient_mrn": None, "resident_id": WANG, "encounter_id": None, "modality": "DX",
-             "body_part": None, "study_date": "2025-03-02", "study_description": None,
-             "referring_physician": None, "number_of_series": None},
+            {
+                "hospital_id": H,
+                "study_instance_uid": DX_STUDY,
+                "accession_number": None,
+                "patient_mrn": None,
+                "resident_id": WANG,
+                "encounter_id": None,
+                "modality": "DX",
+                "body_part": None,
+                "study_date": "2025-03-02",
+                "study_description": None,
+                "referring_physician": None,
+                "number_of_series": None,
+            },
         ],
         "imaging_series": [
-            {"hospital_id": H, "series_instance_uid": f"{CT_STUDY}.1",
-             "study_instance_uid": CT_STUDY, "resident_id": LI, "modality": "CT",
-             "body_part": "CHEST", "series_description": "axial 5mm",
-             "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "number_of_instances": "64",
-             "series_date": "2025-04-10"},
-            {"hospital_id": H, "series_instance_uid": f"{CT_STUDY}.2",
-             "study_instance_uid": CT_STUDY, "resident_id": LI, "modality": "CT",
-             "body_part": "CHEST", "series_description": None, "sop_class_uid": None,
-             "number_of_instances": "3", "series_date": "2025-04-10"},
-            {"hospital_id": H, "series_instance_uid": f"{DX_STUDY}.1",
-             "study_instance_uid": DX_STUDY, "resident_id": WANG, "modality": "DX",
-             "body_part": None, "series_description": None, "sop_class_uid": None,
-             "number_of_instances": None, "series_date": "2025-03-02"},
+            {
+                "hospital_id": H,
+                "series_instance_uid": f"{CT_STUDY}.1",
+                "study_instance_uid": CT_STUDY,
+                "resident_id": LI,
+                "modality": "CT",
+                "body_part": "CHEST",
+                "series_description": "axial 5mm",
+                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                "number_of_instances": "64",
+                "series_date": "2025-04-10",
+            },
+            {
+                "hospital_id": H,
+                "series_instance_uid": f"{CT_STUDY}.2",
+                "study_instance_uid": CT_STUDY,
+                "resident_id": LI,
+                "modality": "CT",
+                "body_part": "CHEST",
+                "series_description": None,
+                "sop_class_uid": None,
+                "number_of_instances": "3",
+                "series_date": "2025-04-10",
+            },
+            {
+                "hospital_id": H,
+                "series_instance_uid": f"{DX_STUDY}.1",
+                "study_instance_uid": DX_STUDY,
+                "resident_id": WANG,
+                "modality": "DX",
+                "body_part": None,
+                "series_description": None,
+                "sop_class_uid": None,
+                "number_of_instances": None,
+                "series_date": "2025-03-02",
+            },
         ],
     }
 
@@ -150,12 +318,22 @@ def defective_records() -> dict[str, list[dict[str, str | None]]]:
     records["imaging_studies"][0]["modality"] = "ZZ"
     records["imaging_series"][1]["resident_id"] = LI[:17] + "5"
     records["imaging_series"][2]["study_instance_uid"] = None
-    records["lab_results"].append(dict(records["lab_results"][3]))      # exact duplicate
-    records["patients"].append(dict(records["patients"][0]))            # exact duplicate
+    records["lab_results"].append(dict(records["lab_results"][3]))  # exact duplicate
+    records["patients"].append(dict(records["patients"][0]))  # exact duplicate
     records["imaging_series"].append(
-        {"hospital_id": H, "series_instance_uid": "1.2.3.4.5.1", "study_instance_uid": "1.2.3.4.5",
-         "resident_id": LI, "modality": "MR", "body_part": "HEAD", "series_description": None,
-         "sop_class_uid": None, "number_of_instances": "1", "series_date": "2025-05-05"})
+        {
+            "hospital_id": H,
+            "series_instance_uid": "1.2.3.4.5.1",
+            "study_instance_uid": "1.2.3.4.5",
+            "resident_id": LI,
+            "modality": "MR",
+            "body_part": "HEAD",
+            "series_description": None,
+            "sop_class_uid": None,
+            "number_of_instances": "1",
+            "series_date": "2025-05-05",
+        }
+    )
     return records
 
 
@@ -179,8 +357,10 @@ def as_file(bundle: dict[str, Any]) -> bytes:
 def test_records_bundle_records_round_trip_is_exact(make: Any, bundle_type: str) -> None:
     records = make()
     bundle = records_to_bundle(records, bundle_id="zz-fahzu-0001", bundle_type=bundle_type)
-    for batch in (bundle_to_records(copy.deepcopy(bundle), source="hosp/fhir/b.json"),
-                  read_fhir_file("hosp/fhir/b.json", as_file(bundle))):
+    for batch in (
+        bundle_to_records(copy.deepcopy(bundle), source="hosp/fhir/b.json"),
+        read_fhir_file("hosp/fhir/b.json", as_file(bundle)),
+    ):
         assert batch.rejects == []
         assert without_source(batch) == records
 
@@ -235,11 +415,13 @@ def references(node: Any) -> list[str]:
 
 @pytest.mark.parametrize("bundle_type", ["collection", "transaction"])
 def test_bundle_is_structurally_sound(bundle_type: str) -> None:
-    bundle = records_to_bundle(defective_records(), bundle_id="zz-fahzu-0001",
-                               bundle_type=bundle_type)
+    bundle = records_to_bundle(defective_records(), bundle_id="zz-fahzu-0001", bundle_type=bundle_type)
     json.dumps(bundle)  # serialisable as it is
-    assert (bundle["resourceType"], bundle["id"], bundle["type"]) == ("Bundle", "zz-fahzu-0001",
-                                                                      bundle_type)
+    assert (bundle["resourceType"], bundle["id"], bundle["type"]) == (
+        "Bundle",
+        "zz-fahzu-0001",
+        bundle_type,
+    )
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(set(urls)) == len(urls)
     for entry in bundle["entry"]:
@@ -258,9 +440,13 @@ def test_bundle_is_structurally_sound(bundle_type: str) -> None:
     assert "[]" not in json.dumps(resources)
     # Required elements of the resources we write.
     for r in resources:
-        required = {"Encounter": ("status", "class"), "Observation": ("status", "code"),
-                    "MedicationRequest": ("status", "intent", "subject"),
-                    "ImagingStudy": ("status", "subject"), "Condition": ("subject",)}
+        required = {
+            "Encounter": ("status", "class"),
+            "Observation": ("status", "code"),
+            "MedicationRequest": ("status", "intent", "subject"),
+            "ImagingStudy": ("status", "subject"),
+            "Condition": ("subject",),
+        }
         assert all(k in r for k in required.get(r["resourceType"], ())), r
 
 
@@ -272,14 +458,15 @@ def test_bundle_of_no_records_has_no_entries() -> None:
 
 def test_timestamps_are_written_at_china_time_and_read_back_from_any_zone() -> None:
     bundle = records_to_bundle(clean_records(), bundle_id="b")
-    encounter = next(e["resource"] for e in bundle["entry"]
-                     if e["resource"]["resourceType"] == "Encounter")
+    encounter = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
     assert encounter["period"]["start"] == "2025-03-02T09:10:00+08:00"
     encounter["period"]["start"] = "2025-03-02T01:10:00Z"
     encounter["period"]["end"] = "2025-03-01T22:55:00.250-03:00"
     got = bundle_to_records(bundle, source="s").records["encounters"][0]
-    assert (got["admit_time"], got["discharge_time"]) == ("2025-03-02T09:10:00",
-                                                          "2025-03-02T09:55:00.250000")
+    assert (got["admit_time"], got["discharge_time"]) == (
+        "2025-03-02T09:10:00",
+        "2025-03-02T09:55:00.250000",
+    )
 
 
 # --- rejects ----------------------------------------------------------------------------------
@@ -287,19 +474,24 @@ def test_timestamps_are_written_at_china_time_and_read_back_from_any_zone() -> N
 
 def mixed_bundle() -> dict[str, Any]:
     """A valid Patient and Condition among entries that cannot be mapped."""
-    bundle = records_to_bundle({k: v for k, v in clean_records().items()
-                                if k in ("patients", "diagnoses", "lab_results")}, bundle_id="b")
+    bundle = records_to_bundle(
+        {k: v for k, v in clean_records().items() if k in ("patients", "diagnoses", "lab_results")},
+        bundle_id="b",
+    )
     entries = bundle["entry"]
-    condition = copy.deepcopy(next(e for e in entries
-                                   if e["resource"]["resourceType"] == "Condition"))
+    condition = copy.deepcopy(next(e for e in entries if e["resource"]["resourceType"] == "Condition"))
     condition["resource"]["id"] = "orphan"
     condition["resource"]["subject"] = {"reference": "Patient/nope"}
     lab = next(e for e in entries if e["resource"]["resourceType"] == "Observation")
     lab["resource"]["id"] = "no-loinc"
-    lab["resource"]["code"] = {"coding": [{"system": "urn:hospital:lis", "code": "GLU"}],
-                               "text": "葡萄糖"}
-    procedure = {"fullUrl": f"{FULL_URL_BASE}/Procedure/p1",
-                 "resource": {"resourceType": "Procedure", "id": "p1", "status": "completed"}}
+    lab["resource"]["code"] = {
+        "coding": [{"system": "urn:hospital:lis", "code": "GLU"}],
+        "text": "葡萄糖",
+    }
+    procedure = {
+        "fullUrl": f"{FULL_URL_BASE}/Procedure/p1",
+        "resource": {"resourceType": "Procedure", "id": "p1", "status": "completed"},
+    }
     entries += [condition, procedure, "garbage"]
     return bundle
 
@@ -310,24 +502,25 @@ def test_unmappable_entries_are_rejected_with_reasons_and_the_rest_is_read() -> 
     batch = read_fhir_file("hosp/fhir/b.json", as_file(bundle))
     reasons = sorted(r.reason for r in batch.rejects)
     assert all(r.source == "hosp/fhir/b.json" for r in batch.rejects)
-    assert reasons == sorted([
-        f"entry {n - 3} (Condition/orphan): subject 'Patient/nope' is not a Patient in this "
-        "bundle",
-        f"entry {n - 2} (Procedure/p1): resourceType 'Procedure' is not read (expected one of "
-        "Organization, Patient, Encounter, Condition, Observation, MedicationRequest, "
-        "ImagingStudy)",
-        f"entry {n - 1}: no resource object",
-        next(r for r in reasons if "(Observation/no-loinc)" in r),
-    ])
+    assert reasons == sorted(
+        [
+            f"entry {n - 3} (Condition/orphan): subject 'Patient/nope' is not a Patient in this bundle",
+            f"entry {n - 2} (Procedure/p1): resourceType 'Procedure' is not read (expected one of "
+            "Organization, Patient, Encounter, Condition, Observation, MedicationRequest, "
+            "ImagingStudy)",
+            f"entry {n - 1}: no resource object",
+            next(r for r in reasons if "(Observation/no-loinc)" in r),
+        ]
+    )
     assert f"code has no coding in {LOINC_SYSTEM}" in next(r for r in reasons if "no-loinc" in r)
     assert [len(batch.records[d]) for d in ("patients", "diagnoses", "lab_results")] == [2, 3, 3]
 
 
 def test_a_rejected_patient_takes_its_dependants_along_with_reasons() -> None:
-    bundle = records_to_bundle({k: v for k, v in clean_records().items()
-                                if k in ("patients", "diagnoses")}, bundle_id="b")
-    wang = next(e["resource"] for e in bundle["entry"]
-                if e["resource"].get("name") == [{"text": "王建国"}])
+    bundle = records_to_bundle(
+        {k: v for k, v in clean_records().items() if k in ("patients", "diagnoses")}, bundle_id="b"
+    )
+    wang = next(e["resource"] for e in bundle["entry"] if e["resource"].get("name") == [{"text": "王建国"}])
     del wang["managingOrganization"]
     batch = bundle_to_records(bundle, source="s")
     assert [len(batch.records[d]) for d in ("patients", "diagnoses")] == [1, 1]
@@ -338,11 +531,11 @@ def test_a_rejected_patient_takes_its_dependants_along_with_reasons() -> None:
 
 
 def test_a_series_without_a_dicom_modality_costs_only_that_series() -> None:
-    bundle = records_to_bundle({k: v for k, v in clean_records().items()
-                                if k in ("patients", "imaging_studies", "imaging_series")},
-                               bundle_id="b")
-    study = next(e["resource"] for e in bundle["entry"]
-                 if e["resource"]["resourceType"] == "ImagingStudy")
+    bundle = records_to_bundle(
+        {k: v for k, v in clean_records().items() if k in ("patients", "imaging_studies", "imaging_series")},
+        bundle_id="b",
+    )
+    study = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy")
     study["series"][0]["modality"] = {"system": "urn:local", "code": "CT"}
     batch = bundle_to_records(bundle, source="s")
     assert len(batch.records["imaging_studies"]) == 2
@@ -352,46 +545,59 @@ def test_a_series_without_a_dicom_modality_costs_only_that_series() -> None:
 
 
 def test_condition_needs_an_icd10_coding() -> None:
-    bundle = records_to_bundle({k: v for k, v in clean_records().items()
-                                if k in ("patients", "diagnoses")}, bundle_id="b")
-    condition = next(e["resource"] for e in bundle["entry"]
-                     if e["resource"]["resourceType"] == "Condition")
+    bundle = records_to_bundle(
+        {k: v for k, v in clean_records().items() if k in ("patients", "diagnoses")}, bundle_id="b"
+    )
+    condition = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition")
     condition["code"] = {"text": "高血压"}
     batch = bundle_to_records(bundle, source="s")
     assert len(batch.records["diagnoses"]) == 2
-    assert [r.reason.split(": ", 1)[1] for r in batch.rejects] == [
-        f"code has no coding in {ICD10_SYSTEM}"]
+    assert [r.reason.split(": ", 1)[1] for r in batch.rejects] == [f"code has no coding in {ICD10_SYSTEM}"]
 
 
 def test_a_value_where_an_object_belongs_is_a_reject_not_an_exception() -> None:
-    bundle = records_to_bundle({k: v for k, v in clean_records().items()
-                                if k in ("patients", "lab_results")}, bundle_id="b")
-    lab = next(e["resource"] for e in bundle["entry"]
-               if e["resource"]["resourceType"] == "Observation")
+    bundle = records_to_bundle(
+        {k: v for k, v in clean_records().items() if k in ("patients", "lab_results")},
+        bundle_id="b",
+    )
+    lab = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
     lab["valueQuantity"]["value"] = {"nested": 1}
-    lab_two = [e["resource"] for e in bundle["entry"]
-               if e["resource"]["resourceType"] == "Observation"][1]
+    lab_two = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"][1]
     lab_two["referenceRange"] = "115-150"
     batch = bundle_to_records(bundle, source="s")
     assert len(batch.records["lab_results"]) == 2
     assert sorted(r.reason.split(": ", 1)[1] for r in batch.rejects) == [
-        "referenceRange is not a list", "valueQuantity.value is a object, not a value"]
+        "referenceRange is not a list",
+        "valueQuantity.value is a object, not a value",
+    ]
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (b"{not json",
-     "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
-    (b'[1, "x", {}, null]', "not a FHIR Bundle but a JSON array"),
-    (b'{"resourceType": "Patient", "id": "p"}', "not a FHIR Bundle (resourceType 'Patient')"),
-    (b'{"resourceType": "Bundle", "type": "searchset"}',
-     "Bundle type 'searchset' is not read (expected collection or transaction)"),
-    (b'{"resourceType": "Bundle", "type": "collection", "entry": {}}',
-     "Bundle.entry is not a list"),
-    (b"\xff\xfe{}", "not UTF-8 text: byte 0 cannot be decoded"),
-    (b"  \n", "empty file"),
-    (b"[" * 100_000, "invalid JSON: maximum recursion depth exceeded while decoding a JSON array "
-                     "from a unicode string"),
-])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            b"{not json",
+            "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2",
+        ),
+        (b'[1, "x", {}, null]', "not a FHIR Bundle but a JSON array"),
+        (b'{"resourceType": "Patient", "id": "p"}', "not a FHIR Bundle (resourceType 'Patient')"),
+        (
+            b'{"resourceType": "Bundle", "type": "searchset"}',
+            "Bundle type 'searchset' is not read (expected collection or transaction)",
+        ),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": {}}',
+            "Bundle.entry is not a list",
+        ),
+        (b"\xff\xfe{}", "not UTF-8 text: byte 0 cannot be decoded"),
+        (b"  \n", "empty file"),
+        (
+            b"[" * 100_000,
+            "invalid JSON: maximum recursion depth exceeded while decoding a JSON array "
+            "from a unicode string",
+        ),
+    ],
+)
 def test_unreadable_files_are_one_reject(content: bytes, reason: str) -> None:
     batch = read_fhir_file("hosp/fhir/bad.json", content)
     assert batch.records == {}
@@ -401,10 +607,16 @@ def test_unreadable_files_are_one_reject(content: bytes, reason: str) -> None:
 def test_ndjson_reads_every_bundle_and_rejects_bad_lines() -> None:
     records = clean_records()
     first = records_to_bundle({"patients": records["patients"][:1]}, bundle_id="b1")
-    second = records_to_bundle({"patients": records["patients"][1:],
-                                "diagnoses": records["diagnoses"]}, bundle_id="b2")
-    lines = [json.dumps(first, ensure_ascii=False), "{oops", "",
-             json.dumps(second, ensure_ascii=False), "42"]
+    second = records_to_bundle(
+        {"patients": records["patients"][1:], "diagnoses": records["diagnoses"]}, bundle_id="b2"
+    )
+    lines = [
+        json.dumps(first, ensure_ascii=False),
+        "{oops",
+        "",
+        json.dumps(second, ensure_ascii=False),
+        "42",
+    ]
     for name in ("hosp/fhir/all.ndjson", "hosp/fhir/all.json"):
         batch = read_fhir_file(name, "\n".join(lines).encode())
         # Wang's diagnoses travel with a reference-only Patient: each bundle stands alone.
@@ -412,38 +624,62 @@ def test_ndjson_reads_every_bundle_and_rejects_bad_lines() -> None:
         assert len(batch.records["diagnoses"]) == 3
         assert [r.reason for r in batch.rejects] == [
             "line 2: invalid JSON (Expecting property name enclosed in double quotes)",
-            "line 5: not a FHIR Bundle but a JSON number"]
+            "line 5: not a FHIR Bundle but a JSON number",
+        ]
 
 
 def test_reads_references_by_urn_uuid_and_encounter_by_reference_only() -> None:
     """A foreign export: urn:uuid fullUrls, an encounter reference without an identifier."""
-    patient = {"resourceType": "Patient",
-               "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": LI},
-                              {"system": f"urn:medshare:mrn:{H}", "value": "ZZ-FAHZU-0000456"}],
-               "name": [{"family": "李", "given": ["秀英"]}], "gender": "female",
-               "birthDate": "1992-08-27",
-               "managingOrganization": {"reference": f"Organization/{H}"}}
-    encounter = {"resourceType": "Encounter", "status": "finished",
-                 "identifier": [{"system": f"urn:medshare:encounter:{H}", "value": "E9"}],
-                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                           "code": "AMB"},
-                 "subject": {"reference": "urn:uuid:0b1c"},
-                 "period": {"start": "2025-05-05T08:00:00+08:00"},
-                 "serviceProvider": {"reference": f"Organization/{H}"}}
-    condition = {"resourceType": "Condition", "subject": {"reference": "urn:uuid:0b1c"},
-                 "encounter": {"reference": "urn:uuid:e9"},
-                 "code": {"coding": [{"system": ICD10_SYSTEM, "code": "K29.7"}]},
-                 "recordedDate": "2025-05-05T08:30:00+08:00"}
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:0b1c", "resource": patient},
-        {"fullUrl": "urn:uuid:e9", "resource": encounter},
-        {"fullUrl": "urn:uuid:c1", "resource": condition}]}
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "urn:oid:2.16.156.10011.1.3", "value": LI},
+            {"system": f"urn:medshare:mrn:{H}", "value": "ZZ-FAHZU-0000456"},
+        ],
+        "name": [{"family": "李", "given": ["秀英"]}],
+        "gender": "female",
+        "birthDate": "1992-08-27",
+        "managingOrganization": {"reference": f"Organization/{H}"},
+    }
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "identifier": [{"system": f"urn:medshare:encounter:{H}", "value": "E9"}],
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "urn:uuid:0b1c"},
+        "period": {"start": "2025-05-05T08:00:00+08:00"},
+        "serviceProvider": {"reference": f"Organization/{H}"},
+    }
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "urn:uuid:0b1c"},
+        "encounter": {"reference": "urn:uuid:e9"},
+        "code": {"coding": [{"system": ICD10_SYSTEM, "code": "K29.7"}]},
+        "recordedDate": "2025-05-05T08:30:00+08:00",
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:0b1c", "resource": patient},
+            {"fullUrl": "urn:uuid:e9", "resource": encounter},
+            {"fullUrl": "urn:uuid:c1", "resource": condition},
+        ],
+    }
     batch = bundle_to_records(bundle, source="s")
     assert batch.rejects == []
     assert batch.records["patients"][0]["name"] == "李秀英"
     assert batch.records["patients"][0]["sex"] == "F"
     assert batch.records["encounters"][0]["encounter_type"] == "outpatient"
-    assert batch.records["diagnoses"] == [{
-        "hospital_id": H, "encounter_id": "E9", "diagnosis_seq": None, "resident_id": LI,
-        "icd10_code": "K29.7", "diagnosis_type": None, "diagnosed_at": "2025-05-05T08:30:00",
-        "_source": "s"}]
+    assert batch.records["diagnoses"] == [
+        {
+            "hospital_id": H,
+            "encounter_id": "E9",
+            "diagnosis_seq": None,
+            "resident_id": LI,
+            "icd10_code": "K29.7",
+            "diagnosis_type": None,
+            "diagnosed_at": "2025-05-05T08:30:00",
+            "_source": "s",
+        }
+    ]

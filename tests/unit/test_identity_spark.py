@@ -25,12 +25,14 @@ PER_KIND = 250
 
 @pytest.fixture(scope="module")
 def local_spark() -> Iterator[SparkSession]:
-    session = (SparkSession.builder.master("local[1]")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "1")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
     yield session
     session.stop()
 
@@ -52,9 +54,22 @@ def _with_check(first17: str) -> str:
 
 def _cases(rng: random.Random) -> dict[str, list[str | None]]:
     """Generated IDs by the kind of defect they were built to have."""
-    kinds: dict[str, list[str | None]] = {k: [] for k in (
-        "valid", "bad_check", "wrong_length", "letters", "bad_date", "future_date", "before_1900",
-        "bad_province", "lower_x", "bad_check_format", "missing")}
+    kinds: dict[str, list[str | None]] = {
+        k: []
+        for k in (
+            "valid",
+            "bad_check",
+            "wrong_length",
+            "letters",
+            "bad_date",
+            "future_date",
+            "before_1900",
+            "bad_province",
+            "lower_x",
+            "bad_check_format",
+            "missing",
+        )
+    }
     for _ in range(PER_KIND):
         good = _valid(rng)
         kinds["valid"].append(good)
@@ -63,17 +78,26 @@ def _cases(rng: random.Random) -> dict[str, list[str | None]]:
         cut = rng.choice([0, 1, 15, 17, 19, 20, 25])
         kinds["wrong_length"].append((good * 2)[:cut])
         pos = rng.randrange(17)
-        kinds["letters"].append(good[:pos] + rng.choice("AbZ x-.１٣中") + good[pos + 1:])
-        y, m, d = rng.choice([("1990", "02", "30"), ("1991", "02", "29"), ("1900", "02", "29"),
-                              ("1985", "13", "01"), ("1985", "00", "10"), ("1985", "04", "31"),
-                              ("1985", "06", "00"), ("0000", "01", "01"), ("1985", "12", "32")])
+        kinds["letters"].append(good[:pos] + rng.choice("AbZ x-.１٣中") + good[pos + 1 :])
+        y, m, d = rng.choice(
+            [
+                ("1990", "02", "30"),
+                ("1991", "02", "29"),
+                ("1900", "02", "29"),
+                ("1985", "13", "01"),
+                ("1985", "00", "10"),
+                ("1985", "04", "31"),
+                ("1985", "06", "00"),
+                ("0000", "01", "01"),
+                ("1985", "12", "32"),
+            ]
+        )
         kinds["bad_date"].append(_with_check(f"{good[:6]}{y}{m}{d}{good[14:17]}"))
         future = TODAY + timedelta(days=rng.randrange(1, 40000))
         kinds["future_date"].append(_valid(rng, birth=future))
         early = date(rng.randrange(1, 1900), rng.randrange(1, 13), rng.randrange(1, 29))
         kinds["before_1900"].append(_valid(rng, birth=early))
-        bad_province = rng.choice([p for p in (f"{n:02d}" for n in range(100))
-                                   if p not in PROVINCE_CODES])
+        bad_province = rng.choice([p for p in (f"{n:02d}" for n in range(100)) if p not in PROVINCE_CODES])
         kinds["bad_province"].append(_valid(rng, province=bad_province))
         while not (with_x := _valid(rng)).endswith("X"):
             pass
@@ -91,17 +115,26 @@ def test_problem_col_agrees_with_python(local_spark: SparkSession) -> None:
     df = local_spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, id string")
     rows = df.select("i", resident_id_problem_col(F.col("id"), TODAY).alias("p")).collect()
     spark_reasons = {r["i"]: r["p"] for r in rows}
-    disagreements = [(v, resident_id_problem(v, today=TODAY), spark_reasons[i])
-                     for i, v in enumerate(values)
-                     if resident_id_problem(v, today=TODAY) != spark_reasons[i]]
+    disagreements = [
+        (v, resident_id_problem(v, today=TODAY), spark_reasons[i])
+        for i, v in enumerate(values)
+        if resident_id_problem(v, today=TODAY) != spark_reasons[i]
+    ]
     assert disagreements == []
     # Each kind of defect was generated, and the Python check names it as intended.
     expected_prefix = {
-        "valid": None, "bad_check": "bad check character:", "wrong_length": "wrong length",
-        "letters": "non-digit characters", "bad_date": "impossible birth date",
-        "future_date": "birth date in the future", "before_1900": "birth date before 1900",
-        "bad_province": "unknown province code", "lower_x": "lower-case x",
-        "bad_check_format": "bad check character format", "missing": "missing"}
+        "valid": None,
+        "bad_check": "bad check character:",
+        "wrong_length": "wrong length",
+        "letters": "non-digit characters",
+        "bad_date": "impossible birth date",
+        "future_date": "birth date in the future",
+        "before_1900": "birth date before 1900",
+        "bad_province": "unknown province code",
+        "lower_x": "lower-case x",
+        "bad_check_format": "bad check character format",
+        "missing": "missing",
+    }
     for kind, vs in cases.items():
         prefix = expected_prefix[kind]
         reasons = Counter(resident_id_problem(v, today=TODAY) for v in vs)
@@ -141,8 +174,9 @@ def test_mismatch_col_agrees_with_python(local_spark: SparkSession) -> None:
             rid = rid[:17] + ("0" if rid[17] != "0" else "1")  # bad check, still readable
         rows.append((i, rid, recorded_birth, recorded_sex))
     df = local_spark.createDataFrame(rows, "i int, id string, birth date, sex string")
-    out = df.select("i", resident_id_mismatch_col(F.col("id"), F.col("birth"), F.col("sex"))
-                    .alias("m")).collect()
+    out = df.select(
+        "i", resident_id_mismatch_col(F.col("id"), F.col("birth"), F.col("sex")).alias("m")
+    ).collect()
     spark_reasons = {r["i"]: r["m"] for r in out}
     disagreements = []
     for i, rid, recorded_birth, recorded_sex in rows:
@@ -158,8 +192,9 @@ def test_mismatch_col_agrees_with_python(local_spark: SparkSession) -> None:
 def test_problem_col_does_not_fail_under_ansi_mode(local_spark: SparkSession) -> None:
     # Spark 4 runs ANSI mode by default, where a failing cast raises; the checks must not.
     assert local_spark.conf.get("spark.sql.ansi.enabled") == "true"
-    df = local_spark.createDataFrame([("ABCDEFGHIJKLMNOPQR",), ("41010219901301001X",)],
-                                     "id string")
+    df = local_spark.createDataFrame([("ABCDEFGHIJKLMNOPQR",), ("41010219901301001X",)], "id string")
     reasons = [r[0] for r in df.select(resident_id_problem_col(F.col("id"), TODAY)).collect()]
-    assert reasons == ["non-digit characters in the first 17 positions",
-                       "impossible birth date '19901301'"]
+    assert reasons == [
+        "non-digit characters in the first 17 positions",
+        "impossible birth date '19901301'",
+    ]

@@ -12,9 +12,14 @@ def test_import_platform_from_repo_root_is_the_standard_library() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    stdlib = Path(subprocess.run(
-        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
-        capture_output=True, text=True, check=True).stdout.strip())
+    stdlib = Path(
+        subprocess.run(
+            [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     assert Path(out[0]).resolve().parent == stdlib.resolve()
     assert out[1] == ".".join(map(str, sys.version_info[:3]))
 

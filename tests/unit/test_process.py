@@ -31,8 +31,17 @@ def http_spec(tmp_path: Path, port: int, *, argv: tuple[str, ...] | None = None)
     served.mkdir(exist_ok=True)
     return ServiceSpec(
         name="web",
-        argv=argv or (sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                      "--directory", str(served)),
+        argv=argv
+        or (
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(served),
+        ),
         host="127.0.0.1",
         ports=(port,),
         run_dir=tmp_path / "run",

@@ -17,15 +17,23 @@ from lakehouse.settings import Settings
 # RFC 4231 HMAC-SHA256 test cases: (key, data, expected MAC). Case 6 and 7 use a 131-byte key,
 # longer than the 64-byte block, which HMAC must hash first.
 RFC4231 = [
-    (b"\x0b" * 20, "Hi There",
-     "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-    (b"Jefe", "what do ya want for nothing?",
-     "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
-    (b"\xaa" * 131, "Test Using Larger Than Block-Size Key - Hash Key First",
-     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
-    (b"\xaa" * 131, "This is a test using a larger than block-size key and a larger than "
-     "block-size data. The key needs to be hashed before being used by the HMAC algorithm.",
-     "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+    (b"\x0b" * 20, "Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (
+        b"Jefe",
+        "what do ya want for nothing?",
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    ),
+    (
+        b"\xaa" * 131,
+        "Test Using Larger Than Block-Size Key - Hash Key First",
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+    ),
+    (
+        b"\xaa" * 131,
+        "This is a test using a larger than block-size key and a larger than "
+        "block-size data. The key needs to be hashed before being used by the HMAC algorithm.",
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+    ),
 ]
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # the contracts' UID pattern
 KEY = ProvinceKey(secret=b"test-province-key", version=1)
@@ -36,8 +44,7 @@ def test_person_key_matches_rfc4231(secret: bytes, data: str, expected: str) -> 
     assert person_key(ProvinceKey(secret=secret, version=1), data) == expected
 
 
-@pytest.mark.parametrize("secret", [b"k", b"x" * 64, b"y" * 65, "省级密钥".encode(),
-                                    bytes(range(256))])
+@pytest.mark.parametrize("secret", [b"k", b"x" * 64, b"y" * 65, "省级密钥".encode(), bytes(range(256))])
 def test_person_key_is_hmac_sha256_of_the_utf8_id(secret: bytes) -> None:
     key = ProvinceKey(secret=secret, version=1)
     for value in ("11010519491231002X", "", "张三", "ä\u0301😀"):

@@ -25,12 +25,14 @@ KEYS = [
 
 @pytest.fixture(scope="module")
 def local_spark() -> Iterator[SparkSession]:
-    session = (SparkSession.builder.master("local[1]")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "1")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
     yield session
     session.stop()
 
@@ -44,12 +46,16 @@ def _values() -> list[str | None]:
             digits = "".join(rng.choice("0123456789") for _ in range(17))
             values.append(digits + rng.choice("0123456789X"))
         elif kind == 1:
-            values.append("1.2.840." + ".".join(str(rng.randrange(10**rng.randrange(1, 10)))
-                                                for _ in range(rng.randrange(1, 8))))
+            values.append(
+                "1.2.840."
+                + ".".join(str(rng.randrange(10 ** rng.randrange(1, 10))) for _ in range(rng.randrange(1, 8)))
+            )
         else:
             # Printable ASCII mixed with CJK ideographs.
-            chars = [chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x4E00, 0x9FFF)]))
-                     for _ in range(rng.randrange(1, 30))]
+            chars = [
+                chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x4E00, 0x9FFF)]))
+                for _ in range(rng.randrange(1, 30))
+            ]
             values.append("".join(chars))
     return values
 
@@ -65,8 +71,11 @@ def test_rfc4231_vectors_in_spark(local_spark: SparkSession) -> None:
 def test_spark_pseudonyms_equal_python(local_spark: SparkSession, key: ProvinceKey) -> None:
     values = _values()
     df = local_spark.createDataFrame(list(enumerate(values)), "i int, v string")
-    rows = df.select("i", person_key_col(key, F.col("v")).alias("pk"),
-                     pseudo_uid_col(key, F.col("v")).alias("uid")).collect()
+    rows = df.select(
+        "i",
+        person_key_col(key, F.col("v")).alias("pk"),
+        pseudo_uid_col(key, F.col("v")).alias("uid"),
+    ).collect()
     assert len(rows) >= 1000
     by_index = {r["i"]: (r["pk"], r["uid"]) for r in rows}
     wrong = []
@@ -79,9 +88,17 @@ def test_spark_pseudonyms_equal_python(local_spark: SparkSession, key: ProvinceK
 
 def test_hex120_to_decimal(local_spark: SparkSession) -> None:
     rng = random.Random(120)
-    hexes = ["0" * 30, "f" * 30, "0" * 29 + "1", "0" * 13 + "1" + "0" * 16, "0" * 14 + "f" * 16,
-             "f" * 14 + "0" * 16, "8" + "0" * 29, "00000000000000ffffffffffffffff",
-             "0123456789abcdef0123456789abcd"]
+    hexes = [
+        "0" * 30,
+        "f" * 30,
+        "0" * 29 + "1",
+        "0" * 13 + "1" + "0" * 16,
+        "0" * 14 + "f" * 16,
+        "f" * 14 + "0" * 16,
+        "8" + "0" * 29,
+        "00000000000000ffffffffffffffff",
+        "0123456789abcdef0123456789abcd",
+    ]
     hexes += [f"{rng.getrandbits(rng.randrange(1, 121)):030x}" for _ in range(300)]
     df = local_spark.createDataFrame([(h,) for h in hexes], "h string")
     rows = df.select("h", hex120_to_decimal_col(F.col("h")).alias("d")).collect()

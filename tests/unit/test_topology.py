@@ -37,7 +37,7 @@ def test_real_topology_has_three_cities_and_every_care_level() -> None:
 
 def test_lookup_of_unknown_city_names_the_known_ones() -> None:
     topo = load_topology(REPO / "platform")
-    with pytest.raises(TopologyError, match="unknown city 'kaifeng'.*zhengzhou"):
+    with pytest.raises(TopologyError, match=r"unknown city 'kaifeng'.*zhengzhou"):
         topo.city("kaifeng")
 
 
