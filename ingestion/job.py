@@ -275,16 +275,8 @@ class CityIngestion:
 
     def _check_quality(self, contract: Contract, curated: DataFrame, report: DatasetReport) -> None:
         result = run_suite(curated, contract, run_id=self.options.run_id)
-        body = json.dumps(result, indent=1, default=str).encode()
         key = f"{self.options.table_root}{RUNS_PREFIX}/{self.options.run_id}/quality/{contract.name}.json"
-        with storage_errors(f"store quality result {key}"):
-            self.client.put_object(
-                self.tables.bronze,
-                key,
-                io.BytesIO(body),
-                len(body),
-                content_type="application/json",
-            )
+        self._put_json(key, json.dumps(result, indent=1, default=str))
         report.quality_passed = bool(result.get("success"))
         if not report.quality_passed:
             raise IngestionError(
@@ -381,15 +373,15 @@ class CityIngestion:
         files.write.format("delta").mode("append").save(self.tables.bronze_table(LEDGER))
 
     def _store_report(self) -> None:
-        body = self.report.to_json().encode()
-        key = f"{self.options.table_root}{RUNS_PREFIX}/{self.options.run_id}.json"
-        with storage_errors(f"store run report {key}"):
+        self._put_json(
+            f"{self.options.table_root}{RUNS_PREFIX}/{self.options.run_id}.json", self.report.to_json()
+        )
+
+    def _put_json(self, key: str, text: str) -> None:
+        body = text.encode()
+        with storage_errors(f"store {key} in {self.tables.bronze}"):
             self.client.put_object(
-                self.tables.bronze,
-                key,
-                io.BytesIO(body),
-                len(body),
-                content_type="application/json",
+                self.tables.bronze, key, io.BytesIO(body), len(body), content_type="application/json"
             )
 
 

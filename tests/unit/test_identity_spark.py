@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date, timedelta
 
-import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -21,20 +19,6 @@ from ingestion.identity_spark import resident_id_mismatch_col, resident_id_probl
 
 TODAY = date(2026, 6, 30)
 PER_KIND = 250
-
-
-@pytest.fixture(scope="module")
-def local_spark() -> Iterator[SparkSession]:
-    session = (
-        SparkSession.builder.master("local[1]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
 
 
 def _valid(rng: random.Random, *, birth: date | None = None, province: str | None = None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from pyspark.sql import SparkSession
@@ -21,20 +20,6 @@ KEYS = [
     # Non-ASCII, longer than a block.
     ProvinceKey(secret="河南省卫生健康委员会数据共享平台密钥".encode() * 3, version=4),
 ]
-
-
-@pytest.fixture(scope="module")
-def local_spark() -> Iterator[SparkSession]:
-    session = (
-        SparkSession.builder.master("local[1]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
 
 
 def _values() -> list[str | None]:
