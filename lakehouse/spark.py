@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,8 @@ def build_spark_session(
 
     conf = spark_conf(settings, credentials)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers (UDFs, some GX metrics) must run the driver's interpreter and packages.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     active = SparkSession.getActiveSession()
     if active is not None:
         same = all(active.conf.get(k, None) == v for k, v in conf.items() if k.startswith("spark.hadoop"))
