@@ -18,7 +18,8 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install -q -e "$here[dev]"
   rm -f "$venv"/.deps-* && touch "$stamp"
 fi
-where="$("$venv/bin/python" -c 'import lakehouse, os; print(os.path.dirname(os.path.dirname(lakehouse.__file__)))' 2>/dev/null || true)"
+# Asked from / so the current folder cannot answer in place of the installed package.
+where="$(cd / && "$venv/bin/python" -c 'import lakehouse, os; print(os.path.dirname(os.path.dirname(lakehouse.__file__)))' 2>/dev/null || true)"
 if [ "$where" != "$here" ]; then
   "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here"
 fi

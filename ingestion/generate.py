@@ -46,6 +46,7 @@ class GenerateOptions:
     truncated_file: bool = True  # one CSV per city cut in the middle of a line
     media: bool = True  # one county hospital per city exports FHIR + DICOM
     corrupt_dicom: bool = True  # and one unreadable DICOM file per city
+    dicom_studies: int = 200  # at most this many DICOM studies per city
 
 
 @dataclass(kw_only=True)
@@ -156,6 +157,7 @@ def generate(
     )
     media = {c.id: media_hospital(topology, c.id) for c in topology.cities} if options.media else {}
     media_ids = {h.id for h in media.values() if h}
+    dicom_written: dict[str, int] = {}
     done = 0
     for number, batch in enumerate(batches):
         for hospital_id, datasets in batch.items():
@@ -170,13 +172,16 @@ def generate(
                     batch=number,
                     seed=options.seed,
                     corrupt=options.corrupt_dicom and number == 0,
+                    dicom_budget=options.dicom_studies - dicom_written.get(city, 0),
                 )
+                dicom_written[city] = dicom_written.get(city, 0) + exported.dicom_studies
                 counts = manifest.media_rows.setdefault(city, {})
                 for dataset, rows in exported.rows.items():
                     counts[dataset] = counts.get(dataset, 0) + rows
                 manifest.rejected_files += [f"{city}/{k}" for k in exported.rejected_keys]
                 # Teleconsultations have no FHIR mapping here: they stay a CSV extract.
                 datasets = {d: r for d, r in datasets.items() if d not in exported.rows}
+                datasets |= {d: r for d, r in exported.leftover.items() if r}
             # Half of the hospitals export CSV, the other half JSON Lines.
             fmt = "csv" if hospital_index[hospital_id] % 2 == 0 else "jsonl"
             for dataset, records in sorted(datasets.items()):

@@ -47,6 +47,9 @@ class MediaExport:
     keys: list[str] = field(default_factory=list)  # landing keys written
     rows: dict[str, int] = field(default_factory=dict)  # dataset → records in them
     rejected_keys: list[str] = field(default_factory=list)  # corrupt files, on purpose
+    # Imaging records past the DICOM budget: exported as plain extracts, like a PACS export.
+    leftover: dict[str, list[RawRecord]] = field(default_factory=dict)
+    dicom_studies: int = 0
 
 
 def _text(value: object) -> str | None:
@@ -99,6 +102,7 @@ def write_media(
     batch: int,
     seed: int,
     corrupt: bool,
+    dicom_budget: int,
 ) -> MediaExport:
     """Write the hospital's FHIR bundle and DICOM studies for one batch, plus the crosscheck CSVs."""
     export = MediaExport()
@@ -114,10 +118,15 @@ def write_media(
     templates = dicom_templates()
     studies: list[RawRecord] = []
     series: list[RawRecord] = []
+    leftover_uids: set[str | None] = set()
     for n, study in enumerate(records.get("imaging_studies", [])):
         patient = patients.get(study["resident_id"])
-        if patient is None or not study["study_date"]:
+        if patient is None or not study["study_date"] or export.dicom_studies >= dicom_budget:
+            # DICOM writing is slow (pydicom); large exports keep most imaging as extracts.
+            export.leftover.setdefault("imaging_studies", []).append(study)
+            leftover_uids.add(study["study_instance_uid"])
             continue
+        export.dicom_studies += 1
         folder = out / city / hospital.id / "dicom"
         paths = write_dicom_study(
             folder,
@@ -146,8 +155,12 @@ def write_media(
         studies.append(study_row)
         series += series_rows
     crosscheck["imaging_studies"], crosscheck["imaging_series"] = studies, series
+    export.leftover["imaging_series"] = [
+        s for s in records.get("imaging_series", []) if s["study_instance_uid"] in leftover_uids
+    ]
     if corrupt and templates:
         broken = out / city / hospital.id / "dicom" / f"broken-{batch:04d}.dcm"
+        broken.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(templates[0], broken)
         corrupt_dicom(broken, mode="truncate")
         export.rejected_keys.append(broken.relative_to(out / city).as_posix())
