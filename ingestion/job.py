@@ -241,9 +241,14 @@ class CityIngestion:
                 .partitionBy("dataset")
                 .save(self.tables.quarantine_table(QUARANTINE_ROWS))
             )
-            report.quarantined = {
-                r["rule"]: r["count"] for r in bad.groupBy(F.col("_rules")[0].alias("rule")).count().collect()
+            # Counted by Spark, independently of the driver's rows_in: `balanced` then proves no
+            # row was lost between the readers and the tables.
+            counts = {
+                r["rule"]: r["count"]
+                for r in checked.groupBy(F.get(F.col("_rules"), 0).alias("rule")).count().collect()
             }
+            valid = counts.pop(None, 0)
+            report.quarantined = counts
 
             # Last delivered wins among rows with the same business key.
             keys = [F.col(f"`{k}`") for k in contract.business_key]
@@ -262,7 +267,7 @@ class CityIngestion:
             )
             curated = curated.cache()
             report.curated = curated.count()
-            report.duplicates = report.rows_in - report.quarantined_total - report.curated
+            report.duplicates = valid - report.curated
             if report.curated:
                 self._check_quality(contract, curated, report)
             self._commit_curated(contract, curated, corrected)
