@@ -33,7 +33,7 @@ status: venv
 demo: up
 	@$(MEDSHARE) demo
 
-test: setup
+test: setup lint typecheck
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: venv
@@ -44,6 +44,7 @@ test-integration: setup
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
 	$(VENV)/bin/mypy
