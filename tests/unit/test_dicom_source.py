@@ -252,3 +252,13 @@ def test_templates_are_small_varied_and_readable(tmp_path: Path) -> None:
         )
         modalities.add(expected)
     assert {"CT", "MR", "CR", "NM", "US", "ECG"} <= modalities
+
+
+def test_reader_columns_are_the_contracts_columns() -> None:
+    """The reader keeps its own column lists; they must not drift from platform/datasets."""
+    from ingestion.sources.dicom import SERIES_COLUMNS, STUDY_COLUMNS
+    from lakehouse.contracts import load_contracts
+
+    contracts = load_contracts(Path(__file__).resolve().parents[2] / "platform")
+    assert contracts["imaging_studies"].column_names == STUDY_COLUMNS
+    assert contracts["imaging_series"].column_names == SERIES_COLUMNS
