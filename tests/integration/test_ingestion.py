@@ -46,8 +46,10 @@ class Ingested:
             storage_options=delta_storage_options(self.settings, creds),
         )
 
-    def options(self, **kw: object) -> IngestOptions:
-        return IngestOptions(city=CITY, table_root=self.root, landing_prefix=self.root, now=NOW, **kw)  # type: ignore[arg-type]
+    def options(self, root: str | None = None) -> IngestOptions:
+        """Options of a run under this module's prefix, or under another private `root`."""
+        root = self.root if root is None else root
+        return IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +198,7 @@ def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(
         client,
         topology,
         ingested.contracts,
-        IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW),
+        ingested.options(root),
     )
     assert report.status == "succeeded" and not report.files_rejected
     compared = 0
@@ -242,7 +244,7 @@ def test_bad_files_are_rejected_with_reasons_and_never_crash(
         client,
         topology,
         ingested.contracts,
-        IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW),
+        ingested.options(root),
     )
     assert report.status == "succeeded"
     rejected = {r["key"]: r["reason"] for r in report.files_rejected}
