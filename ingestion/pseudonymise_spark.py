@@ -17,7 +17,7 @@ import hashlib
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from ingestion.pseudonymise import UID_BYTES, UID_PREFIX, UID_ROOT, ProvinceKey
+from lakehouse.pseudonyms import UID_BYTES, UID_PREFIX, UID_ROOT, ProvinceKey
 
 _BLOCK = 64  # SHA-256 block size in bytes
 _TWO_POW_64 = str(2**64)

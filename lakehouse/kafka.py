@@ -67,17 +67,20 @@ def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
         return KafkaAdminClient(**config)
 
 
-def ensure_topics(client: KafkaAdminClient, topology: Topology) -> list[str]:
-    """Create the topology's topics that do not exist yet; returns the names created."""
+def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str = "") -> list[str]:
+    """Create the topology's topics that do not exist yet (under `namespace.` when given, as tests
+    and benchmarks do); returns the names created."""
     existing = set(client.list_topics())
+    prefix = f"{namespace}." if namespace else ""
     wanted = [
         NewTopic(
-            t.name,
+            prefix + t.name,
             num_partitions=topology.kafka.partitions_of(t),
             replication_factor=topology.kafka.replication_factor,
+            topic_configs=dict(t.config),
         )
         for t in topology.kafka.topics
-        if t.name not in existing
+        if prefix + t.name not in existing
     ]
     created = []
     for topic in wanted:

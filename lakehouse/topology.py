@@ -78,6 +78,8 @@ class Topic(_Frozen):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
     dataset: Ident | str
     partitions: int | None = Field(default=None, ge=1)
+    # Broker-side topic settings, e.g. {cleanup.policy: compact}.
+    config: dict[str, str] = Field(default_factory=dict)
 
 
 class KafkaLayout(_Frozen):

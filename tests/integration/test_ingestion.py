@@ -18,7 +18,7 @@ from ingestion.defects import DUPLICATE, DefectRates
 from ingestion.generate import GenerateOptions, Manifest, generate
 from ingestion.job import IngestOptions, run_ingestion
 from ingestion.landing import land
-from ingestion.pseudonymise import ProvinceKey
+from lakehouse.pseudonyms import ProvinceKey
 from ingestion.report import RunReport
 from ingestion.shareable import shareable
 from lakehouse.contracts import Contract, load_contracts

@@ -11,7 +11,7 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from ingestion.pseudonymise import ProvinceKey, person_key, pseudo_uid
+from lakehouse.pseudonyms import ProvinceKey, person_key, pseudo_uid
 from lakehouse.settings import Settings
 
 # RFC 4231 HMAC-SHA256 test cases: (key, data, expected MAC). Case 6 and 7 use a 131-byte key,

@@ -1,0 +1,527 @@
+"""The provincial replicator: applies each city unit to the federated provincial table exactly once.
+
+For every (city, dataset) the provincial table carries a Delta `txn` action (app id
+`medshare-replication/<city>/<dataset>`, version = the city's Delta version) written in the same
+commit as the data. Before applying a unit the replicator reads that version and skips the unit
+if it is not newer (delta-rs does not enforce monotonicity itself). Kafka offsets are committed
+only after the Delta commit, and never past the first message of a unit still being received, so
+a crash at any point re-delivers what was not applied and nothing else takes effect twice.
+
+Chunks of a unit are spooled to local disk as they arrive, then streamed into a single
+`write_deltalake` call: memory stays bounded whatever the unit's size, and units of different
+cities may interleave in one partition. Messages that cannot be decoded or applied go to the
+dead-letter table with their bytes and the reason; storage and broker failures are retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from lakehouse import kafka
+from lakehouse.contracts import Contract
+from lakehouse.errors import MedshareError
+from lakehouse.replication.layout import CITY, HOSPITAL, MONTH, PROVINCE_PARTITIONS, ReplicationLayout
+from lakehouse.replication.metrics import ReplicationMetrics
+from lakehouse.replication.wire import FULL, Header, MalformedMessage, decode_chunk
+from lakehouse.settings import Settings
+from lakehouse.shareable import schema_fingerprint, shareable_schema
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+
+log = logging.getLogger(__name__)
+
+_MONTH = re.compile(r"^\d{4}-\d{2}$")
+# Failures of the object store or a lost commit race: retrying fixes them. Anything else that
+# delta-rs or Arrow raises about the data itself would fail again, so the unit is dead-lettered.
+_TRANSIENT = ("S3 error", "sending request", "onnection", "timed out", "Io error", "ObjectStore")
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("reason", pa.string()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("headers", pa.string()),
+        ("value", pa.binary()),
+        ("city", pa.string()),
+        ("dataset", pa.string()),
+        ("version", pa.int64()),
+    ]
+)
+
+
+class Unappliable(MedshareError):
+    """A unit that decodes but must not be applied (wrong city, schema, partitions)."""
+
+
+class Stopping(Exception):
+    """Raised inside a retry loop when shutdown was requested."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, CommitFailedError | OSError):
+        return True
+    return isinstance(exc, DeltaError) and any(marker in str(exc) for marker in _TRANSIENT)
+
+
+@dataclass
+class _Message:
+    """What is kept of a spooled message, to dead-letter it if its unit fails."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Spool:
+    header: Header
+    first: TopicPartition
+    first_offset: int
+    path: Path
+    skip: bool
+    messages: list[_Message] = field(default_factory=list)
+    rows: int = 0
+    _file: IO[bytes] | None = None
+
+    @property
+    def next_chunk(self) -> int:
+        return len(self.messages)
+
+    def append(self, record: ConsumerRecord, value: bytes) -> None:
+        if not self.skip:
+            if self._file is None:
+                self._file = self.path.open("wb")
+            self._file.write(struct.pack(">Q", len(value)))
+            self._file.write(value)
+        self.messages.append(
+            _Message(record.topic, record.partition, record.offset, record.key, list(record.headers or []))
+        )
+
+    def values(self) -> Iterator[bytes]:
+        if self._file is not None:
+            self._file.flush()
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            while size := f.read(8):
+                yield f.read(struct.unpack(">Q", size)[0])
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    message: _Message
+    value: bytes | None
+    header: Header | None = None
+
+
+class Replicator:
+    def __init__(
+        self,
+        settings: Settings,
+        layout: ReplicationLayout,
+        contracts: Mapping[str, Contract],
+        *,
+        metrics: ReplicationMetrics | None = None,
+        spool_dir: Path | None = None,
+        on_applied: Callable[[Header, int], None] = lambda *_: None,
+    ) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.contracts = {n: c for n, c in contracts.items() if c.shareable}
+        self.metrics = metrics or ReplicationMetrics()
+        self.on_applied = on_applied
+        self.storage_options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+        self.topics = {layout.topic(name): name for name in self.contracts}
+        topology = layout.topology
+        self.hospitals = {c.id: {h.id for h in topology.hospitals_of(c.id)} for c in topology.cities}
+        self.spool_dir = Path(tempfile.mkdtemp(prefix="medshare-spool-", dir=spool_dir))
+        self.spools: dict[tuple[str, str], Spool] = {}
+        self.done: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._last_commit = 0.0
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, *, idle_timeout: float | None = None) -> None:
+        """Consume and apply until `stop` is set (or nothing arrived for `idle_timeout` seconds)."""
+        if stop is not None:
+            self.stop = stop
+        consumer = kafka.consumer(
+            self.settings,
+            group_id=self.layout.group_id,
+            # Bounded memory: a few chunks in flight, never hundreds.
+            max_poll_records=8,
+            fetch_max_bytes=8 * 1024 * 1024,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            max_poll_interval_ms=900_000,
+        )
+        self._consumer = consumer
+        consumer.subscribe(sorted(self.topics), listener=_Rebalance(self))
+        idle_since = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                try:
+                    batches = consumer.poll(timeout_ms=500)
+                except KafkaError as exc:
+                    log.warning("poll failed (%s); retrying", exc)
+                    self.stop.wait(1.0)
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self.handle(record)
+                if batches:
+                    idle_since = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                    break
+                if time.monotonic() - self._last_commit > 2.0:
+                    self.commit_offsets()
+        except Stopping:
+            pass
+        finally:
+            self.commit_offsets()
+            consumer.close(autocommit=False)
+            self._consumer = None
+            for spool in self.spools.values():
+                spool.discard()
+            self.spools.clear()
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+
+    def commit_offsets(self) -> None:
+        """Commit, per partition, up to the first message of any unit still being received."""
+        if self._consumer is None:
+            return
+        safe = dict(self.done)
+        for spool in self.spools.values():
+            tp = spool.first
+            safe[tp] = min(safe.get(tp, spool.first_offset), spool.first_offset)
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in safe.items() if self.committed.get(tp) != o}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:  # re-delivered later and skipped by the txn version check
+            log.warning("committing offsets failed (%s); will retry", exc)
+            return
+        self.committed.update({tp: m.offset for tp, m in offsets.items()})
+        self._last_commit = time.monotonic()
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions moved to another replicator: drop their half-received units."""
+        lost = set(partitions)
+        for key, spool in list(self.spools.items()):
+            if spool.first in lost:
+                spool.discard()
+                del self.spools[key]
+        for tp in lost:
+            self.done.pop(tp, None)
+            self.committed.pop(tp, None)
+
+    # -- one message -----------------------------------------------------------------------
+    def handle(self, record: ConsumerRecord) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        message = _Message(tp.topic, tp.partition, record.offset, record.key, list(record.headers or []))
+        try:
+            header = Header.decode(record.headers)
+            self._check_header(record.topic, header)
+        except (MalformedMessage, Unappliable) as exc:
+            self.dead_letter([DeadLetter(str(exc), message, record.value)])
+            self.done[tp] = record.offset + 1
+            return
+        key = (header.city, header.dataset)
+        spool = self.spools.get(key)
+        if header.chunk == 0:
+            if spool is not None:  # an earlier unit cut short by a rebalance; it comes again
+                spool.discard()
+            applied = self.applied_version(header.city, header.dataset)
+            spool = Spool(
+                header=header,
+                first=tp,
+                first_offset=record.offset,
+                path=self.spool_dir / f"{header.city}.{header.dataset}.{header.version}",
+                skip=applied is not None and applied >= header.version,
+            )
+            self.spools[key] = spool
+        elif spool is None or spool.header.version != header.version or header.chunk != spool.next_chunk:
+            expected = "chunk 0" if spool is None else f"v{spool.header.version} chunk {spool.next_chunk}"
+            reason = f"chunk {header.chunk} of v{header.version} out of sequence (expected {expected})"
+            self.dead_letter([DeadLetter(reason, message, record.value, header)])
+            self.done[tp] = record.offset + 1
+            return
+        spool.append(record, record.value or b"")
+        if header.last:
+            # Registered until applied: a shutdown or crash mid-apply commits no offset past it.
+            self.apply(spool)
+            del self.spools[key]
+            spool.discard()
+        self.done[tp] = record.offset + 1
+        if header.last:
+            self.commit_offsets()
+
+    def _check_header(self, topic: str, header: Header) -> None:
+        if header.city not in self.hospitals:
+            raise Unappliable(f"unknown city {header.city!r}")
+        if self.topics.get(topic) != header.dataset:
+            raise Unappliable(f"dataset {header.dataset!r} does not belong on topic {topic}")
+        for hospital, months in header.partitions.items():
+            if hospital not in self.hospitals[header.city]:
+                raise Unappliable(f"hospital {hospital!r} is not in {header.city}")
+            bad = [m for m in months if not _MONTH.match(m)]
+            if bad:
+                raise Unappliable(f"bad month partition value(s) {bad[:3]}")
+
+    # -- applying a unit -------------------------------------------------------------------
+    def applied_version(self, city: str, dataset: str) -> int | None:
+        table = self._table(dataset)
+        return None if table is None else table.transaction_version(self.layout.app_id(city, dataset))
+
+    def _table(self, dataset: str) -> DeltaTable | None:
+        uri = self.layout.province_table(dataset).uri
+        for attempt in self._attempts(f"open {uri}"):
+            with attempt:
+                try:
+                    return DeltaTable(uri, storage_options=self.storage_options)
+                except TableNotFoundError:
+                    return None
+        raise AssertionError("unreachable")
+
+    def _attempts(self, action: str, labels: tuple[str, str] | None = None) -> Iterator[_Attempt]:
+        """Retry transient failures with backoff until they pass or shutdown is requested."""
+        delay = 0.5
+        while True:
+            attempt = _Attempt()
+            yield attempt
+            if attempt.error is None:
+                return
+            if self.stop.is_set():
+                raise Stopping
+            if labels is not None:
+                self.metrics.retries.labels(*labels).inc()
+            log.warning("%s failed (%s); retrying in %.1f s", action, attempt.error, delay)
+            self.stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+    def apply(self, spool: Spool) -> None:
+        header = spool.header
+        labels = (header.city, header.dataset)
+        if spool.skip:
+            self.metrics.duplicates.labels(*labels).inc()
+            return
+        try:
+            self._validate(spool)
+        except pa.ArrowException as exc:
+            self._dead_letter_unit(spool, f"rows cannot be read: {exc}")
+            return
+        except (MalformedMessage, Unappliable) as exc:
+            self._dead_letter_unit(spool, str(exc))
+            return
+        uri = self.layout.province_table(header.dataset).uri
+        app_id = self.layout.app_id(*labels)
+        for attempt in self._attempts(f"apply {header.city}/{header.dataset} v{header.version}", labels):
+            with attempt:
+                table = self._table(header.dataset)
+                applied = None if table is None else table.transaction_version(app_id)
+                if applied is not None and applied >= header.version:
+                    self.metrics.duplicates.labels(*labels).inc()
+                    return
+                try:
+                    self._write(spool, uri, app_id, exists=table is not None)
+                except (pa.ArrowException, DeltaError, MalformedMessage, ValueError) as exc:
+                    if _transient(exc):
+                        raise
+                    self._dead_letter_unit(spool, f"the provincial commit was refused: {exc}")
+                    return
+        committed = time.time()
+        lag = max(committed - header.committed_ms / 1000, 0.0)
+        self.metrics.units.labels(*labels).inc()
+        self.metrics.rows.labels(*labels).inc(spool.rows)
+        self.metrics.messages.labels(*labels).inc(len(spool.messages))
+        self.metrics.lag.labels(*labels).set(lag)
+        self.metrics.lag_histogram.labels(*labels).observe(lag)
+        self.metrics.applied_version.labels(*labels).set(header.version)
+        log.info(
+            "applied %s/%s v%d: %d rows, %d messages, lag %.2f s",
+            header.city,
+            header.dataset,
+            header.version,
+            spool.rows,
+            len(spool.messages),
+            lag,
+        )
+        self.on_applied(header, spool.rows)
+
+    def _validate(self, spool: Spool) -> None:
+        """Decode every chunk once before writing: schema, city's hospitals, partitions."""
+        header = spool.header
+        hospitals = pa.array(sorted(self.hospitals[header.city]), pa.string())
+        rows = 0
+        for value in spool.values():
+            for batch in decode_chunk(value):
+                if schema_fingerprint(batch.schema) != header.schema:
+                    raise Unappliable(f"rows do not have the schema the header announces ({header.schema})")
+                if HOSPITAL not in batch.schema.names or MONTH not in batch.schema.names:
+                    raise Unappliable(f"rows lack the {HOSPITAL}/{MONTH} partition columns")
+                inside = pc.is_in(batch.column(HOSPITAL), value_set=hospitals)
+                if batch.num_rows and not pc.all(inside).as_py():
+                    raise Unappliable(f"rows of a hospital outside {header.city}")
+                rows += batch.num_rows
+        spool.rows = rows
+
+    def _batches(self, spool: Spool) -> Iterator[pa.RecordBatch]:
+        city = spool.header.city
+        for value in spool.values():
+            for batch in decode_chunk(value):
+                if batch.num_rows:
+                    yield batch.add_column(0, CITY, pa.array([city] * batch.num_rows, pa.string()))
+
+    def _write(self, spool: Spool, uri: str, app_id: str, *, exists: bool) -> None:
+        header = spool.header
+        first = next(spool.values(), None)
+        if first is not None:
+            schema = pa.ipc.open_stream(first).schema
+        else:
+            schema = shareable_schema(self.contracts[header.dataset])
+        schema = schema.insert(0, pa.field(CITY, pa.string()))
+        reader = pa.RecordBatchReader.from_batches(schema, self._batches(spool))
+        properties = CommitProperties(app_transactions=[Transaction(app_id, header.version)])
+        if exists:
+            write_deltalake(
+                uri,
+                reader,
+                mode="overwrite",
+                predicate=predicate(header),
+                schema_mode="merge",
+                storage_options=self.storage_options,
+                commit_properties=properties,
+            )
+        else:
+            write_deltalake(
+                uri,
+                reader,
+                mode="append",
+                partition_by=list(PROVINCE_PARTITIONS),
+                storage_options=self.storage_options,
+                commit_properties=properties,
+            )
+
+    # -- dead letters ----------------------------------------------------------------------
+    def _dead_letter_unit(self, spool: Spool, reason: str) -> None:
+        values = list(spool.values()) if not spool.skip else []
+        letters = [
+            DeadLetter(reason, m, values[i] if i < len(values) else None, spool.header)
+            for i, m in enumerate(spool.messages)
+        ]
+        self.dead_letter(letters)
+
+    def dead_letter(self, letters: list[DeadLetter]) -> None:
+        """Make the letters durable in the dead-letter table (before their offsets are committed)."""
+        now = pa.scalar(time.time_ns() // 1000, pa.timestamp("us", tz="UTC"))
+        rows = [
+            {
+                "recorded_at": now.as_py(),
+                "reason": d.reason,
+                "topic": d.message.topic,
+                "partition": d.message.partition,
+                "offset": d.message.offset,
+                "key": d.message.key,
+                "headers": _headers_json(d.message.headers),
+                "value": d.value,
+                "city": d.header.city if d.header else None,
+                "dataset": d.header.dataset if d.header else None,
+                "version": d.header.version if d.header else None,
+            }
+            for d in letters
+        ]
+        table = pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA)
+        uri = self.layout.dead_letter_table().uri
+        for attempt in self._attempts(f"write {len(rows)} dead letter(s) to {uri}"):
+            with attempt:
+                write_deltalake(uri, table, mode="append", storage_options=self.storage_options)
+        for d in letters:
+            m = d.message
+            log.error("dead letter %s[%d]@%d: %s", m.topic, m.partition, m.offset, d.reason)
+            self.metrics.dead_letters.labels(_reason_kind(d.reason)).inc()
+
+
+def _headers_json(headers: list[tuple[str, bytes]]) -> str:
+    return json.dumps({k: (v or b"").decode("utf-8", "replace") for k, v in headers}, ensure_ascii=False)
+
+
+def _reason_kind(reason: str) -> str:
+    """A low-cardinality label for the dead-letter counter."""
+    for kind in ("header", "Arrow", "schema", "city", "hospital", "sequence", "refused", "month", "dataset"):
+        if kind in reason:
+            return kind.lower()
+    return "other"
+
+
+def predicate(header: Header) -> str:
+    """Which provincial rows the unit replaces; values were checked against the topology first."""
+    city = f"{CITY} = '{header.city}'"
+    if header.kind == FULL:
+        return city
+    terms = [
+        f"({HOSPITAL} = '{h}' AND {MONTH} IN ({', '.join(repr(m) for m in months)}))"
+        for h, months in sorted(header.partitions.items())
+    ]
+    if not terms:  # the commits changed no data: replace nothing, record the version
+        return f"{city} AND false"
+    return f"{city} AND ({' OR '.join(terms)})"
+
+
+class _Attempt:
+    """One try inside `Replicator._attempts`: swallows a transient failure and remembers it."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> _Attempt:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and _transient(exc):
+            self.error = exc
+            return True
+        return False
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, replicator: Replicator) -> None:
+        self.replicator = replicator
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.replicator.commit_offsets()
+        self.replicator.forget(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
