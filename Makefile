@@ -7,13 +7,13 @@ MEDSHARE := $(VENV)/bin/medshare
 PYTEST := $(VENV)/bin/python -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup up down status demo test test-unit test-integration lint typecheck clean-state
+.PHONY: help venv setup up down status demo test test-unit test-integration test-faults lint typecheck clean-state
 
 help:
 	@echo "make demo   - set up everything, start the stack and run the platform end to end"
 	@echo "make test   - set up everything and run all tests against real MinIO, Kafka and Spark"
 	@echo "make down   - stop the services this project started"
-	@echo "other: setup up status test-unit test-integration lint typecheck clean-state"
+	@echo "other: setup up status test-unit test-integration test-faults lint typecheck clean-state"
 
 venv:
 	@bash infra/bootstrap.sh
@@ -41,6 +41,11 @@ test-unit: venv
 
 test-integration: setup
 	$(PYTEST) -m integration $(PYTEST_ARGS)
+
+# The replication fault tests, each repeated with a new random kill point (make test runs them once).
+FAULT_REPEATS ?= 5
+test-faults: setup
+	MEDSHARE_FAULT_REPEATS=$(FAULT_REPEATS) $(PYTEST) -m faults $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

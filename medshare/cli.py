@@ -8,19 +8,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
 from lakehouse.errors import MedshareError
 from lakehouse.settings import get_settings
 from lakehouse.topology import load_topology
+from medshare import replication_cli
+from medshare.ui import console
+from medshare.ui import fail as _fail
+from medshare.ui import progress_bar as _progress_bar
+from medshare.ui import report as _report
 
 app = typer.Typer(
     help=(
@@ -31,16 +29,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-
-def _report(message: str) -> None:
-    console.print(f"[dim]·[/dim] {message}")
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}")
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -103,9 +91,12 @@ def _print_status() -> bool:
 
 @app.command()
 def status() -> None:
-    """Show each service, its ports, pid and health; exit 1 unless all are healthy."""
+    """Show each service, its ports, pid and health, then how far the province's replicas are
+    behind each city; exit 1 unless all services are healthy."""
     try:
         healthy = _print_status()
+        if healthy:
+            replication_cli.print_lag(get_settings())
     except MedshareError as exc:
         _fail(exc)
     if not healthy:
@@ -138,16 +129,6 @@ def demo() -> None:
         demo_module.run(get_settings(), _report)
     except MedshareError as exc:
         _fail(exc)
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 @app.command()
@@ -296,3 +277,6 @@ def ingest(
         console.print(f"  [yellow]rejected[/yellow] {rejected['key']}: {rejected['reason']}")
     if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):
         raise typer.Exit(1)
+
+
+replication_cli.register(app)

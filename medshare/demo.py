@@ -5,6 +5,9 @@
 2. City ingestion: seeded exports (CSV, JSON Lines, FHIR, DICOM, with defects) are generated
    for two cities, landed in their landing buckets and ingested by each city's Spark job; the
    run reports prove every row is curated, quarantined or a removed duplicate.
+3. Replication: each city's publisher ships its curated commits (shareable form) through Kafka,
+   the provincial replicator applies them to the federated provincial tables, and `verify`
+   proves the province holds exactly each city's shareable data.
 """
 
 from __future__ import annotations
@@ -159,6 +162,51 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
     return table
 
 
+def _replicate(settings: Settings, report: Report) -> Table:
+    import threading
+
+    from lakehouse.contracts import load_contracts
+    from lakehouse.pseudonyms import ProvinceKey
+    from lakehouse.replication.layout import ReplicationLayout
+    from lakehouse.replication.publisher import Publisher
+    from lakehouse.replication.replicator import Replicator
+    from lakehouse.replication.verify import verify
+
+    layout = ReplicationLayout(load_topology(settings.platform_dir))
+    contracts = load_contracts(settings.platform_dir)
+    key = ProvinceKey.from_settings(settings)
+    for city_id in DEMO_CITIES:
+        publisher = Publisher(settings, layout, city_id, contracts, key)
+        try:
+            published = publisher.run_once()
+        finally:
+            publisher.close()
+        units = sum(d.units for d in published.datasets.values())
+        report(f"{city_id}: published {published.rows:,} rows in {units} unit(s) through Kafka")
+    replicator = Replicator(settings, layout, contracts)
+    stop = threading.Event()
+    worker = threading.Thread(target=replicator.run, args=(stop,), name="replicator")
+    report("provincial replicator applying the units; verify compares province and cities")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not (result := verify(settings, layout, contracts, key, cities=DEMO_CITIES)).ok:
+            if time.monotonic() > deadline:
+                raise MedshareError(f"the province still differs after 180 s: {result.differences[:5]}")
+            time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(60)
+    table = Table(
+        "city", "dataset", "partitions", "rows", "city version", "province reflects", title="replication"
+    )
+    for c in result.compared:
+        versions = (str(c.city_version), str(c.province_version))
+        table.add_row(c.city, c.dataset, str(c.partitions), str(c.rows), *versions)
+    table.caption = "verify: no difference — the province holds exactly each city's shareable data"
+    return table
+
+
 def run(settings: Settings, report: Report) -> None:
     topology = load_topology(settings.platform_dir)
     city = topology.cities[0]
@@ -166,6 +214,7 @@ def run(settings: Settings, report: Report) -> None:
     summary |= _spark_to_delta_rs(settings, city.id, city.buckets.curated, report)
     summary |= _kafka_round_trip(settings, city.id, report)
     ingestion = _ingest_cities(settings, report)
+    replication = _replicate(settings, report)
 
     table = Table("step", "result", title="medshare demo: foundation")
     for key, value in summary.items():
@@ -173,3 +222,4 @@ def run(settings: Settings, report: Report) -> None:
     console = Console(width=max(Console().width, 110))
     console.print(table)
     console.print(ingestion)
+    console.print(replication)

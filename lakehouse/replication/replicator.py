@@ -154,12 +154,14 @@ class Replicator:
         metrics: ReplicationMetrics | None = None,
         spool_dir: Path | None = None,
         on_applied: Callable[[Header, int], None] = lambda *_: None,
+        group_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.layout = layout
         self.contracts = {n: c for n, c in contracts.items() if c.shareable}
         self.metrics = metrics or ReplicationMetrics()
         self.on_applied = on_applied
+        self.group_id = group_id or layout.group_id
         self.storage_options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
         self.topics = {layout.topic(name): name for name in self.contracts}
         topology = layout.topology
@@ -179,7 +181,7 @@ class Replicator:
             self.stop = stop
         consumer = kafka.consumer(
             self.settings,
-            group_id=self.layout.group_id,
+            group_id=self.group_id,
             # Bounded memory: a few chunks in flight, never hundreds.
             max_poll_records=8,
             fetch_max_bytes=8 * 1024 * 1024,

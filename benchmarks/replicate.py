@@ -1,0 +1,253 @@
+"""Benchmark of city → province replication on the running stack (`make up`).
+
+    ~/.cache/medshare/venv/bin/python benchmarks/replicate.py --rows 5000000 --trickle-seconds 60
+
+1. Throughput: curated `encounters` tables of `--rows` rows in total across the three cities
+   (written with delta-rs beforehand, not timed); then three publishers (`medshare publish`, one
+   process each) and one replicator (`medshare replicator`, its own process) start together. Timed
+   from their start until the provincial table records every city's version; rows/s = rows / time.
+   The replicator's peak RSS (VmHWM) is read from /proc before it stops.
+2. Lag: publishers in `--follow` mode and the replicator running; every city commits a small batch
+   (`--trickle-rows` rows) about once per `--trickle-interval` seconds for `--trickle-seconds`.
+   Each city commit's lag = time of the first provincial commit whose `txn` for that city reaches
+   its version − the city commit's time (both from the Delta logs' commitInfo, one clock).
+
+Everything lives under a fresh namespace (tables, topics, consumer group), so runs never mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+# The curated-shaped table generator is shared with the replication tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lakehouse.contracts import load_contracts
+from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.settings import Settings, get_settings
+from lakehouse.storage import PROVINCE_SITE, s3_client, site_credentials
+from lakehouse.topology import load_topology
+from tests.utils.replication import curated_rows, make_topics, province_table, write_city
+
+CITIES = ("zhengzhou", "luoyang", "nanyang")
+DATASET = "encounters"
+RESULTS = Path(__file__).parent / "results" / "replicate.json"
+
+
+def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "medshare", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(120)
+
+
+def city_versions(settings: Settings, layout: ReplicationLayout) -> dict[str, int]:
+    from tests.utils.replication import city_table
+
+    return {c: int(city_table(settings, layout, c, DATASET).version()) for c in CITIES}
+
+
+def applied(settings: Settings, layout: ReplicationLayout) -> dict[str, int | None]:
+    try:
+        table = province_table(settings, layout, DATASET)
+    except Exception:  # not created yet
+        return dict.fromkeys(CITIES)
+    return {c: table.transaction_version(layout.app_id(c, DATASET)) for c in CITIES}
+
+
+def throughput(settings: Settings, layout: ReplicationLayout, rows: int, logs: Path) -> dict[str, object]:
+    contract = load_contracts(settings.platform_dir)[DATASET]
+    per_city = rows // len(CITIES)
+    started = time.perf_counter()
+    for n, city in enumerate(CITIES):
+        hospitals = [h.id for h in layout.topology.hospitals_of(city)]
+        for part in range(0, per_city, 500_000):  # bounded memory while preparing
+            size = min(500_000, per_city - part)
+            table = curated_rows(
+                contract, hospitals, size, months=24, salt=f"{city}{part}", seed=n * 100 + part
+            )
+            write_city(settings, layout, city, contract, table)
+    print(f"prepared {per_city * len(CITIES):,} rows in {time.perf_counter() - started:.0f} s", flush=True)
+    target = city_versions(settings, layout)
+
+    started = time.perf_counter()
+    replicator = medshare(
+        logs / "replicator.log", "replicator", "--namespace", layout.namespace, "--metrics-port", "0"
+    )
+    publishers = [
+        medshare(logs / f"publish-{c}.log", "publish", "--city", c, "--namespace", layout.namespace)
+        for c in CITIES
+    ]
+    publish_s: dict[str, float] = {}
+    while True:
+        for c, p in zip(CITIES, publishers, strict=True):
+            if c not in publish_s and p.poll() is not None:
+                publish_s[c] = round(time.perf_counter() - started, 2)
+                if p.returncode != 0:
+                    raise SystemExit(f"publisher {c} failed: see {logs}")
+        done = applied(settings, layout)
+        if all(done[c] is not None and done[c] >= target[c] for c in CITIES):  # type: ignore[operator]
+            break
+        if replicator.poll() is not None:
+            raise SystemExit(f"replicator exited: see {logs / 'replicator.log'}")
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb(replicator.pid)
+    stop(replicator)
+    for p in publishers:
+        p.wait(60)
+    total = per_city * len(CITIES)
+    return {
+        "rows": total,
+        "unit_rows": per_city,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(total / seconds),
+        "publishers_done_s": publish_s,
+        "replicator_peak_rss_mb": round(rss),
+    }
+
+
+def _commit_times(client, bucket: str, path: str) -> list[tuple[int, int, dict[str, int]]]:  # type: ignore[no-untyped-def]
+    """(version, commit ms, {txn app id: version}) of every commit of one table."""
+    out = []
+    for obj in client.list_objects(bucket, prefix=f"{path}/_delta_log/"):
+        name = obj.object_name or ""
+        if not name.endswith(".json"):
+            continue
+        version = int(name.rsplit("/", 1)[1].split(".")[0])
+        response = client.get_object(bucket, name)
+        ts, txns = 0, {}
+        for line in response.read().decode().splitlines():
+            action = json.loads(line)
+            if "commitInfo" in action:
+                ts = int(action["commitInfo"]["timestamp"])
+            if "txn" in action:
+                txns[action["txn"]["appId"]] = int(action["txn"]["version"])
+        response.close()
+        response.release_conn()
+        out.append((version, ts, txns))
+    return sorted(out)
+
+
+def trickle(
+    settings: Settings, layout: ReplicationLayout, seconds: float, rows: int, interval: float, logs: Path
+) -> dict[str, object]:
+    contract = load_contracts(settings.platform_dir)[DATASET]
+    replicator = medshare(
+        logs / "replicator-lag.log", "replicator", "--namespace", layout.namespace, "--metrics-port", "0"
+    )
+    publishers = [
+        medshare(
+            logs / f"follow-{c}.log", "publish", "--city", c, "--follow", "--namespace", layout.namespace
+        )
+        for c in CITIES
+    ]
+    time.sleep(5)  # processes start and catch up with whatever exists
+    commits = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for n, city in enumerate(CITIES):
+            hospitals = [h.id for h in layout.topology.hospitals_of(city)]
+            table = curated_rows(contract, hospitals, rows, months=1, salt=f"t{commits}", seed=commits + n)
+            write_city(settings, layout, city, contract, table)
+            commits += 1
+        time.sleep(interval)
+    target = city_versions(settings, layout)
+    wait_until = time.monotonic() + 120
+    while time.monotonic() < wait_until:
+        done = applied(settings, layout)
+        if all(done[c] is not None and done[c] >= target[c] for c in CITIES):  # type: ignore[operator]
+            break
+        time.sleep(0.5)
+    rss = peak_rss_mb(replicator.pid)
+    stop(replicator)
+    codes = [stop(p) for p in publishers]
+
+    province = layout.province_table(DATASET)
+    province_commits = _commit_times(
+        s3_client(settings, site_credentials(settings, PROVINCE_SITE)), province.bucket, province.path
+    )
+    lags: list[float] = []
+    for city in CITIES:
+        app_id = layout.app_id(city, DATASET)
+        location = layout.city_table(city, DATASET)
+        for version, ts, _ in _commit_times(
+            s3_client(settings, site_credentials(settings, city)), location.bucket, location.path
+        ):
+            reached = [p_ts for _, p_ts, txns in province_commits if txns.get(app_id, -1) >= version]
+            if reached and version > 0:  # version 0 existed before the processes started
+                lags.append((min(reached) - ts) / 1000)
+    lags.sort()
+    return {
+        "city_commits": commits,
+        "rows_per_commit": rows,
+        "lags_measured": len(lags),
+        "lag_p50_s": round(statistics.median(lags), 3),
+        "lag_p99_s": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+        "lag_max_s": round(lags[-1], 3),
+        "replicator_peak_rss_mb": round(rss),
+        "publisher_exit_codes": codes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--trickle-seconds", type=float, default=60)
+    parser.add_argument("--trickle-rows", type=int, default=50)
+    parser.add_argument("--trickle-interval", type=float, default=1.0)
+    args = parser.parse_args()
+    settings = get_settings()
+    topology = load_topology(settings.platform_dir)
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"medshare-bench-replicate-{uuid.uuid4().hex[:6]}"
+    logs.mkdir(parents=True)
+    results: dict[str, object] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "logs": str(logs),
+    }
+    layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
+    make_topics(settings, layout)
+    results["throughput"] = throughput(settings, layout, args.rows, logs)
+    print(json.dumps(results["throughput"], indent=1), flush=True)
+    lag_layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
+    make_topics(settings, lag_layout)
+    results["lag"] = trickle(
+        settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs
+    )
+    print(json.dumps(results["lag"], indent=1), flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""`medshare publish | replicator | verify` and the replication part of `medshare status`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lakehouse.errors import MedshareError
+from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.settings import Settings, get_settings
+from lakehouse.topology import load_topology
+from medshare.ui import console, fail, progress_bar, service_logging
+
+log = logging.getLogger("medshare")
+
+Namespace = Annotated[
+    str,
+    typer.Option(help="Prefix of tables, topics and consumer group (tests, benchmarks); empty = production."),
+]
+
+
+def _layout(settings: Settings, namespace: str) -> ReplicationLayout:
+    return ReplicationLayout(load_topology(settings.platform_dir), namespace)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and Ctrl-C ask for a clean stop: finish the unit in hand, commit, close."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("%s received: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def publish(
+    city: Annotated[str, typer.Option(help="The city whose curated tables are published.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep running: publish new commits as they appear (a service).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="With --follow: seconds between looks at the logs.")] = 0.5,
+    namespace: Namespace = "",
+) -> None:
+    """Ship what the city's curated commits changed — shareable form only — to the province via Kafka.
+
+    Each (dataset, version) goes as one Kafka transaction that also records it as published, so a
+    restart neither skips nor repeats. Without --follow: one pass, then a summary."""
+    from lakehouse.contracts import load_contracts
+    from lakehouse.pseudonyms import ProvinceKey
+    from lakehouse.replication.publisher import Publisher
+
+    settings = get_settings()
+    try:
+        layout = _layout(settings, namespace)
+        if follow:
+            service_logging()
+            stop = _stop_on_signals()
+            contracts, key = load_contracts(settings.platform_dir), ProvinceKey.from_settings(settings)
+            publisher = Publisher(settings, layout, city, contracts, key)
+            log.info("publishing %s's curated commits every %.1f s (SIGTERM stops)", city, interval)
+            publisher.follow(stop, interval=interval)
+            return
+        with progress_bar() as bar:
+            task = bar.add_task(f"publishing {city}", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=f"publishing {city}: {stage}", completed=done, total=total)
+
+            publisher = Publisher(
+                settings,
+                layout,
+                city,
+                load_contracts(settings.platform_dir),
+                ProvinceKey.from_settings(settings),
+                progress=progress,
+            )
+            try:
+                result = publisher.run_once()
+            finally:
+                publisher.close()
+    except MedshareError as exc:
+        fail(exc)
+    if not result.datasets:
+        console.print(f"nothing to publish: every committed version of {city} is already published")
+        return
+    table = Table("dataset", "version", "units", "rows", "messages", "MB", title=f"published from {city}")
+    for name, stats in sorted(result.datasets.items()):
+        mb = f"{stats.bytes / 1e6:.2f}"
+        table.add_row(name, str(stats.version), str(stats.units), f"{stats.rows:,}", str(stats.messages), mb)
+    Console().print(table)
+    console.print(f"{result.rows:,} rows in {result.seconds:.1f} s")
+
+
+def replicator(
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:<port>/metrics; 0 = off.")
+    ] = 9464,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without a message (for batch runs).")
+    ] = None,
+    namespace: Namespace = "",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Run the provincial replicator: apply every city unit to the provincial tables exactly once.
+
+    A Kafka consumer-group member; runs until SIGTERM (clean stop: offsets committed, nothing
+    half-applied). Unreadable or unappliable messages go to the dead-letter table, never dropped."""
+    from lakehouse.contracts import load_contracts
+    from lakehouse.replication.metrics import ReplicationMetrics
+    from lakehouse.replication.replicator import Replicator
+
+    service_logging(verbose)
+    settings = get_settings()
+    stop = _stop_on_signals()
+    try:
+        metrics = ReplicationMetrics()
+        if metrics_port:
+            metrics.serve(metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+        worker = Replicator(
+            settings, _layout(settings, namespace), load_contracts(settings.platform_dir), metrics=metrics
+        )
+        log.info("replicating into s3://%s (SIGTERM stops)", worker.layout.province_table("").bucket)
+        worker.run(stop, idle_timeout=idle_exit)
+    except (MedshareError, OSError) as exc:
+        fail(exc)
+    log.info("replicator stopped")
+
+
+def verify(
+    city: Annotated[list[str] | None, typer.Option("--city", help="Only these cities (repeatable).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="Only these datasets.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Keep comparing for up to this many seconds until no difference remains.")
+    ] = 0.0,
+    namespace: Namespace = "",
+) -> None:
+    """Compare every city's shareable data with the province: counts and an order-independent
+    checksum per city, dataset and partition. Prints every difference; exit 1 if there is one."""
+    from lakehouse.replication.verify import verify as run_verify
+
+    from lakehouse.contracts import load_contracts
+    from lakehouse.pseudonyms import ProvinceKey
+
+    settings = get_settings()
+    deadline = time.monotonic() + wait
+    try:
+        layout = _layout(settings, namespace)
+        contracts = load_contracts(settings.platform_dir)
+        key = ProvinceKey.from_settings(settings)
+        with progress_bar() as bar:
+            task = bar.add_task("comparing", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=f"comparing {stage}", completed=done, total=total)
+
+            while True:
+                result = run_verify(
+                    settings, layout, contracts, key, cities=city, datasets=dataset, progress=progress
+                )
+                if result.ok or time.monotonic() >= deadline:
+                    break
+                bar.console.print(f"{len(result.differences)} difference(s); comparing again")
+                time.sleep(2)
+    except MedshareError as exc:
+        fail(exc)
+    table = Table("city", "dataset", "partitions", "rows", "city version", "province reflects")
+    for c in result.compared:
+        versions = (str(c.city_version), str(c.province_version))
+        table.add_row(c.city, c.dataset, str(c.partitions), f"{c.rows:,}", *versions)
+    out = Console(width=max(Console().width, 110))
+    out.print(table)
+    if result.ok:
+        console.print("[green]no difference[/green]: the province holds exactly each city's shareable data")
+        return
+    diffs = Table("city", "dataset", "hospital", "month", "city rows", "province rows", "problem")
+    for d in result.differences:
+        counts = (str(d.city_rows), str(d.province_rows))
+        diffs.add_row(d.city, d.dataset, d.hospital or "-", d.month or "-", *counts, d.problem)
+    out.print(diffs)
+    console.print(f"[red]{len(result.differences)} difference(s)[/red]")
+    raise typer.Exit(1)
+
+
+def print_lag(settings: Settings, namespace: str = "") -> None:
+    """The replication table of `medshare status`: how far the province is behind each city."""
+    from lakehouse.replication.status import replication_lag
+
+    from lakehouse.contracts import load_contracts
+
+    rows = replication_lag(settings, _layout(settings, namespace), load_contracts(settings.platform_dir))
+    table = Table("city", "dataset", "city version", "province reflects", "behind", "lag")
+    for r in rows:
+        lag = "-" if r.lag_seconds is None else f"{r.lag_seconds:.1f} s"
+        style = "green" if r.behind == 0 else "yellow"
+        table.add_row(
+            r.city,
+            r.dataset,
+            str(r.city_version),
+            str(r.applied_version),
+            f"[{style}]{r.behind}[/{style}]",
+            lag,
+        )
+    if rows:
+        Console().print(table)
+    else:
+        console.print("replication: no curated tables yet")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(publish)
+    app.command()(replicator)
+    app.command()(verify)

@@ -1,0 +1,311 @@
+"""City → province replication on the real MinIO and Kafka: complete, exactly once, corrections and
+deletions included, three cities into one table, schema evolution, dead letters."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pytest
+from deltalake import DeltaTable
+from kafka import TopicPartition
+
+from lakehouse import kafka
+from lakehouse.contracts import Column, Contract, load_contracts
+from lakehouse.pseudonyms import ProvinceKey, person_key
+from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.replication.publisher import Publisher
+from lakehouse.replication.replicator import Replicator
+from lakehouse.replication.wire import Header
+from lakehouse.settings import Settings
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.topology import Topology
+from tests.utils.replication import (
+    city_table,
+    curated_rows,
+    make_topics,
+    province_table,
+    read_all,
+    replicator_thread,
+    wait_verified,
+    write_city,
+)
+
+CITIES = ("zhengzhou", "luoyang", "nanyang")
+
+
+@pytest.fixture
+def contracts(settings: Settings) -> dict[str, Contract]:
+    return load_contracts(settings.platform_dir)
+
+
+@pytest.fixture
+def key(settings: Settings) -> ProvinceKey:
+    return ProvinceKey.from_settings(settings)
+
+
+@pytest.fixture
+def layout(stack: Settings, topology: Topology, unique: str) -> ReplicationLayout:
+    layout = ReplicationLayout(topology, f"t{unique}")
+    make_topics(stack, layout)
+    return layout
+
+
+def hospitals(topology: Topology, city: str) -> list[str]:
+    return [h.id for h in topology.hospitals_of(city)]
+
+
+def publish(
+    settings: Settings, layout: ReplicationLayout, city: str, contracts: dict[str, Contract], key: ProvinceKey
+) -> int:
+    publisher = Publisher(settings, layout, city, contracts, key)
+    try:
+        return publisher.run_once().rows
+    finally:
+        publisher.close()
+
+
+def units_on_topic(settings: Settings, layout: ReplicationLayout, dataset: str) -> list[Header]:
+    """The chunk-0 headers of every committed unit on the dataset's topic."""
+    topic = layout.topic(dataset)
+    consumer = kafka.consumer(settings, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(layout.partitions(dataset))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        headers = []
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=1000).values():
+                headers += [Header.decode(r.headers) for r in records]
+        return [h for h in headers if h.chunk == 0]
+    finally:
+        consumer.close()
+
+
+def test_three_cities_replicate_with_corrections_and_deletions(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    enc, pat = contracts["encounters"], contracts["patients"]
+    for n, city in enumerate(CITIES):
+        write_city(
+            stack, layout, city, enc, curated_rows(enc, hospitals(topology, city), 3000, salt=city, seed=n)
+        )
+        write_city(
+            stack, layout, city, pat, curated_rows(pat, hospitals(topology, city), 1000, salt=city, seed=n)
+        )
+
+    with replicator_thread(stack, layout, contracts):
+        # Three publishers at once into the same provincial tables.
+        threads = [threading.Thread(target=publish, args=(stack, layout, c, contracts, key)) for c in CITIES]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_verified(stack, layout, contracts, key)
+
+        # Luoyang corrects one partition, deletes some encounters, and adds a new month.
+        ly = city_table(stack, layout, "luoyang", "encounters")
+        corrected_hospital = hospitals(topology, "luoyang")[0]
+        ly.update(
+            predicate=f"hospital_id = '{corrected_hospital}' AND month = '2025-01'",
+            updates={"department": "'corrected'"},
+        )
+        ly.delete("encounter_id IN ('enc-luoyang-7', 'enc-luoyang-8')")
+        later = curated_rows(enc, hospitals(topology, "luoyang"), 50, months=1, salt="late")
+        later = later.set_column(
+            later.schema.get_field_index("month"), "month", pa.array(["2025-09"] * later.num_rows)
+        )
+        write_city(stack, layout, "luoyang", enc, later)
+        # Zhengzhou empties one partition entirely.
+        zz_hospital = hospitals(topology, "zhengzhou")[1]
+        city_table(stack, layout, "zhengzhou", "encounters").delete(
+            f"hospital_id = '{zz_hospital}' AND month = '2025-02'"
+        )
+        for city in ("luoyang", "zhengzhou"):
+            publish(stack, layout, city, contracts, key)
+        wait_verified(stack, layout, contracts, key)
+
+    province = read_all(province_table(stack, layout, "encounters"))
+    # Independent checks, beside verify's checksums.
+    assert province.num_rows == sum(
+        read_all(city_table(stack, layout, c, "encounters")).num_rows for c in CITIES
+    )
+    luoyang = province.filter(pc.equal(province["city"], "luoyang"))
+    ids = set(luoyang["encounter_id"].to_pylist())
+    assert "enc-luoyang-7" not in ids and "enc-luoyang-8" not in ids and "enc-luoyang-9" in ids
+    assert "2025-09" in set(luoyang["month"].to_pylist())
+    part = luoyang.filter(
+        pc.and_(pc.equal(luoyang["hospital_id"], corrected_hospital), pc.equal(luoyang["month"], "2025-01"))
+    )
+    assert part.num_rows > 0 and set(part["department"].to_pylist()) == {"corrected"}
+    zz = province.filter(pc.equal(province["city"], "zhengzhou"))
+    assert not zz.filter(
+        pc.and_(pc.equal(zz["hospital_id"], zz_hospital), pc.equal(zz["month"], "2025-02"))
+    ).num_rows
+    # No direct identifier reached the province; person keys are the keyed hash of the city's IDs.
+    assert {"resident_id", "patient_mrn", "name", "phone", "address"}.isdisjoint(province.column_names)
+    source = read_all(
+        city_table(stack, layout, "nanyang", "encounters"), columns=["encounter_id", "resident_id"]
+    )
+    expected = {e: person_key(key, r) for e, r in zip(*source.to_pydict().values(), strict=True)}
+    ny = province.filter(pc.equal(province["city"], "nanyang"))
+    assert dict(zip(ny["encounter_id"].to_pylist(), ny["person_key"].to_pylist(), strict=True)) == expected
+    # Each city's version is recorded in the provincial table.
+    dt = province_table(stack, layout, "encounters")
+    for city in CITIES:
+        assert (
+            dt.transaction_version(layout.app_id(city, "encounters"))
+            == city_table(stack, layout, city, "encounters").version()
+        )
+
+
+def test_publisher_restart_neither_skips_nor_repeats(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    enc = contracts["encounters"]
+    city = "zhengzhou"
+    write_city(stack, layout, city, enc, curated_rows(enc, hospitals(topology, city), 500))
+    assert publish(stack, layout, city, contracts, key) == 500
+    # A new publisher (a restart) finds nothing pending: the progress is in Kafka, not in memory.
+    assert publish(stack, layout, city, contracts, key) == 0
+    v1 = write_city(
+        stack, layout, city, enc, curated_rows(enc, hospitals(topology, city), 40, months=1, salt="b")
+    )
+    v2 = write_city(
+        stack, layout, city, enc, curated_rows(enc, hospitals(topology, city), 40, months=1, salt="c")
+    )
+    assert v2 == v1 + 1
+    publish(stack, layout, city, contracts, key)
+    units = units_on_topic(stack, layout, "encounters")
+    # Two pending commits coalesce into one unit at the newest version; each unit once.
+    assert [(u.version, u.prev) for u in units] == [(0, -1), (v2, 0)]
+
+
+def test_a_replayed_stream_changes_nothing(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    enc = contracts["encounters"]
+    write_city(stack, layout, "nanyang", enc, curated_rows(enc, hospitals(topology, "nanyang"), 800))
+    publish(stack, layout, "nanyang", contracts, key)
+    with replicator_thread(stack, layout, contracts):
+        wait_verified(stack, layout, contracts, key)
+    version = province_table(stack, layout, "encounters").version()
+    # A second consumer group re-reads the whole topic: every unit is already applied.
+    worker = Replicator(stack, layout, contracts, group_id=f"{layout.group_id}-replay")
+    worker.run(idle_timeout=5)
+    assert province_table(stack, layout, "encounters").version() == version
+    assert worker.metrics.duplicates.labels("nanyang", "encounters")._value.get() == 1
+    wait_verified(stack, layout, contracts, key, timeout=5)
+
+
+def test_large_unit_is_chunked_under_the_broker_limit(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    enc = contracts["encounters"]
+    write_city(
+        stack,
+        layout,
+        "zhengzhou",
+        enc,
+        curated_rows(enc, hospitals(topology, "zhengzhou"), 120_000, months=12),
+    )
+    publish(stack, layout, "zhengzhou", contracts, key)
+    with replicator_thread(stack, layout, contracts) as worker:
+        wait_verified(stack, layout, contracts, key)
+    assert worker.metrics.messages.labels("zhengzhou", "encounters")._value.get() > 1
+    assert worker.metrics.units.labels("zhengzhou", "encounters")._value.get() == 1
+
+
+def test_new_nullable_column_in_one_city_evolves_the_provincial_schema(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    enc = contracts["encounters"]
+    write_city(stack, layout, "luoyang", enc, curated_rows(enc, hospitals(topology, "luoyang"), 300))
+    write_city(stack, layout, "nanyang", enc, curated_rows(enc, hospitals(topology, "nanyang"), 300))
+    for city in ("luoyang", "nanyang"):
+        publish(stack, layout, city, contracts, key)
+    with replicator_thread(stack, layout, contracts):
+        wait_verified(stack, layout, contracts, key)
+        # Nanyang's contract gains a nullable column; its table and publisher follow.
+        evolved = enc.model_copy(update={"columns": (*enc.columns, Column(name="triage_level", type="int"))})
+        newer = {**contracts, "encounters": evolved}
+        rows = curated_rows(evolved, hospitals(topology, "nanyang"), 100, months=1, salt="tri")
+        write_city(stack, layout, "nanyang", evolved, rows, mode="overwrite")
+        publish(stack, layout, "nanyang", newer, key)
+        wait_verified(stack, layout, newer, key, cities=["nanyang"])
+    province = read_all(province_table(stack, layout, "encounters"))
+    assert province.schema.field("triage_level").type == pa.int32()
+    by_city = {
+        c: province.filter(pc.equal(province["city"], c))["triage_level"] for c in ("luoyang", "nanyang")
+    }
+    assert by_city["luoyang"].null_count == by_city["luoyang"].length() == 300
+    assert by_city["nanyang"].length() == 100 and by_city["nanyang"].null_count < 100
+
+
+def test_poison_messages_go_to_the_dead_letter_table_and_replication_goes_on(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    topic = layout.topic("encounters")
+    good = Header("zhengzhou", "encounters", 5, -1, "full", "x", 0, True, 0).encode()
+    poison = [
+        (b"not arrow at all", []),  # no headers
+        (b"\x00\x01garbage", good),  # good headers, garbage value
+        (b"x", Header("atlantis", "encounters", 1, -1, "full", "x", 0, True, 0).encode()),  # unknown city
+        (
+            b"x",
+            Header("luoyang", "encounters", 1, -1, "full", "x", 3, True, 0).encode(),
+        ),  # chunk out of sequence
+    ]
+    producer = kafka.producer(stack)
+    for value, headers in poison:
+        producer.send(topic, value=value, headers=headers, partition=0)
+    producer.flush()
+    producer.close()
+    enc = contracts["encounters"]
+    write_city(stack, layout, "zhengzhou", enc, curated_rows(enc, hospitals(topology, "zhengzhou"), 200))
+    publish(stack, layout, "zhengzhou", contracts, key)
+    with replicator_thread(stack, layout, contracts) as worker:
+        wait_verified(stack, layout, contracts, key)
+    options = delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE))
+    letters = DeltaTable(layout.dead_letter_table().uri, storage_options=options).to_pyarrow_dataset()
+    rows = letters.to_table(filter=pads.field("topic") == topic).sort_by("offset").to_pylist()
+    assert [r["value"] for r in rows] == [v for v, _ in poison]
+    assert all(r["reason"] for r in rows)
+    assert "missing header" in rows[0]["reason"] and "atlantis" in rows[2]["reason"]
+    assert "sequence" in rows[3]["reason"]
+    assert sum(worker.metrics.dead_letters.labels(k)._value.get() for k in _kinds(worker)) == len(poison)
+
+
+def _kinds(worker: Replicator) -> Iterator[str]:
+    for metric in worker.metrics.dead_letters.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                yield sample.labels["reason"]

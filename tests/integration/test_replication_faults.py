@@ -1,0 +1,216 @@
+"""Exactly once under faults: kill -9 of the replicator and of the publisher at a random point,
+a broker restart and an object-store outage in the middle of a stream. After each, `verify` must
+find no difference. `make test` runs each once; `make test-faults` repeats them
+(MEDSHARE_FAULT_REPEATS)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from infra import process
+from infra.services import kafka_spec, minio_spec, prepare_kafka
+from lakehouse.contracts import Contract, load_contracts
+from lakehouse.pseudonyms import ProvinceKey
+from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.replication.publisher import Publisher
+from lakehouse.settings import Settings
+from lakehouse.topology import Topology
+from tests.integration.test_replication import CITIES, hospitals, publish, units_on_topic
+from tests.utils.replication import curated_rows, make_topics, replicator_thread, wait_verified, write_city
+
+pytestmark = pytest.mark.faults
+REPEATS = range(int(os.environ.get("MEDSHARE_FAULT_REPEATS", "1")))
+
+
+@pytest.fixture
+def contracts(settings: Settings) -> dict[str, Contract]:
+    return load_contracts(settings.platform_dir)
+
+
+@pytest.fixture
+def key(settings: Settings) -> ProvinceKey:
+    return ProvinceKey.from_settings(settings)
+
+
+@pytest.fixture
+def layout(stack: Settings, topology: Topology, unique: str) -> ReplicationLayout:
+    layout = ReplicationLayout(topology, f"f{unique}")
+    make_topics(stack, layout)
+    return layout
+
+
+def seed(settings: Settings, layout: ReplicationLayout, contracts: dict[str, Contract], rows: int) -> None:
+    for n, city in enumerate(CITIES):
+        hs = hospitals(layout.topology, city)
+        for name in ("encounters", "diagnoses", "patients"):
+            table = curated_rows(contracts[name], hs, rows, months=6, salt=city, seed=n)
+            write_city(settings, layout, city, contracts[name], table)
+
+
+def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "medshare", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+@pytest.mark.parametrize("round_", REPEATS)
+def test_replicator_killed_mid_apply(
+    stack: Settings,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+    tmp_path: Path,
+    round_: int,
+) -> None:
+    seed(stack, layout, contracts, 40_000)
+    for city in CITIES:
+        publish(stack, layout, city, contracts, key)
+    log = tmp_path / "replicator.log"
+    args = ("replicator", "--namespace", layout.namespace, "--metrics-port", "0")
+    first = medshare(log, *args)
+    time.sleep(random.uniform(2.0, 8.0))
+    kill9(first)
+    second = medshare(log, *args)
+    try:
+        wait_verified(stack, layout, contracts, key, timeout=180)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        code = second.wait(60)
+    assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("round_", REPEATS)
+def test_publisher_killed_mid_publish(
+    stack: Settings,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+    tmp_path: Path,
+    round_: int,
+) -> None:
+    seed(stack, layout, contracts, 60_000)
+    log = tmp_path / "publisher.log"
+    first = medshare(log, "publish", "--city", "luoyang", "--namespace", layout.namespace)
+    time.sleep(random.uniform(3.0, 8.0))
+    kill9(first)
+    second = medshare(log, "publish", "--city", "luoyang", "--namespace", layout.namespace)
+    assert second.wait(300) == 0, log.read_text()[-3000:]
+    with replicator_thread(stack, layout, contracts):
+        wait_verified(stack, layout, contracts, key, cities=["luoyang"], timeout=180)
+    # Whatever the kill point, each published version is on the topic exactly once.
+    for name in ("encounters", "diagnoses", "patients"):
+        versions = [u.version for u in units_on_topic(stack, layout, name) if u.city == "luoyang"]
+        assert versions == [0], (name, versions)
+
+
+@contextmanager
+def city_writer(
+    settings: Settings, layout: ReplicationLayout, contracts: dict[str, Contract]
+) -> Iterator[list[int]]:
+    """Small commits in every city, one every ~0.3 s, until the block ends."""
+    stop = threading.Event()
+    commits: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        enc = contracts["encounters"]
+        n = 0
+        try:
+            while not stop.is_set():
+                city = CITIES[n % len(CITIES)]
+                rows = curated_rows(enc, hospitals(layout.topology, city), 20, months=1, salt=f"w{n}", seed=n)
+                write_city(settings, layout, city, enc, rows)
+                commits.append(n)
+                n += 1
+                stop.wait(0.3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield commits
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("round_", REPEATS)
+def test_broker_restart_during_a_stream(
+    stack: Settings,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+    tmp_path: Path,
+    round_: int,
+) -> None:
+    publishers = [
+        medshare(
+            tmp_path / f"publish-{c}.log", "publish", "--city", c, "--follow", "--namespace", layout.namespace
+        )
+        for c in CITIES
+    ]
+    spec = kafka_spec(stack)
+    try:
+        with replicator_thread(stack, layout, contracts):
+            with city_writer(stack, layout, contracts) as commits:
+                time.sleep(random.uniform(3.0, 8.0))
+                process.stop(spec)
+                time.sleep(3.0)
+                prepare_kafka(stack)
+                process.start(spec)
+                time.sleep(random.uniform(2.0, 5.0))
+            assert len(commits) > 10
+            wait_verified(stack, layout, contracts, key, timeout=240)
+    finally:
+        if not process.status(spec).healthy:
+            prepare_kafka(stack)
+            process.start(spec)
+        for p in publishers:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(60) for p in publishers]
+    assert codes == [0, 0, 0], [(tmp_path / f"publish-{c}.log").read_text()[-2000:] for c in CITIES]
+
+
+@pytest.mark.parametrize("round_", REPEATS)
+def test_object_store_outage_during_an_apply(
+    stack: Settings,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+    round_: int,
+) -> None:
+    seed(stack, layout, contracts, 40_000)
+    for city in CITIES:
+        publisher = Publisher(stack, layout, city, contracts, key)
+        publisher.run_once()
+        publisher.close()
+    spec = minio_spec(stack)
+    try:
+        with replicator_thread(stack, layout, contracts):
+            time.sleep(random.uniform(1.0, 4.0))
+            process.stop(spec)
+            time.sleep(random.uniform(3.0, 6.0))
+            process.start(spec)
+            wait_verified(stack, layout, contracts, key, timeout=240)
+    finally:
+        if not process.status(spec).healthy:
+            process.start(spec)

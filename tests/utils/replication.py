@@ -1,0 +1,171 @@
+"""Helpers for replication tests and the benchmark: curated-shaped city tables written with delta-rs
+(the publisher reads any Delta table, whichever engine wrote it), a replicator on a thread, and
+waiting until `verify` finds no difference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+
+from lakehouse import kafka
+from lakehouse.contracts import Contract
+from lakehouse.pseudonyms import ProvinceKey
+from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.replication.replicator import Replicator
+from lakehouse.replication.verify import VerifyReport, verify
+from lakehouse.settings import Settings
+from lakehouse.shareable import ARROW_TYPES
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def curated_rows(
+    contract: Contract,
+    hospitals: Sequence[str],
+    n: int,
+    *,
+    months: int = 3,
+    salt: str = "a",
+    seed: int = 1,
+    extra: Mapping[str, pa.Array] | None = None,
+) -> pa.Table:
+    """`n` rows shaped like the contract's curated table: every column typed, unique business
+    keys (prefixed by `salt`), spread over `hospitals` and `months` months of 2025."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n)
+    hospital = np.array(hospitals)[idx % len(hospitals)]
+    month_index = (idx // len(hospitals)) % months
+    instants = [
+        EPOCH + dt.timedelta(days=31 * int(m), hours=int(h))
+        for m, h in zip(month_index, idx % 24, strict=True)
+    ]
+    month = np.array([t.strftime("%Y-%m") for t in instants])
+    people = rng.integers(0, max(n // 3, 1), n)
+    columns: dict[str, pa.Array] = {}
+    for c in contract.columns:
+        if c.name == contract.partition_by.hospital:
+            values = pa.array(hospital)
+        elif c.name == contract.partition_by.month:
+            values = pa.array(instants, ARROW_TYPES[c.type])
+        elif c.identifier == "resident_id":
+            values = pa.array([f"4101011990{p:08d}" for p in people])
+        elif c.name in contract.business_key:
+            values = pa.array([f"{c.name[:3]}-{salt}-{i}" for i in idx])
+        elif c.allowed:
+            values = pa.array(np.array(c.allowed)[idx % len(c.allowed)])
+        elif c.type == "string":
+            values = pa.array([f"{c.name[:3]}{v}" for v in rng.integers(0, 1000, n)])
+        elif c.type in ("int", "long"):
+            values = pa.array(rng.integers(0, 1000, n), ARROW_TYPES[c.type])
+        elif c.type == "double":
+            values = pa.array(rng.random(n))
+        elif c.type == "bool":
+            values = pa.array(rng.random(n) > 0.5)
+        elif c.type == "date":
+            values = pa.array([t.date() for t in instants], pa.date32())
+        else:
+            values = pa.array(instants, ARROW_TYPES[c.type])
+        if not c.required and c.type != "bool" and c.name not in contract.business_key:
+            values = pc.if_else(pa.array(idx % 7 == 0), pa.nulls(n, values.type), values)
+        columns[c.name] = values
+    columns["month"] = pa.array(month)
+    columns["_source_file"] = pa.array([f"{h}/{contract.name}/{salt}.csv" for h in hospital])
+    columns["_source_checksum"] = pa.array(["0" * 64] * n)
+    columns["_run_id"] = pa.array([f"run-{salt}"] * n)
+    for name, values in (extra or {}).items():
+        columns[name] = values
+    return pa.table(columns)
+
+
+def write_city(
+    settings: Settings,
+    layout: ReplicationLayout,
+    city: str,
+    contract: Contract,
+    table: pa.Table,
+    mode: str = "append",
+) -> int:
+    """Commit rows to a city's curated table (as its ingestion would); returns the new version."""
+    uri = layout.city_table(city, contract.name).uri
+    options = delta_storage_options(settings, site_credentials(settings, city))
+    write_deltalake(uri, table, partition_by=["hospital_id", "month"], mode=mode, storage_options=options)  # type: ignore[call-overload]
+    return int(DeltaTable(uri, storage_options=options).version())
+
+
+def city_table(settings: Settings, layout: ReplicationLayout, city: str, dataset: str) -> DeltaTable:
+    options = delta_storage_options(settings, site_credentials(settings, city))
+    return DeltaTable(layout.city_table(city, dataset).uri, storage_options=options)
+
+
+def province_table(settings: Settings, layout: ReplicationLayout, dataset: str) -> DeltaTable:
+    options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+    return DeltaTable(layout.province_table(dataset).uri, storage_options=options)
+
+
+def read_all(table: DeltaTable, **kwargs: object) -> pa.Table:
+    """Every row (consumes the whole scan: an unfinished pyarrow scan over delta-rs crashes at exit)."""
+    return table.to_pyarrow_dataset().to_table(**kwargs)  # type: ignore[arg-type]
+
+
+def make_topics(settings: Settings, layout: ReplicationLayout) -> None:
+    client = kafka.admin(settings)
+    try:
+        kafka.ensure_topics(client, layout.topology, layout.namespace)
+    finally:
+        client.close()
+
+
+@contextmanager
+def replicator_thread(
+    settings: Settings, layout: ReplicationLayout, contracts: Mapping[str, Contract]
+) -> Iterator[Replicator]:
+    worker = Replicator(settings, layout, contracts)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="replicator", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the replicator did not stop within 60 s"
+    assert not errors, f"the replicator failed: {errors[0]!r}"
+
+
+def wait_verified(
+    settings: Settings,
+    layout: ReplicationLayout,
+    contracts: Mapping[str, Contract],
+    key: ProvinceKey,
+    *,
+    timeout: float = 120.0,
+    cities: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+) -> VerifyReport:
+    """Poll `verify` until it finds no difference; fail with the differences after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = verify(settings, layout, contracts, key, cities=cities, datasets=datasets)
+        if result.ok:
+            return result
+        if time.monotonic() > deadline:
+            lines = "\n".join(map(str, result.differences[:20]))
+            raise AssertionError(f"province still differs after {timeout:.0f} s:\n{lines}")
+        time.sleep(1.0)
