@@ -147,10 +147,9 @@ def verify(
 ) -> None:
     """Compare every city's shareable data with the province: counts and an order-independent
     checksum per city, dataset and partition. Prints every difference; exit 1 if there is one."""
-    from lakehouse.replication.verify import verify as run_verify
-
     from lakehouse.contracts import load_contracts
     from lakehouse.pseudonyms import ProvinceKey
+    from lakehouse.replication.verify import verify as run_verify
 
     settings = get_settings()
     deadline = time.monotonic() + wait
@@ -194,9 +193,8 @@ def verify(
 
 def print_lag(settings: Settings, namespace: str = "") -> None:
     """The replication table of `medshare status`: how far the province is behind each city."""
-    from lakehouse.replication.status import replication_lag
-
     from lakehouse.contracts import load_contracts
+    from lakehouse.replication.status import replication_lag
 
     rows = replication_lag(settings, _layout(settings, namespace), load_contracts(settings.platform_dir))
     table = Table("city", "dataset", "city version", "province reflects", "behind", "lag")

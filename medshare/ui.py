@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
@@ -33,12 +33,13 @@ def progress_bar() -> Progress:
 
 
 def service_logging(verbose: bool = False) -> None:
-    """Timestamped log lines for long-running services; the Kafka client only when it warns."""
+    """One plain, timestamped line per event (services write to log files, not terminals). The
+    Kafka client's own connection churn is left out: our code logs the failures it acts on."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    # Warns on every first rebalance, before topic metadata has arrived; not actionable.
-    logging.getLogger("kafka.coordinator.assignors").setLevel(logging.ERROR)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    for noisy in ("kafka.net", "kafka.cluster", "kafka.coordinator", "kafka.producer", "kafka.consumer"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)

@@ -286,6 +286,16 @@ class Publisher:
                 self._abort()
                 raise
         self.published[unit.dataset] = unit.version
+        log.info(
+            "published %s/%s v%d (%s, %d commit(s)): %d rows in %d message(s)",
+            self.city,
+            unit.dataset,
+            unit.version,
+            unit.kind,
+            unit.commits,
+            rows,
+            messages,
+        )
         stats.units += 1
         stats.rows += rows
         stats.messages += messages

@@ -18,10 +18,10 @@ from ingestion.defects import DUPLICATE, DefectRates
 from ingestion.generate import GenerateOptions, Manifest, generate
 from ingestion.job import IngestOptions, run_ingestion
 from ingestion.landing import land
-from lakehouse.pseudonyms import ProvinceKey
 from ingestion.report import RunReport
 from ingestion.shareable import shareable
 from lakehouse.contracts import Contract, load_contracts
+from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
 from lakehouse.storage import delta_storage_options, s3_client, s3_uri, site_credentials
 from lakehouse.topology import Topology

@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.pseudonyms import ProvinceKey, person_key, pseudo_uid
 from ingestion.pseudonymise_spark import hex120_to_decimal_col, person_key_col, pseudo_uid_col
+from lakehouse.pseudonyms import ProvinceKey, person_key, pseudo_uid
 from tests.unit.test_pseudonymise import RFC4231
 
 KEYS = [

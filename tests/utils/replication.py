@@ -58,6 +58,8 @@ def curated_rows(
             values = pa.array(instants, ARROW_TYPES[c.type])
         elif c.identifier == "resident_id":
             values = pa.array([f"4101011990{p:08d}" for p in people])
+        elif c.name in contract.business_key and c.type in ("int", "long"):
+            values = pa.array(idx, ARROW_TYPES[c.type])
         elif c.name in contract.business_key:
             values = pa.array([f"{c.name[:3]}-{salt}-{i}" for i in idx])
         elif c.allowed:
@@ -97,7 +99,15 @@ def write_city(
     """Commit rows to a city's curated table (as its ingestion would); returns the new version."""
     uri = layout.city_table(city, contract.name).uri
     options = delta_storage_options(settings, site_credentials(settings, city))
-    write_deltalake(uri, table, partition_by=["hospital_id", "month"], mode=mode, storage_options=options)  # type: ignore[call-overload]
+    # New columns (a contract that grew) merge into the table's schema, as Spark's would.
+    write_deltalake(  # type: ignore[call-overload]
+        uri,
+        table,
+        partition_by=["hospital_id", "month"],
+        mode=mode,
+        schema_mode="merge",
+        storage_options=options,
+    )
     return int(DeltaTable(uri, storage_options=options).version())
 
 
