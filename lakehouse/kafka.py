@@ -19,6 +19,9 @@ from lakehouse.settings import Settings
 from lakehouse.topology import Topology
 
 CLIENT_ID = "medshare"
+# kafka-python backs off reconnects up to 30 s by default: after a broker restart clients would sit
+# idle that long. On a LAN a few seconds is plenty.
+RECONNECT_BACKOFF_MAX_MS = 3_000
 
 
 @contextmanager
@@ -39,6 +42,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "enable_idempotence": True,
         "compression_type": "zstd",
         "linger_ms": 5,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     with transport_errors(f"connect producer to {settings.kafka_bootstrap}"):
@@ -54,6 +58,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
         "isolation_level": "read_committed",
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     with transport_errors(f"connect consumer to {settings.kafka_bootstrap}"):

@@ -138,6 +138,11 @@ class Publisher:
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                 compression_type=None,  # values are zstd-compressed Arrow already
                 linger_ms=20,
+                # Fail a unit within a minute when the broker is gone (it is then re-sent by a
+                # new producer) instead of blocking for the defaults' two minutes.
+                request_timeout_ms=15_000,
+                delivery_timeout_ms=45_000,
+                max_block_ms=45_000,
             )
             with kafka.transport_errors(f"initialise transactions for {self.city}"):
                 # Fences an earlier instance and aborts its open transaction, if any.

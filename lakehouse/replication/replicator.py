@@ -187,6 +187,10 @@ class Replicator:
             fetch_max_bytes=8 * 1024 * 1024,
             max_partition_fetch_bytes=2 * 1024 * 1024,
             max_poll_interval_ms=900_000,
+            # A replicator killed with -9 holds its partitions until the session expires: keep
+            # that short so a restarted one takes over within seconds, not the default 45.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
         )
         self._consumer = consumer
         consumer.subscribe(sorted(self.topics), listener=_Rebalance(self))
