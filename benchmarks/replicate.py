@@ -164,7 +164,16 @@ def trickle(
         )
         for c in CITIES
     ]
-    time.sleep(5)  # processes start and catch up with whatever exists
+    # Version 0 of every city first: lags are measured once all processes are up and caught up.
+    for n, city in enumerate(CITIES):
+        hospitals = [h.id for h in layout.topology.hospitals_of(city)]
+        first = curated_rows(contract, hospitals, rows, months=1, seed=n)
+        write_city(settings, layout, city, contract, first)
+    ready_by = time.monotonic() + 120
+    while not all(v is not None for v in applied(settings, layout).values()):
+        if time.monotonic() > ready_by:
+            raise SystemExit(f"replication did not start within 120 s: see {logs}")
+        time.sleep(0.5)
     commits = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

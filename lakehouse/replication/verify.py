@@ -1,36 +1,45 @@
 """`medshare verify`: does the province hold exactly each city's shareable data?
 
-Per city, dataset and (hospital, month) partition both sides are reduced to a row count and an
-order-independent checksum: the sum modulo 2^64 of a 64-bit hash of each row's canonical text.
-A sum (unlike xor) changes when a row is duplicated; a hash of canonical text (timestamps at
-microseconds in UTC, then everything as strings, nulls distinct from empty strings) does not
-depend on which engine wrote the file. Both sides stream batch by batch: memory stays bounded.
+The replicator's own bookkeeping (txn versions, offsets) says what it *meant* to apply; only the
+data shows what the province *holds*. Per city, dataset and (hospital, month) partition both sides
+are reduced to a row count and an order-independent checksum: the sum modulo 2^64 of a 64-bit hash
+of each row's canonical text. A sum (unlike xor) changes when a row is duplicated; canonical text
+(timestamps at microseconds in UTC, then every value as a string, nulls distinct from empty
+strings) does not depend on which engine wrote the files or how they are split. Both sides stream
+batch by batch, so memory stays bounded whatever the table's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lakehouse.contracts import Contract
-from lakehouse.errors import StorageError
+from lakehouse.errors import ConfigError, MedshareError, StorageError
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import CITY, HOSPITAL, MONTH, ReplicationLayout
 from lakehouse.settings import Settings
 from lakehouse.shareable import ShareableProjector
-from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.storage import PROVINCE_SITE, Credentials, delta_storage_options, site_credentials
 
 SCAN_BATCH_ROWS = 65_536
-# Marks a null so that it never hashes like any string value.
-_NULL = "\x00<null>"
+# The partition key of rows whose hospital or month is null (a Delta partition value may be null).
+NULL_KEY = "(null)"
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_LOW_32 = np.uint64(0xFFFF_FFFF)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+PartitionKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class Difference:
 
 @dataclass(frozen=True)
 class Compared:
+    """One (city, dataset) compared; partitions and rows are the city's."""
+
     city: str
     dataset: str
     partitions: int
@@ -70,73 +81,131 @@ class VerifyReport:
         return not self.differences
 
 
-def _canonical(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> list[pa.Array]:
+    """`batch`'s columns as `schema` names and types them; a missing column counts as all-null
+    (a column the contract added after a table was written reads as nulls on either side)."""
+    present = set(batch.schema.names)
+    return [
+        pc.cast(batch.column(f.name), f.type) if f.name in present else pa.nulls(batch.num_rows, f.type)
+        for f in schema
+    ]
+
+
+def _canonical(column: pa.Array) -> npt.NDArray[np.object_]:
+    """Text of each value that is the same whichever engine wrote it, as a numpy object array."""
     if pa.types.is_timestamp(column.type):
-        column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+        column = pc.cast(column, _TIMESTAMP)
     text = pc.cast(column, pa.string())
-    return pc.fill_null(text, _NULL)
+    # A value becomes "v<text>" and a null "n": no value, not even "", can read like a null.
+    marked = pc.fill_null(pc.binary_join_element_wise("v", text, ""), "n")
+    return np.asarray(marked.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-    """`batch` with exactly `schema`'s columns, in order; a missing column counts as all-null."""
-    arrays = []
-    for f in schema:
-        if f.name in batch.schema.names:
-            arrays.append(batch.column(f.name))
-        else:
-            arrays.append(pa.nulls(batch.num_rows, f.type))
-    return pa.Table.from_arrays(
-        arrays, schema=pa.schema([pa.field(f.name, a.type) for f, a in zip(schema, arrays, strict=True)])
-    )
+def _key(column: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.cast(column, pa.string()), NULL_KEY)
 
 
 def digest_batches(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema
-) -> dict[tuple[str, str], PartitionDigest]:
-    """Row count and order-independent checksum per (hospital_id, month)."""
-    counts: dict[tuple[str, str], int] = {}
-    sums: dict[tuple[str, str], int] = {}
+) -> dict[PartitionKey, PartitionDigest]:
+    """Row count and order-independent checksum per (hospital_id, month), batch by batch."""
+    if HOSPITAL not in schema.names or MONTH not in schema.names:
+        raise ValueError(f"schema has no {HOSPITAL!r} or {MONTH!r} column to key partitions by")
+    rows: dict[PartitionKey, int] = {}
+    sums: dict[PartitionKey, int] = {}
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        table = _conform(batch, schema)
-        frame = pd.DataFrame(
-            {f.name: _canonical(table.column(f.name)).to_numpy(zero_copy_only=False) for f in schema}
-        )
+        columns = _conform(batch, schema)
+        frame = pd.DataFrame({str(i): _canonical(c) for i, c in enumerate(columns)})
         hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
-        keys = pd.DataFrame(
+        # Summed as two 32-bit halves: neither half-sum can overflow uint64 within one batch, so
+        # the result is exact without relying on how Arrow's aggregation treats overflow.
+        halves = pa.table(
             {
-                "h": table.column(HOSPITAL).to_numpy(zero_copy_only=False),
-                "m": table.column(MONTH).to_numpy(zero_copy_only=False),
-                "x": hashes,
+                "hospital": _key(columns[schema.get_field_index(HOSPITAL)]),
+                "month": _key(columns[schema.get_field_index(MONTH)]),
+                "high": hashes >> np.uint64(32),
+                "low": hashes & _LOW_32,
             }
         )
-        for (hospital, month), group in keys.groupby(["h", "m"], sort=False, dropna=False):
+        grouped = halves.group_by(["hospital", "month"]).aggregate(
+            [("high", "sum"), ("low", "sum"), ("low", "count")]
+        )
+        # One iteration per partition in the batch, not per row.
+        for hospital, month, high, low, count in zip(
+            grouped.column("hospital").to_pylist(),
+            grouped.column("month").to_pylist(),
+            grouped.column("high_sum").to_pylist(),
+            grouped.column("low_sum").to_pylist(),
+            grouped.column("low_count").to_pylist(),
+            strict=True,
+        ):
             k = (str(hospital), str(month))
-            counts[k] = counts.get(k, 0) + len(group)
-            # uint64 addition wraps around: the sum modulo 2^64.
-            with np.errstate(over="ignore"):
-                partial = int(group["x"].to_numpy(dtype=np.uint64).sum(dtype=np.uint64))
-            sums[k] = (sums.get(k, 0) + partial) % 2**64
-    return {k: PartitionDigest(counts[k], sums[k]) for k in counts}
+            rows[k] = rows.get(k, 0) + int(count)
+            sums[k] = (sums.get(k, 0) + (int(high) << 32) + int(low)) % 2**64
+    return {k: PartitionDigest(rows[k], sums[k]) for k in rows}
+
+
+def _message(exc: BaseException) -> str:
+    # delta-rs colours its error chains for a terminal; a report or log wants plain text.
+    return _ANSI.sub("", str(exc))
 
 
 def _open(uri: str, options: dict[str, str]) -> DeltaTable | None:
+    """The table's latest version; None when there is no table (yet) at `uri`."""
     try:
         return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         return None
-    except OSError as exc:
-        raise StorageError(f"open {uri}: {exc}") from exc
+    except (DeltaError, OSError) as exc:
+        raise StorageError(f"open {uri}: {_message(exc)}") from exc
 
 
 def _scan(
     table: DeltaTable, columns: Sequence[str], expression: pads.Expression | None = None
-) -> Iterable[pa.RecordBatch]:
+) -> Iterator[pa.RecordBatch]:
     dataset = table.to_pyarrow_dataset()
     present = [c for c in columns if c in dataset.schema.names]
-    # Always consumed to the end: an abandoned scan over delta-rs crashes the interpreter at exit.
+    # Consumed to the end by digest_batches: an abandoned scan over delta-rs has crashed the
+    # interpreter at exit (`dataset.head()` does so), so nothing here stops early.
     yield from dataset.to_batches(columns=present, filter=expression, batch_size=SCAN_BATCH_ROWS)
+
+
+def _digest(
+    uri: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema
+) -> dict[PartitionKey, PartitionDigest]:
+    try:
+        return digest_batches(batches, schema)
+    except (DeltaError, OSError) as exc:
+        raise StorageError(f"read {uri}: {_message(exc)}") from exc
+    except pa.ArrowException as exc:
+        # A value that does not fit the shareable schema: neither side can be compared as is.
+        raise MedshareError(f"compare {uri}: {_message(exc)}") from exc
+
+
+def _differences(
+    city: str,
+    dataset: str,
+    ours: Mapping[PartitionKey, PartitionDigest],
+    theirs: Mapping[PartitionKey, PartitionDigest],
+) -> list[Difference]:
+    found = []
+    for hospital, month in sorted(set(ours) | set(theirs)):
+        a, b = ours.get((hospital, month)), theirs.get((hospital, month))
+        if a == b:
+            continue
+        if a is None:
+            problem = "only in the province"
+        elif b is None:
+            problem = "missing in the province"
+        elif a.rows != b.rows:
+            problem = "row counts differ"
+        else:
+            problem = "rows differ"
+        city_rows, province_rows = (a.rows if a else 0), (b.rows if b else 0)
+        found.append(Difference(city, dataset, hospital, month, city_rows, province_rows, problem))
+    return found
 
 
 def verify(
@@ -149,68 +218,64 @@ def verify(
     datasets: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] = lambda *_: None,
 ) -> VerifyReport:
-    report = VerifyReport()
+    """Compare each city's curated tables, projected to the shareable form, with the province's
+    rows for that city. Every difference is reported; nothing stops at the first."""
+    shareable = {n: c for n, c in sorted(contracts.items()) if c.shareable}
+    if datasets:
+        # A misspelt --dataset would otherwise compare nothing and report "no difference".
+        unknown = sorted(set(datasets) - set(shareable))
+        if unknown:
+            raise ConfigError(f"not shareable datasets: {', '.join(unknown)} (known: {', '.join(shareable)})")
+        shareable = {n: c for n, c in shareable.items() if n in datasets}
     city_ids = (
         [layout.topology.city(c).id for c in cities] if cities else [c.id for c in layout.topology.cities]
     )
-    chosen = {n: c for n, c in sorted(contracts.items()) if c.shareable and (not datasets or n in datasets)}
+    credentials: dict[str, Credentials] = {c: site_credentials(settings, c) for c in city_ids}
     province_options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
-    total = len(chosen) * len(city_ids)
-    done = 0
-    for name, contract in chosen.items():
+
+    report = VerifyReport()
+    total, done = len(shareable) * len(city_ids), 0
+    for name, contract in shareable.items():
         projector = ShareableProjector(contract, key)
-        province = _open(layout.province_table(name).uri, province_options)
+        province_uri = layout.province_table(name).uri
+        province = _open(province_uri, province_options)
         for city in city_ids:
             progress(f"{city}/{name}", done, total)
             done += 1
-            source = _open(
-                layout.city_table(city, name).uri,
-                delta_storage_options(settings, site_credentials(settings, city)),
+            city_uri = layout.city_table(city, name).uri
+            source = _open(city_uri, delta_storage_options(settings, credentials[city]))
+            ours = (
+                {}
+                if source is None
+                else _digest(
+                    city_uri,
+                    (projector.project(b) for b in _scan(source, projector.source_columns)),
+                    projector.schema,
+                )
             )
-            try:
-                ours = (
-                    digest_batches(
-                        (projector.project(b) for b in _scan(source, projector.source_columns)),
-                        projector.schema,
-                    )
-                    if source is not None
-                    else {}
+            theirs = (
+                {}
+                if province is None
+                else _digest(
+                    province_uri,
+                    _scan(province, projector.schema.names, pads.field(CITY) == city),
+                    projector.schema,
                 )
-                theirs = (
-                    digest_batches(
-                        _scan(province, projector.schema.names, pads.field(CITY) == city), projector.schema
-                    )
-                    if province is not None
-                    else {}
-                )
-            except OSError as exc:
-                raise StorageError(f"read {city}/{name}: {exc}") from exc
+            )
             if source is None and not theirs:
-                continue
+                continue  # This city never had the dataset: nothing to compare.
             report.compared.append(
                 Compared(
                     city=city,
                     dataset=name,
                     partitions=len(ours),
                     rows=sum(d.rows for d in ours.values()),
-                    city_version=None if source is None else int(source.version()),
+                    city_version=None if source is None else source.version(),
                     province_version=None
                     if province is None
                     else province.transaction_version(layout.app_id(city, name)),
                 )
             )
-            for hospital, month in sorted(set(ours) | set(theirs)):
-                a, b = ours.get((hospital, month)), theirs.get((hospital, month))
-                if a == b:
-                    continue
-                if a is None or b is None:
-                    problem = "only in the province" if a is None else "missing in the province"
-                elif a.rows != b.rows:
-                    problem = "row counts differ"
-                else:
-                    problem = "rows differ"
-                report.differences.append(
-                    Difference(city, name, hospital, month, a.rows if a else 0, b.rows if b else 0, problem)
-                )
+            report.differences += _differences(city, name, ours, theirs)
     progress("done", total, total)
     return report
