@@ -63,25 +63,31 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(120)
 
 
-def city_versions(settings: Settings, layout: ReplicationLayout) -> dict[str, int]:
+def city_versions(
+    settings: Settings, layout: ReplicationLayout, cities: tuple[str, ...] = CITIES
+) -> dict[str, int]:
     from tests.utils.replication import city_table
 
-    return {c: int(city_table(settings, layout, c, DATASET).version()) for c in CITIES}
+    return {c: int(city_table(settings, layout, c, DATASET).version()) for c in cities}
 
 
-def applied(settings: Settings, layout: ReplicationLayout) -> dict[str, int | None]:
+def applied(
+    settings: Settings, layout: ReplicationLayout, cities: tuple[str, ...] = CITIES
+) -> dict[str, int | None]:
     try:
         table = province_table(settings, layout, DATASET)
     except Exception:  # not created yet
-        return dict.fromkeys(CITIES)
-    return {c: table.transaction_version(layout.app_id(c, DATASET)) for c in CITIES}
+        return dict.fromkeys(cities)
+    return {c: table.transaction_version(layout.app_id(c, DATASET)) for c in cities}
 
 
-def throughput(settings: Settings, layout: ReplicationLayout, rows: int, logs: Path) -> dict[str, object]:
+def throughput(
+    settings: Settings, layout: ReplicationLayout, rows: int, logs: Path, cities: tuple[str, ...] = CITIES
+) -> dict[str, object]:
     contract = load_contracts(settings.platform_dir)[DATASET]
-    per_city = rows // len(CITIES)
+    per_city = rows // len(cities)
     started = time.perf_counter()
-    for n, city in enumerate(CITIES):
+    for n, city in enumerate(cities):
         hospitals = [h.id for h in layout.topology.hospitals_of(city)]
         for part in range(0, per_city, 500_000):  # bounded memory while preparing
             size = min(500_000, per_city - part)
@@ -89,8 +95,8 @@ def throughput(settings: Settings, layout: ReplicationLayout, rows: int, logs: P
                 contract, hospitals, size, months=24, salt=f"{city}{part}", seed=n * 100 + part
             )
             write_city(settings, layout, city, contract, table)
-    print(f"prepared {per_city * len(CITIES):,} rows in {time.perf_counter() - started:.0f} s", flush=True)
-    target = city_versions(settings, layout)
+    print(f"prepared {per_city * len(cities):,} rows in {time.perf_counter() - started:.0f} s", flush=True)
+    target = city_versions(settings, layout, cities)
 
     started = time.perf_counter()
     replicator = medshare(
@@ -98,17 +104,17 @@ def throughput(settings: Settings, layout: ReplicationLayout, rows: int, logs: P
     )
     publishers = [
         medshare(logs / f"publish-{c}.log", "publish", "--city", c, "--namespace", layout.namespace)
-        for c in CITIES
+        for c in cities
     ]
     publish_s: dict[str, float] = {}
     while True:
-        for c, p in zip(CITIES, publishers, strict=True):
+        for c, p in zip(cities, publishers, strict=True):
             if c not in publish_s and p.poll() is not None:
                 publish_s[c] = round(time.perf_counter() - started, 2)
                 if p.returncode != 0:
                     raise SystemExit(f"publisher {c} failed: see {logs}")
-        done = applied(settings, layout)
-        if all(done[c] is not None and done[c] >= target[c] for c in CITIES):  # type: ignore[operator]
+        done = applied(settings, layout, cities)
+        if all(done[c] is not None and done[c] >= target[c] for c in cities):  # type: ignore[operator]
             break
         if replicator.poll() is not None:
             raise SystemExit(f"replicator exited: see {logs / 'replicator.log'}")
@@ -118,8 +124,9 @@ def throughput(settings: Settings, layout: ReplicationLayout, rows: int, logs: P
     stop(replicator)
     for p in publishers:
         p.wait(60)
-    total = per_city * len(CITIES)
+    total = per_city * len(cities)
     return {
+        "cities": len(cities),
         "rows": total,
         "unit_rows": per_city,
         "seconds": round(seconds, 2),
@@ -226,6 +233,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--big-unit-rows", type=int, default=5_000_000, help="one city, one unit; 0 = skip")
     parser.add_argument("--trickle-seconds", type=float, default=60)
     parser.add_argument("--trickle-rows", type=int, default=50)
     parser.add_argument("--trickle-interval", type=float, default=1.0)
@@ -247,6 +255,12 @@ def main() -> None:
     make_topics(settings, layout)
     results["throughput"] = throughput(settings, layout, args.rows, logs)
     print(json.dumps(results["throughput"], indent=1), flush=True)
+    if args.big_unit_rows:
+        # The replicator's memory must not follow the size of a version: one unit of all rows.
+        big = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
+        make_topics(settings, big)
+        results["big_unit"] = throughput(settings, big, args.big_unit_rows, logs, cities=("zhengzhou",))
+        print(json.dumps(results["big_unit"], indent=1), flush=True)
     lag_layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
     make_topics(settings, lag_layout)
     results["lag"] = trickle(

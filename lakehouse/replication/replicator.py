@@ -173,6 +173,7 @@ class Replicator:
         self.hospitals = {c.id: {h.id for h in topology.hospitals_of(c.id)} for c in topology.cities}
         self.spool_dir = Path(tempfile.mkdtemp(prefix="medshare-spool-", dir=spool_dir))
         self.spools: dict[tuple[str, str], Spool] = {}
+        self._tables: dict[str, DeltaTable] = {}
         self.done: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.stop = threading.Event()
@@ -317,13 +318,21 @@ class Replicator:
         return None if table is None else table.transaction_version(self.layout.app_id(city, dataset))
 
     def _table(self, dataset: str) -> DeltaTable | None:
+        """The provincial table brought up to date. Kept open between units: re-opening replays
+        the log since the last checkpoint, which would make every small unit slower than the last."""
         uri = self.layout.province_table(dataset).uri
         for attempt in self._attempts(f"open {uri}"):
             with attempt:
+                table = self._tables.get(dataset)
+                if table is not None:
+                    table.update_incremental()
+                    return table
                 try:
-                    return DeltaTable(uri, storage_options=self.storage_options)
+                    table = DeltaTable(uri, storage_options=self.storage_options)
                 except TableNotFoundError:
                     return None
+                self._tables[dataset] = table
+                return table
         raise AssertionError("unreachable")
 
     def _attempts(self, action: str, labels: tuple[str, str] | None = None) -> Iterator[_Attempt]:
@@ -366,7 +375,7 @@ class Replicator:
                     self.metrics.duplicates.labels(*labels).inc()
                     return
                 try:
-                    self._write(spool, uri, app_id, exists=table is not None)
+                    self._write(spool, table or uri, app_id)
                 except (pa.ArrowException, DeltaError, MalformedMessage, ValueError) as exc:
                     if _transient(exc):
                         raise
@@ -419,7 +428,8 @@ class Replicator:
                 if batch.num_rows:
                     yield batch.add_column(0, CITY, pa.array([city] * batch.num_rows, pa.string()))
 
-    def _write(self, spool: Spool, uri: str, app_id: str, *, exists: bool) -> None:
+    def _write(self, spool: Spool, target_table: DeltaTable | str, app_id: str) -> None:
+        """One commit: the unit's rows replace its partitions; a table (not a URI) means it exists."""
         header = spool.header
         first = next(spool.values(), None)
         if first is not None:
@@ -433,9 +443,9 @@ class Replicator:
         # size is chosen so all open files together stay within a fixed budget, however many
         # rows the unit has (measured: 4M rows over 144 partitions peak at ~700 MB RSS with 1 MB).
         target = min(max(WRITE_BUDGET_BYTES // max(spool.partitions, 1), MIN_FILE_BYTES), MAX_FILE_BYTES)
-        if exists:
+        if isinstance(target_table, DeltaTable):
             write_deltalake(
-                uri,
+                target_table,
                 reader,
                 mode="overwrite",
                 predicate=predicate(header),
@@ -446,7 +456,7 @@ class Replicator:
             )
         else:
             write_deltalake(
-                uri,
+                target_table,
                 reader,
                 mode="append",
                 partition_by=list(PROVINCE_PARTITIONS),
