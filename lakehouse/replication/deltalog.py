@@ -90,6 +90,8 @@ class DeltaLog:
                 action = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise LogGap(f"{self.table.uri}: commit {version} line {number} is not JSON: {exc}") from exc
+            if not isinstance(action, dict):
+                raise LogGap(f"{self.table.uri}: commit {version} line {number} is not a JSON object")
             if "commitInfo" in action:
                 info = action["commitInfo"]
                 timestamp = int(info.get("timestamp") or 0)

@@ -30,7 +30,7 @@ MAX_MESSAGE_BYTES = 900 * 1024
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
-_REQUIRED = ("city", "dataset", "version", "prev", "kind", "schema", "chunk", "last")
+_REQUIRED = ("city", "dataset", "version", "prev", "kind", "schema", "chunk", "last", "committed_ms")
 
 
 class MalformedMessage(MedshareError):
@@ -89,7 +89,7 @@ class Header:
                 schema=raw["schema"],
                 chunk=chunk,
                 last=raw["last"] == "1",
-                committed_ms=int(raw.get("committed_ms") or 0),
+                committed_ms=int(raw["committed_ms"]),
                 partitions=(
                     _partitions(raw.get("partitions")) if chunk == 0 and raw["kind"] == PARTITIONS else {}
                 ),
@@ -106,10 +106,10 @@ def _partitions(text: str | None) -> dict[str, list[str]]:
         raise ValueError("chunk 0 of a partitions unit has no partitions header")
     value = json.loads(text)
     if not isinstance(value, dict) or not all(
-        isinstance(h, str) and isinstance(ms, list) and all(isinstance(m, str) for m in ms)
+        isinstance(h, str) and isinstance(ms, list) and ms and all(isinstance(m, str) for m in ms)
         for h, ms in value.items()
     ):
-        raise ValueError("partitions header is not {hospital: [months]}")
+        raise ValueError("partitions header is not {hospital: [months, ...]}")
     return value
 
 

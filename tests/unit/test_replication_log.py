@@ -24,7 +24,9 @@ def _log() -> DeltaLog:
 
 def _file(kind: str, hospital: str, month: str, **extra: object) -> str:
     values = {HOSPITAL: hospital, MONTH: month}
-    return json.dumps({kind: {"path": f"{hospital}/{month}/part-0.parquet", "partitionValues": values, **extra}})
+    return json.dumps(
+        {kind: {"path": f"{hospital}/{month}/part-0.parquet", "partitionValues": values, **extra}}
+    )
 
 
 def _lines(*lines: str) -> str:
@@ -114,13 +116,13 @@ def test_predicate_selects_exactly_the_units_partitions(
     local_spark: SparkSession, partitions: dict[str, list[str]]
 ) -> None:
     grid = list(
-        itertools.product(["zhengzhou", "luoyang"], ["zz-c1", "zz-hpph", "ly-c1"], ["2023-12", "2024-01", "2024-02"])
+        itertools.product(
+            ["zhengzhou", "luoyang"], ["zz-c1", "zz-hpph", "ly-c1"], ["2023-12", "2024-01", "2024-02"]
+        )
     )
     df = local_spark.createDataFrame(grid, "city string, hospital_id string, month string")
     selected = {tuple(r) for r in df.filter(predicate(_header(PARTITIONS, partitions))).collect()}
-    expected = {
-        (c, h, m) for c, h, m in grid if c == "zhengzhou" and m in partitions.get(h, [])
-    }
+    expected = {(c, h, m) for c, h, m in grid if c == "zhengzhou" and m in partitions.get(h, [])}
     assert selected == expected
 
 

@@ -119,6 +119,7 @@ def test_decode_rejects_no_headers(headers: list[tuple[str, bytes | None]] | Non
         {"partitions": '{"zz-c1": [202401]}'},
         {"partitions": '{"zz-c1": null}'},
         {"partitions": '{"zz-c1": [["2024-01"]]}'},
+        {"partitions": '{"zz-c1": []}'},  # an empty month list would make an invalid predicate
     ],
     ids=str,
 )
