@@ -30,7 +30,14 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -53,6 +60,14 @@ _MONTH = re.compile(r"^\d{4}-\d{2}$")
 # Failures of the object store or a lost commit race: retrying fixes them. Anything else that
 # delta-rs or Arrow raises about the data itself would fail again, so the unit is dead-lettered.
 _TRANSIENT = ("S3 error", "sending request", "onnection", "timed out", "Io error", "ObjectStore")
+# Parquet dictionaries are what made the writers' memory grow with the rows of a unit: measured
+# on 144 partitions, 2M → 4M rows peaked at 444 → 500 MB with 64 KiB dictionary pages and at
+# 307 → 302 MB without dictionaries. zstd keeps the files small without them.
+WRITER_PROPERTIES = WriterProperties(
+    compression="ZSTD",
+    max_row_group_size=65_536,
+    default_column_properties=ColumnProperties(dictionary_enabled=False),
+)
 # Bytes of data files delta-rs may hold open at once while applying a unit (see `_write`).
 WRITE_BUDGET_BYTES = 192 * 1024 * 1024
 MIN_FILE_BYTES = 1024 * 1024
@@ -453,6 +468,7 @@ class Replicator:
                 storage_options=self.storage_options,
                 commit_properties=properties,
                 target_file_size=target,
+                writer_properties=WRITER_PROPERTIES,
             )
         else:
             write_deltalake(
@@ -463,6 +479,7 @@ class Replicator:
                 storage_options=self.storage_options,
                 commit_properties=properties,
                 target_file_size=target,
+                writer_properties=WRITER_PROPERTIES,
             )
 
     # -- dead letters ----------------------------------------------------------------------
