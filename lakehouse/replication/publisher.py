@@ -25,12 +25,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from lakehouse import kafka
 from lakehouse.contracts import Contract
-from lakehouse.errors import MedshareError, TransportError
+from lakehouse.errors import MedshareError, StorageError, TransportError
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.deltalog import Commit, DeltaLog, LogGap
 from lakehouse.replication.layout import HOSPITAL, MONTH, ReplicationLayout
@@ -332,9 +333,12 @@ class Publisher:
                     self.publish(unit, report.datasets.setdefault(unit.dataset, DatasetStats()))
                 self.progress("published", len(units), len(units))
                 break
-            except (TransportError, KafkaError, OSError) as exc:
+            except (TransportError, StorageError, KafkaError, DeltaError, OSError) as exc:
                 if attempt == attempts:
-                    raise
+                    if isinstance(exc, MedshareError):
+                        raise
+                    # Translated here so the command line reports it as one clear line.
+                    raise TransportError(f"publishing {self.city} failed {attempts} time(s): {exc}") from exc
                 delay = min(2**attempt, 30)
                 log.warning("publishing %s failed (%s); retrying in %d s", self.city, exc, delay)
                 self.close()
@@ -347,7 +351,7 @@ class Publisher:
         while not stop.is_set():
             try:
                 self.run_once(attempts=1, stop=stop)
-            except (TransportError, KafkaError, OSError, MedshareError) as exc:
+            except (KafkaError, DeltaError, OSError, MedshareError) as exc:
                 if isinstance(exc, PublishError):
                     raise
                 log.warning("publisher %s: %s; retrying", self.city, exc)
