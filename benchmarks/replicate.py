@@ -37,18 +37,10 @@ from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings, get_settings
 from lakehouse.storage import PROVINCE_SITE, s3_client, site_credentials
 from lakehouse.topology import load_topology
-from tests.utils.replication import curated_rows, make_topics, province_table, write_city
+from tests.utils.replication import CITIES, curated_rows, make_topics, medshare, province_table, write_city
 
-CITIES = ("zhengzhou", "luoyang", "nanyang")
 DATASET = "encounters"
 RESULTS = Path(__file__).parent / "results" / "replicate.json"
-
-
-def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "medshare", *args], stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 def peak_rss_mb(pid: int) -> float:

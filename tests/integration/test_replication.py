@@ -9,81 +9,30 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pytest
 from deltalake import DeltaTable
-from kafka import TopicPartition
 
 from lakehouse import kafka
-from lakehouse.contracts import Column, Contract, load_contracts
+from lakehouse.contracts import Column, Contract
 from lakehouse.pseudonyms import ProvinceKey, person_key
 from lakehouse.replication.layout import ReplicationLayout
-from lakehouse.replication.publisher import Publisher
 from lakehouse.replication.replicator import Replicator
 from lakehouse.replication.wire import Header
 from lakehouse.settings import Settings
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 from tests.utils.replication import (
+    CITIES,
     city_table,
     curated_rows,
-    make_topics,
+    hospitals,
     province_table,
+    publish,
     read_all,
     replicator_thread,
+    units_on_topic,
     wait_verified,
     write_city,
 )
-
-CITIES = ("zhengzhou", "luoyang", "nanyang")
-
-
-@pytest.fixture
-def contracts(settings: Settings) -> dict[str, Contract]:
-    return load_contracts(settings.platform_dir)
-
-
-@pytest.fixture
-def key(settings: Settings) -> ProvinceKey:
-    return ProvinceKey.from_settings(settings)
-
-
-@pytest.fixture
-def layout(stack: Settings, topology: Topology, unique: str) -> ReplicationLayout:
-    layout = ReplicationLayout(topology, f"t{unique}")
-    make_topics(stack, layout)
-    return layout
-
-
-def hospitals(topology: Topology, city: str) -> list[str]:
-    return [h.id for h in topology.hospitals_of(city)]
-
-
-def publish(
-    settings: Settings, layout: ReplicationLayout, city: str, contracts: dict[str, Contract], key: ProvinceKey
-) -> int:
-    publisher = Publisher(settings, layout, city, contracts, key)
-    try:
-        return publisher.run_once().rows
-    finally:
-        publisher.close()
-
-
-def units_on_topic(settings: Settings, layout: ReplicationLayout, dataset: str) -> list[Header]:
-    """The chunk-0 headers of every committed unit on the dataset's topic."""
-    topic = layout.topic(dataset)
-    consumer = kafka.consumer(settings, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(layout.partitions(dataset))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        headers = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for records in consumer.poll(timeout_ms=1000).values():
-                headers += [Header.decode(r.headers) for r in records]
-        return [h for h in headers if h.chunk == 0]
-    finally:
-        consumer.close()
 
 
 def test_three_cities_replicate_with_corrections_and_deletions(

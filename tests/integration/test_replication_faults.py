@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,34 +19,25 @@ import pytest
 
 from infra import process
 from infra.services import kafka_spec, minio_spec, prepare_kafka
-from lakehouse.contracts import Contract, load_contracts
+from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.replication.publisher import Publisher
 from lakehouse.settings import Settings
-from lakehouse.topology import Topology
-from tests.integration.test_replication import CITIES, hospitals, publish, units_on_topic
-from tests.utils.replication import curated_rows, make_topics, replicator_thread, wait_verified, write_city
+from tests.utils.replication import (
+    CITIES,
+    curated_rows,
+    hospitals,
+    medshare,
+    publish,
+    replicator_thread,
+    units_on_topic,
+    wait_verified,
+    write_city,
+)
 
 pytestmark = pytest.mark.faults
 REPEATS = range(int(os.environ.get("MEDSHARE_FAULT_REPEATS", "1")))
-
-
-@pytest.fixture
-def contracts(settings: Settings) -> dict[str, Contract]:
-    return load_contracts(settings.platform_dir)
-
-
-@pytest.fixture
-def key(settings: Settings) -> ProvinceKey:
-    return ProvinceKey.from_settings(settings)
-
-
-@pytest.fixture
-def layout(stack: Settings, topology: Topology, unique: str) -> ReplicationLayout:
-    layout = ReplicationLayout(topology, f"f{unique}")
-    make_topics(stack, layout)
-    return layout
 
 
 def seed(settings: Settings, layout: ReplicationLayout, contracts: dict[str, Contract], rows: int) -> None:
@@ -56,13 +46,6 @@ def seed(settings: Settings, layout: ReplicationLayout, contracts: dict[str, Con
         for name in ("encounters", "diagnoses", "patients"):
             table = curated_rows(contracts[name], hs, rows, months=6, salt=city, seed=n)
             write_city(settings, layout, city, contracts[name], table)
-
-
-def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "medshare", *args], stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
@@ -85,7 +68,11 @@ def test_replicator_killed_mid_apply(
     log = tmp_path / "replicator.log"
     args = ("replicator", "--namespace", layout.namespace, "--metrics-port", "0")
     first = medshare(log, *args)
-    time.sleep(random.uniform(2.0, 8.0))
+    # Mid-stream: once the first unit is in, at a random point among the others (9 units, ~1 s each).
+    deadline = time.monotonic() + 120
+    while " applied " not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(random.uniform(0.0, 3.0))
     kill9(first)
     second = medshare(log, *args)
     try:

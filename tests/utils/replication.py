@@ -5,27 +5,39 @@ waiting until `verify` finds no difference."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
+from kafka import TopicPartition
 
 from lakehouse import kafka
 from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
+from lakehouse.replication.publisher import Publisher
 from lakehouse.replication.replicator import Replicator
 from lakehouse.replication.verify import VerifyReport, verify
+from lakehouse.replication.wire import Header
 from lakehouse.settings import Settings
 from lakehouse.shareable import ARROW_TYPES
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.topology import Topology
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+CITIES = ("zhengzhou", "luoyang", "nanyang")
+
+
+def hospitals(topology: Topology, city: str) -> list[str]:
+    return [h.id for h in topology.hospitals_of(city)]
 
 
 def curated_rows(
@@ -179,3 +191,44 @@ def wait_verified(
             lines = "\n".join(map(str, result.differences[:20]))
             raise AssertionError(f"province still differs after {timeout:.0f} s:\n{lines}")
         time.sleep(1.0)
+
+
+def publish(
+    settings: Settings,
+    layout: ReplicationLayout,
+    city: str,
+    contracts: Mapping[str, Contract],
+    key: ProvinceKey,
+) -> int:
+    """One publishing pass for a city; returns the rows shipped."""
+    publisher = Publisher(settings, layout, city, contracts, key)
+    try:
+        return publisher.run_once().rows
+    finally:
+        publisher.close()
+
+
+def units_on_topic(settings: Settings, layout: ReplicationLayout, dataset: str) -> list[Header]:
+    """The chunk-0 headers of every committed unit on the dataset's topic."""
+    topic = layout.topic(dataset)
+    consumer = kafka.consumer(settings, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(layout.partitions(dataset))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        headers = []
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=1000).values():
+                headers += [Header.decode(r.headers) for r in records]
+        return [h for h in headers if h.chunk == 0]
+    finally:
+        consumer.close()
+
+
+def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`medshare <args>` as its own process, output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "medshare", *args], stdout=out, stderr=subprocess.STDOUT
+        )
