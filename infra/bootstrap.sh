@@ -23,3 +23,11 @@ where="$(cd / && "$venv/bin/python" -c 'import lakehouse, os; print(os.path.dirn
 if [ "$where" != "$here" ]; then
   "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here"
 fi
+# The clinician page's test drives Debian's Chromium (no browser download: the machine has no
+# internet beyond package registries). Installed only where we may: as root with apt-get.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "medshare: installing Debian's chromium for the browser tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q chromium >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi

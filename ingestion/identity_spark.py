@@ -13,7 +13,7 @@ from datetime import date
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from ingestion.identity import (
+from lakehouse.identity import (
     BAD_CHECK,
     BAD_CHECK_FORMAT,
     CHECK_CHARACTERS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ingestion.codes import code_rows
-from ingestion.identity import make_resident_id
+from lakehouse.identity import make_resident_id
 from lakehouse.topology import CareLevel, City, Hospital, Topology
 
 RawRecord = dict[str, str | None]

@@ -1,1 +1,1 @@
-"""The sharing API (FastAPI): identities, grants, policy, queries, audit."""
+"""The sharing API: who may see which patient's history and which federated dataset."""

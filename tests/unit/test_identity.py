@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from ingestion.identity import (
+from lakehouse.identity import (
     Sex,
     check_character,
     make_resident_id,

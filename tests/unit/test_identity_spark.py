@@ -9,7 +9,7 @@ from datetime import date, timedelta
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from ingestion.identity import (
+from lakehouse.identity import (
     PROVINCE_CODES,
     check_character,
     resident_id_mismatch,

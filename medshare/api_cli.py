@@ -1,0 +1,161 @@
+"""`medshare serve` and `medshare hospitals …`: the sharing API and its credentials."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from lakehouse.errors import MedshareError
+from lakehouse.settings import get_settings
+from medshare.ui import console, fail, service_logging
+
+if TYPE_CHECKING:
+    from sharing_api.identities import Identities, IssuedToken
+
+log = logging.getLogger("medshare.api")
+
+hospitals = typer.Typer(
+    help="Credentials of hospitals and operators for the sharing API (stored hashed; a token is shown once).",
+    no_args_is_help=True,
+)
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _identities() -> Identities:
+    from sharing_api.services import identities
+    from sharing_api.settings import load_api_settings
+
+    return identities(get_settings(), load_api_settings())
+
+
+def _issued(issued: IssuedToken) -> None:
+    console.print(
+        f"[green]issued[/green] credential [bold]{issued.token_id}[/bold] for {issued.kind} "
+        f"{issued.subject}, expires {_when(issued.expires_at)}.\n"
+        "The token is shown this once (the platform keeps only its hash). "
+        "OAuth2: client id = the credential id, client secret = the part after the dot."
+    )
+    # The token alone on stdout, so scripts can capture it: TOKEN=$(medshare hospitals issue-token …)
+    print(issued.token)
+
+
+@hospitals.command("issue-token")
+def issue_token(
+    subject: Annotated[
+        str,
+        typer.Argument(help="Hospital id (see platform/topology.yaml), or an operator name with --operator."),
+    ],
+    operator: Annotated[
+        bool, typer.Option("--operator", help="An operator credential (admin and audit endpoints).")
+    ] = False,
+    days: Annotated[
+        float | None, typer.Option(help="Lifetime in days (default MEDSHARE_API_CREDENTIAL_DAYS, 90).")
+    ] = None,
+    label: Annotated[str, typer.Option(help="A note shown in listings, e.g. the system that uses it.")] = "",
+) -> None:
+    """Issue a bearer credential; prints the token once on stdout."""
+    from sharing_api.errors import ApiError
+    from sharing_api.settings import load_api_settings
+
+    try:
+        store = _identities()
+        lifetime = days if days is not None else load_api_settings().credential_days
+        _issued(store.issue("operator" if operator else "hospital", subject, days=lifetime, label=label))
+    except (MedshareError, ApiError) as exc:
+        fail(exc)
+
+
+@hospitals.command()
+def revoke(
+    token_id: Annotated[str, typer.Argument(help="The credential id (the part after mst_, before the dot).")],
+) -> None:
+    """Revoke a credential at once, with every access token obtained with it."""
+    from sharing_api.errors import ApiError
+
+    try:
+        info = _identities().revoke(token_id)
+    except (MedshareError, ApiError) as exc:
+        fail(exc)
+    console.print(f"[green]revoked[/green] {info.token_id} ({info.kind} {info.subject})")
+
+
+@hospitals.command()
+def rotate(
+    token_id: Annotated[str, typer.Argument(help="The credential to replace.")],
+    grace_hours: Annotated[
+        float | None, typer.Option(help="How long the old one keeps working (default 24).")
+    ] = None,
+) -> None:
+    """Issue a replacement credential; the old one expires after a grace period."""
+    from sharing_api.errors import ApiError
+    from sharing_api.settings import load_api_settings
+
+    try:
+        api = load_api_settings()
+        grace = grace_hours if grace_hours is not None else api.rotation_grace_hours
+        _issued(_identities().rotate(token_id, grace_hours=grace, days=api.credential_days))
+    except (MedshareError, ApiError) as exc:
+        fail(exc)
+    console.print(f"the old credential {token_id} stops working in {grace} h")
+
+
+@hospitals.command("tokens")
+def list_tokens() -> None:
+    """List credentials: id, subject, expiry, revocation (never secrets)."""
+    table = Table("id", "kind", "subject", "created", "expires", "revoked", "label")
+    try:
+        rows = _identities().list()
+    except MedshareError as exc:
+        fail(exc)
+    for c in rows:
+        table.add_row(
+            c.token_id,
+            c.kind,
+            c.subject,
+            _when(c.created_at),
+            _when(c.expires_at),
+            _when(c.revoked_at),
+            c.label,
+        )
+    console.print(table)
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Listen address (default MEDSHARE_API_HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default MEDSHARE_API_PORT, 8040).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Run the sharing API (FastAPI on uvicorn): patient history, dataset queries, audit, admin, /ui.
+
+    Reads the provincial tables from the lakehouse (MEDSHARE_* settings) and the grants from
+    platform/grants.yaml (MEDSHARE_API_GRANTS_FILE); OpenAPI at /docs. Stops cleanly on SIGTERM,
+    flushing the audit journal to the audit table."""
+    from sharing_api.serve import serve as run
+    from sharing_api.settings import load_api_settings
+
+    service_logging(verbose)
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        api = load_api_settings(**overrides)
+        log.info("sharing API on http://%s:%d (docs at /docs, clinician page at /ui)", api.host, api.port)
+        run(get_settings(), api)
+    except MedshareError as exc:
+        fail(exc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(hospitals, name="hospitals")

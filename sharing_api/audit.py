@@ -1,0 +1,369 @@
+"""The audit trail: one record per API request, allowed or denied (ATNA-style: who, on behalf of
+which hospital, for what purpose, which dataset or patient, the decision and the grant behind it,
+rows returned, when, from where).
+
+Durability before the response: the middleware hands the record to the journal (SQLite,
+synchronous=FULL) and waits for the fsync; concurrent requests share one commit (group commit),
+so the wait stays short under load. A flusher appends the journal to the audit Delta table in
+batches, each commit carrying a Delta `txn` (app id per journal file, version = last sequence
+number), so a flusher killed between the Delta commit and trimming its journal neither loses nor
+repeats records when it starts again. The app id names the journal file (a random id made when
+the file is created), not only the instance: a journal lost and created afresh starts its
+sequence at 1 again, and must not be mistaken for records already flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("instance", pa.string()),
+        ("journal", pa.string()),
+        ("seq", pa.int64()),
+        ("request_id", pa.string()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("day", pa.string()),
+        ("method", pa.string()),
+        ("route", pa.string()),
+        ("status", pa.int32()),
+        ("decision", pa.string()),  # allow | deny | error
+        ("error_code", pa.string()),
+        ("principal_kind", pa.string()),
+        ("principal", pa.string()),
+        ("token_id", pa.string()),
+        ("hospital_id", pa.string()),
+        ("purpose", pa.string()),
+        ("dataset", pa.string()),
+        ("person_key", pa.string()),
+        ("grants", pa.string()),  # comma-separated ids of the grants that allowed what was returned
+        ("rows_returned", pa.int64()),
+        ("break_glass", pa.bool_()),
+        ("break_glass_reason", pa.string()),
+        ("flagged", pa.bool_()),
+        ("client_address", pa.string()),
+        ("duration_ms", pa.float64()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+@dataclass
+class AuditRecord:
+    """Filled in as a request is handled; written once, when its response is about to leave."""
+
+    request_id: str
+    method: str
+    route: str
+    client_address: str
+    started: float = field(default_factory=time.monotonic)
+    time: float = field(default_factory=time.time)
+    status: int = 0
+    decision: str = ""
+    error_code: str | None = None
+    principal_kind: str | None = None
+    principal: str | None = None
+    token_id: str | None = None
+    hospital_id: str | None = None
+    purpose: str | None = None
+    dataset: str | None = None
+    person_key: str | None = None
+    grants: list[str] = field(default_factory=list)
+    rows_returned: int = 0
+    break_glass: bool = False
+    break_glass_reason: str | None = None
+    flagged: bool = False
+    detail: str | None = None
+
+    finish_ms: float = 0.0
+
+    def finish(self, status: int) -> dict[str, Any]:
+        self.status = status
+        self.finish_ms = round((time.monotonic() - self.started) * 1000, 3)
+        if not self.decision:
+            self.decision = "allow" if status < 400 else ("error" if status >= 500 else "deny")
+        row = asdict(self)
+        del row["started"]
+        row["duration_ms"] = row.pop("finish_ms")
+        row["grants"] = ",".join(dict.fromkeys(self.grants)) or None
+        return row
+
+
+class AuditUnavailable(Exception):
+    """The journal could not make a record durable; the request must not be answered with data."""
+
+
+class Journal:
+    """Append-only local journal with group commit on a writer thread."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._queue: queue.Queue[tuple[dict[str, Any], asyncio.Future[int], asyncio.AbstractEventLoop] | None]
+        self._queue = queue.Queue()
+        # The writer thread's connection, and another for reading and trimming: one sqlite3
+        # connection shared by threads would mix their transactions.
+        self._conn = self._connect()
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)"
+        )
+        self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex[:16],))
+        self.id: str = self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+        self._write_lock = threading.Lock()
+        self._reader = self._connect()
+        self._read_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
+        self._thread.start()
+        self.commits = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # every commit is fsynced: durable before we answer
+        return conn
+
+    async def append(self, record: dict[str, Any]) -> int:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._queue.put((record, future, loop))
+        return await future
+
+    def append_sync(self, record: dict[str, Any]) -> int:
+        """For callers outside the event loop (tests, the CLI)."""
+        return self._write([record])[0]
+
+    def _write(self, records: list[dict[str, Any]]) -> list[int]:
+        with self._write_lock:
+            return self._insert(records)
+
+    def _insert(self, records: list[dict[str, Any]]) -> list[int]:
+        seqs = []
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                cur = self._conn.execute("INSERT INTO journal (record) VALUES (?)", (_dumps(record),))
+                seqs.append(int(cur.lastrowid or 0))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return seqs
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 1000:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                seqs = self._write([r for r, _, _ in batch])
+            except sqlite3.Error as exc:
+                log.error("audit journal write failed: %s", exc)
+                for _, future, loop in batch:
+                    loop.call_soon_threadsafe(_fail, future, AuditUnavailable(str(exc)))
+                continue
+            for (_, future, loop), seq in zip(batch, seqs, strict=True):
+                loop.call_soon_threadsafe(_resolve, future, seq)
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        return [(int(seq), json.loads(text)) for seq, text in rows]
+
+    def trim(self, upto: int) -> None:
+        with self._read_lock:
+            self._reader.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+def _resolve(future: asyncio.Future[int], seq: int) -> None:
+    if not future.done():
+        future.set_result(seq)
+
+
+def _fail(future: asyncio.Future[int], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+def to_arrow(instance: str, journal: str, rows: list[tuple[int, dict[str, Any]]]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    for seq, record in rows:
+        when = dt.datetime.fromtimestamp(float(record["time"]), dt.UTC)
+        values = {
+            **record,
+            "instance": instance,
+            "journal": journal,
+            "seq": seq,
+            "time": when,
+            "day": when.strftime("%Y-%m-%d"),
+        }
+        for name in SCHEMA.names:
+            columns[name].append(values.get(name))
+    return pa.table(columns, schema=SCHEMA)
+
+
+class AuditFlusher:
+    """Moves journal records into the audit Delta table, exactly once, in batches."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        table_uri: str,
+        storage_options: dict[str, str],
+        instance: str,
+        interval: float,
+        batch_rows: int,
+    ):
+        self.journal = journal
+        self.table_uri = table_uri
+        self.storage_options = storage_options
+        self.instance = instance
+        self.app_id = f"medshare-audit/{instance}/{journal.id}"
+        self.interval = interval
+        self.batch_rows = batch_rows
+        self.flushed = -1  # unknown until the table is asked
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        try:
+            while self.flush_once():
+                pass
+        except (DeltaError, OSError) as exc:
+            log.warning("audit records left in the journal for the next start: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                while self.flush_once() and not self._stop.is_set():
+                    pass
+                self.last_error = None
+            except (DeltaError, OSError) as exc:
+                # The journal keeps everything; the next round tries again.
+                self.last_error = str(exc)
+                log.warning("audit flush failed, retrying: %s", exc)
+
+    def _watermark(self) -> int:
+        if self.flushed < 0:
+            try:
+                table = DeltaTable(self.table_uri, storage_options=self.storage_options)
+                self.flushed = table.transaction_version(self.app_id) or 0
+            except TableNotFoundError:
+                self.flushed = 0
+        return self.flushed
+
+    def flush_once(self) -> int:
+        """Append one batch; the number of records appended (0: nothing pending)."""
+        flushed = self._watermark()
+        rows = self.journal.pending(flushed, self.batch_rows)
+        if not rows:
+            return 0
+        last = rows[-1][0]
+        write_deltalake(
+            self.table_uri,
+            to_arrow(self.instance, self.journal.id, rows),
+            mode="append",
+            partition_by=["day"],
+            storage_options=self.storage_options,
+            commit_properties=CommitProperties(app_transactions=[Transaction(self.app_id, last)]),
+        )
+        self.flushed = last
+        self.journal.trim(last)
+        return len(rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditQuery:
+    person_key: str | None = None
+    hospital_id: str | None = None
+    principal: str | None = None
+    dataset: str | None = None
+    decision: str | None = None
+    flagged: bool | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
+    """Matching records from the Delta table and, not yet flushed, from this instance's journal."""
+    expr: pc.Expression | None = None
+    for name in ("person_key", "hospital_id", "principal", "dataset", "decision", "flagged"):
+        value = getattr(query, name)
+        if value is not None:
+            cond = pc.field(name) == value
+            expr = cond if expr is None else expr & cond
+    if query.since is not None:
+        cond = pc.field("time") >= pa.scalar(query.since, SCHEMA.field("time").type)
+        expr = cond if expr is None else expr & cond
+    if query.until is not None:
+        cond = pc.field("time") < pa.scalar(query.until, SCHEMA.field("time").type)
+        expr = cond if expr is None else expr & cond
+    parts = []
+    try:
+        table = DeltaTable(flusher.table_uri, storage_options=flusher.storage_options)
+        stored = table.to_pyarrow_dataset().to_table(filter=expr, columns=SCHEMA.names)
+        parts.append(stored.cast(SCHEMA))
+    except TableNotFoundError:
+        pass
+    watermark = max(flusher.flushed, 0)
+    pending = to_arrow(flusher.instance, flusher.journal.id, flusher.journal.pending(watermark, 10**9))
+    parts.append(pending.filter(expr) if expr is not None else pending)
+    table = pa.concat_tables(parts)
+    # A record flushed between the two reads would appear twice.
+    seen: set[tuple[str, int]] = set()
+    keep = []
+    for i, (inst, seq) in enumerate(
+        zip(table["instance"].to_pylist(), table["seq"].to_pylist(), strict=True)
+    ):
+        if (inst, seq) not in seen:
+            seen.add((inst, seq))
+            keep.append(i)
+    return table.take(pa.array(keep, pa.int64())) if len(keep) != table.num_rows else table

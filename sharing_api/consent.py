@@ -1,0 +1,84 @@
+"""Patients' consent decisions: an opt-out denies sharing their history, for every recipient and
+purpose or only some. Kept by person_key: the resident ID is hashed before it gets here."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from sharing_api.db import Database
+from sharing_api.errors import NotFound
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptOut:
+    consent_id: str
+    person_key: str
+    hospital_id: str | None  # None: every recipient
+    purpose: str | None  # None: every purpose
+    note: str
+    created_at: float
+    created_by: str
+
+    def covers(self, hospital_id: str, purpose: str) -> bool:
+        return (self.hospital_id in (None, hospital_id)) and (self.purpose in (None, purpose))
+
+
+class Consents:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def opt_out(
+        self, person_key: str, *, hospital_id: str | None, purpose: str | None, note: str, created_by: str
+    ) -> OptOut:
+        record = OptOut(
+            consent_id=secrets.token_hex(8),
+            person_key=person_key,
+            hospital_id=hospital_id,
+            purpose=purpose,
+            note=note,
+            created_at=time.time(),
+            created_by=created_by,
+        )
+        self.db.connect().execute(
+            "INSERT INTO consents (consent_id, person_key, hospital_id, purpose, note, created_at,"
+            " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.consent_id,
+                person_key,
+                hospital_id,
+                purpose,
+                note,
+                record.created_at,
+                created_by,
+            ),
+        )
+        return record
+
+    def of(self, person_key: str) -> list[OptOut]:
+        rows = self.db.connect().execute(
+            "SELECT * FROM consents WHERE person_key = ? ORDER BY created_at", (person_key,)
+        )
+        return [OptOut(**dict(r)) for r in rows]
+
+    def withdraw(self, consent_id: str) -> None:
+        cur = self.db.connect().execute("DELETE FROM consents WHERE consent_id = ?", (consent_id,))
+        if cur.rowcount == 0:
+            raise NotFound(f"no consent record {consent_id!r}", code="consent_not_found")
+
+    def opted_out(self, hospital_id: str, purpose: str) -> set[str]:
+        """person_keys of every patient whose opt-out covers this recipient and purpose."""
+        rows = self.db.connect().execute(
+            "SELECT DISTINCT person_key FROM consents WHERE (hospital_id IS NULL OR hospital_id = ?)"
+            " AND (purpose IS NULL OR purpose = ?)",
+            (hospital_id, purpose),
+        )
+        return {r["person_key"] for r in rows}
+
+    def denying(self, person_key: str, hospital_id: str, purpose: str) -> OptOut | None:
+        """The first opt-out that covers this recipient and purpose, if any."""
+        for record in self.of(person_key):
+            if record.covers(hospital_id, purpose):
+                return record
+        return None

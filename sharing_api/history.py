@@ -1,0 +1,189 @@
+"""A patient's shared history: every city's encounters, diagnoses, labs, medications, imaging
+studies and teleconsultations as one timeline (IHE XCA / FHIR $everything in spirit), decided per
+dataset by the caller's grants, the patient's consent and the purpose, and paged.
+
+Break-glass: `purpose=emergency` with a stated reason overrides the patient-level denials (a
+consent opt-out, and "not under this hospital's care" for under_care grants); it never creates
+access where no emergency grant exists. Every use is audited and flagged for review.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakehouse.shareable import PERSON_KEY
+from lakehouse.topology import Hospital
+from sharing_api.audit import AuditRecord
+from sharing_api.care import under_care
+from sharing_api.catalog import CITY, HISTORY, HOSPITAL
+from sharing_api.errors import Forbidden, NotFound
+from sharing_api.grants import Decision, Grant, Purpose
+from sharing_api.lakeview import utc_now
+from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
+from sharing_api.services import Services
+
+_EPOCH = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryQuery:
+    person_key: str
+    purpose: Purpose
+    types: tuple[str, ...] = HISTORY
+    start: dt.date | None = None
+    end: dt.date | None = None
+    limit: int = 50
+    cursor: str | None = None
+    reason: str | None = None  # break-glass
+
+
+def _instant(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    return _EPOCH
+
+
+def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: AuditRecord) -> dict[str, Any]:
+    now = utc_now()
+    pk = q.person_key
+    audit.person_key = pk
+    audit.purpose = q.purpose
+    break_glass = q.purpose == "emergency" and bool(q.reason and q.reason.strip())
+    if break_glass:
+        audit.break_glass = True
+        audit.break_glass_reason = q.reason
+        audit.flagged = True
+
+    decisions: dict[str, Decision] = {t: s.grants.decide(hospital, t, q.purpose, now) for t in q.types}
+    allowed = {t: d.grant for t, d in decisions.items() if d.grant is not None}
+    if not allowed:
+        raise Forbidden(
+            f"no active grant gives {hospital.id} any of {', '.join(q.types)} for purpose {q.purpose}",
+            code="no_grant",
+        )
+
+    overrode: list[str] = []
+    opt_out = s.consents.denying(pk, hospital.id, q.purpose)
+    if opt_out is not None:
+        if not break_glass:
+            audit.detail = f"consent {opt_out.consent_id}"
+            hint = " (in an emergency, state a reason to break the glass)" if q.purpose == "emergency" else ""
+            raise Forbidden(
+                f"the patient has opted out of sharing this with you{hint}", code="consent_denied"
+            )
+        overrode.append(f"consent opt-out {opt_out.consent_id}")
+
+    digest = fingerprint("history", hospital.id, pk, q.purpose, q.types, q.start, q.end, break_glass)
+    generation, offset = pinned_generation(s.lake, q.cursor, digest)
+
+    care: dict[int, bool] = {}
+    served: dict[str, Grant] = {}
+    withheld: dict[str, str] = {}
+    tables: list[tuple[str, Grant, pa.Table]] = []
+    for dataset, grant in allowed.items():
+        cities: tuple[str, ...] = tuple(c.id for c in s.topology.cities)
+        if grant.scope == "under_care":
+            days = grant.care_window_days
+            if days not in care:
+                care[days] = under_care(generation, pk, hospital, days, now)
+            if not care[days]:
+                if not break_glass:
+                    withheld[dataset] = f"the patient has not been under {hospital.id}'s care in {days} days"
+                    continue
+                overrode.append(f"{dataset}: not under care")
+        elif grant.scope in ("own_city", "own_hospital"):
+            cities = (hospital.city,)
+        for segment in generation.parts(dataset, cities):
+            rows = segment.rows_of(pk)
+            if grant.scope == "own_hospital" and rows.num_rows:
+                rows = rows.filter(pc.equal(rows[HOSPITAL], hospital.id))
+            if rows.num_rows:
+                tables.append((dataset, grant, rows))
+        served[dataset] = grant
+
+    if not served:
+        raise Forbidden(next(iter(withheld.values())), code="not_under_care")
+
+    entries = _entries(s, tables)
+    if q.start is not None or q.end is not None:
+        lo = _instant(q.start) if q.start else None
+        hi = _instant(q.end) + dt.timedelta(days=1) if q.end else None
+        entries = [e for e in entries if (lo is None or e[0] >= lo) and (hi is None or e[0] < hi)]
+    entries.sort(key=lambda e: (e[0], e[1]["type"]), reverse=True)
+
+    missing = [
+        {"type": d, "city": c, "state": state, "problem": problem}
+        for state, parts in (("missing", generation.missing), ("stale", generation.stale))
+        for (d, c), problem in sorted(parts.items())
+        if d in served
+    ]
+    audit.grants = [g.id for g in served.values()]
+    audit.dataset = ",".join(served)
+    audit.decision = "allow"
+    if overrode:
+        audit.detail = "break-glass overrode: " + "; ".join(overrode)
+    if not entries and not missing and offset == 0 and q.start is None and q.end is None:
+        raise NotFound("no shared records of this patient that you may see", code="patient_not_found")
+
+    page = [e[1] for e in entries[offset : offset + q.limit]]
+    audit.rows_returned = len(page)
+    more = offset + q.limit < len(entries)
+    return {
+        "personKey": pk,
+        "purpose": q.purpose,
+        "total": len(entries),
+        "entries": page,
+        "nextCursor": encode_cursor(generation.number, offset + q.limit, digest) if more else None,
+        "datasets": [
+            {
+                "type": t,
+                "decision": "allowed" if t in served else ("withheld" if t in withheld else "denied"),
+                "grant": served[t].id if t in served else None,
+                "scope": served[t].scope if t in served else None,
+                "reason": withheld.get(t) or (None if t in served else decisions[t].reason),
+            }
+            for t in q.types
+        ],
+        "missing": missing,
+        "breakGlass": {
+            "used": break_glass,
+            "reason": q.reason if break_glass else None,
+            "overrode": overrode,
+        },
+    }
+
+
+def _entries(
+    s: Services, tables: list[tuple[str, Grant, pa.Table]]
+) -> list[tuple[dt.datetime, dict[str, Any]]]:
+    names = {h.id: h.name for h in s.topology.hospitals}
+    out: list[tuple[dt.datetime, dict[str, Any]]] = []
+    for dataset, grant, rows in tables:
+        time_column = s.views[dataset].time_column
+        visible = s.masker.apply(rows.drop_columns([PERSON_KEY]), grant.columns, grant.id)
+        for record in visible.to_pylist():
+            city = record.pop(CITY, None)
+            when = record.get(time_column)
+            hospital_id = record.get(HOSPITAL)
+            out.append(
+                (
+                    _instant(when),
+                    {
+                        "type": dataset,
+                        "time": when.isoformat() if when is not None else None,
+                        "city": city,
+                        "hospitalId": hospital_id,
+                        "hospitalName": names.get(hospital_id) if isinstance(hospital_id, str) else None,
+                        "grant": grant.id,
+                        "record": record,
+                    },
+                )
+            )
+    return out

@@ -1,0 +1,62 @@
+"""Builds the FastAPI application: services, middleware, error handlers and routers; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+
+from lakehouse.settings import Settings
+from sharing_api import handlers
+from sharing_api.middleware import AuditMiddleware
+from sharing_api.responses import json_response
+from sharing_api.routes import admin, audit, auth, datasets, patients, ui
+from sharing_api.services import Services, build_services
+from sharing_api.settings import ApiSettings
+
+DESCRIPTION = """
+Who may see which patient's history and which federated dataset — decided by grant, consent and
+purpose, enforced on rows and columns, and audited.
+
+Authenticate with `Authorization: Bearer <token>`: a credential from
+`medshare hospitals issue-token`, or an access token from `POST /oauth/token`
+(client credentials). Every error is `{errorCode, message}`.
+"""
+
+
+def create_app(platform: Settings, api: ApiSettings, *, services: Services | None = None) -> FastAPI:
+    services = services or build_services(platform, api)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title="medshare sharing API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
+    app.add_middleware(AuditMiddleware, journal=services.journal)
+    handlers.install(app)
+    for module in (auth, patients, datasets, audit, admin, ui):
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        generation = services.lake.current
+        return json_response(
+            {
+                "ready": services.lake.loaded.is_set(),
+                "generation": generation.number,
+                "parts": len(generation.segments),
+                "missing": [f"{d}/{c}: {p}" for (d, c), p in generation.missing.items()],
+                "stale": [f"{d}/{c}: {p}" for (d, c), p in generation.stale.items()],
+                "auditFlushed": services.flusher.flushed,
+                "auditError": services.flusher.last_error,
+                "grantsError": services.grants.last_error,
+            }
+        )
+
+    return app

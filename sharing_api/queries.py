@@ -1,0 +1,159 @@
+"""Dataset queries: what a hospital may see of each federated dataset, and filtered, paged reads
+of it. Scope is applied before anything else, so rows outside it never leave the server; patients
+who opted out for this recipient and purpose are removed the same way; masks are applied last."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakehouse.shareable import PERSON_KEY
+from lakehouse.topology import Hospital
+from sharing_api.audit import AuditRecord
+from sharing_api.care import care_keys
+from sharing_api.catalog import HOSPITAL, DatasetView
+from sharing_api.errors import Forbidden, NotFound, Unprocessable
+from sharing_api.filters import Filter, expression
+from sharing_api.grants import PURPOSES, Grant, Purpose
+from sharing_api.lakeview import Generation, utc_now
+from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
+from sharing_api.services import Services
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetQuery:
+    purpose: Purpose
+    filters: tuple[Filter, ...] = ()
+    columns: tuple[str, ...] | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+def visible_datasets(s: Services, hospital: Hospital, purpose: str | None) -> list[dict[str, Any]]:
+    now = utc_now()
+    out = []
+    for name, view in s.views.items():
+        access = []
+        for p in [purpose] if purpose else list(PURPOSES):
+            decision = s.grants.decide(hospital, name, p, now)
+            if decision.grant is not None:
+                g = decision.grant
+                access.append(
+                    {
+                        "purpose": p,
+                        "grant": g.id,
+                        "scope": g.scope,
+                        "careWindowDays": g.care_window_days if g.scope == "under_care" else None,
+                        "validUntil": g.valid_until.isoformat() if g.valid_until else None,
+                        "columns": [
+                            {"name": f.name, "type": str(f.type), "access": g.columns.access(f.name)}
+                            for f in view.schema
+                            if g.columns.access(f.name) != "hidden"
+                        ],
+                    }
+                )
+        if access:
+            out.append({"name": name, "description": view.description, "access": access})
+    return out
+
+
+def run_query(
+    s: Services, hospital: Hospital, dataset: str, q: DatasetQuery, audit: AuditRecord
+) -> dict[str, Any]:
+    now = utc_now()
+    audit.dataset = dataset
+    audit.purpose = q.purpose
+    view = s.views.get(dataset)
+    if view is None:
+        raise NotFound(f"no federated dataset {dataset!r}", code="dataset_not_found")
+    decision = s.grants.decide(hospital, dataset, q.purpose, now)
+    grant = decision.grant
+    if grant is None:
+        raise Forbidden(decision.reason, code="no_grant")
+    audit.grants = [grant.id]
+
+    visible = [c for c in view.columns if grant.columns.access(c) != "hidden"]
+    columns = list(q.columns) if q.columns else visible
+    unknown = [c for c in columns if c not in visible]
+    if unknown:
+        raise Unprocessable(
+            f"unknown column(s) {', '.join(map(repr, unknown))} in {dataset}", code="unknown_column"
+        )
+    if len(set(columns)) != len(columns):
+        raise Unprocessable("a column is selected twice", code="unknown_column")
+    filterable = {c for c in view.columns if grant.columns.access(c) == "allowed"}
+    condition = expression(list(q.filters), view.schema, filterable)
+
+    digest = fingerprint(
+        "query", hospital.id, dataset, q.purpose, [f.model_dump() for f in q.filters], columns
+    )
+    generation, offset = pinned_generation(s.lake, q.cursor, digest)
+    scoped = _scope(s, generation, hospital, grant, view, q.purpose, now)
+    if condition is not None:
+        scoped = [t.filter(condition) for t in scoped]
+
+    total = sum(t.num_rows for t in scoped)
+    page: list[pa.Table] = []
+    skip, want = offset, q.limit
+    for t in scoped:
+        if want == 0:
+            break
+        if skip >= t.num_rows:
+            skip -= t.num_rows
+            continue
+        part = t.slice(skip, want)
+        skip = 0
+        want -= part.num_rows
+        page.append(part)
+    rows = pa.concat_tables(page) if page else view.schema.empty_table()
+    rows = s.masker.apply(rows.select(columns), grant.columns, grant.id)
+    audit.rows_returned = rows.num_rows
+    audit.decision = "allow"
+    more = offset + q.limit < total
+    cities = {c for c in (x.id for x in s.topology.cities)}
+    missing = [
+        {"city": c, "state": state, "problem": problem}
+        for state, parts in (("missing", generation.missing), ("stale", generation.stale))
+        for (d, c), problem in sorted(parts.items())
+        if d == dataset and c in cities
+    ]
+    return {
+        "dataset": dataset,
+        "purpose": q.purpose,
+        "grant": grant.id,
+        "scope": grant.scope,
+        "columns": [{"name": c, "access": grant.columns.access(c)} for c in columns],
+        "total": total,
+        "rows": rows.to_pylist(),
+        "nextCursor": encode_cursor(generation.number, offset + q.limit, digest) if more else None,
+        "missing": missing,
+    }
+
+
+def _scope(
+    s: Services,
+    generation: Generation,
+    hospital: Hospital,
+    grant: Grant,
+    view: DatasetView,
+    purpose: str,
+    now: dt.datetime,
+) -> list[pa.Table]:
+    cities = [c.id for c in s.topology.cities]
+    if grant.scope in ("own_city", "own_hospital"):
+        cities = [hospital.city]
+    tables = [seg.table for seg in generation.parts(view.name, tuple(cities))]
+    if grant.scope == "own_hospital":
+        tables = [t.filter(pc.equal(t[HOSPITAL], hospital.id)) for t in tables]
+    elif grant.scope == "under_care":
+        keys = care_keys(generation, hospital, grant.care_window_days, now)
+        tables = [t.filter(pc.is_in(t[PERSON_KEY], value_set=keys)) for t in tables]
+    opted_out = s.consents.opted_out(hospital.id, purpose)
+    if opted_out:
+        excluded = pa.array(sorted(opted_out), pa.string())
+        tables = [t.filter(pc.invert(pc.is_in(t[PERSON_KEY], value_set=excluded))) for t in tables]
+    return [t for t in tables if t.num_rows]

@@ -1,0 +1,74 @@
+"""The sharing API's one settings object, read from MEDSHARE_API_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lakehouse.errors import ConfigError
+from lakehouse.settings import Settings
+
+
+class ApiSettings(BaseSettings):
+    """Where the API listens, where it keeps its state, and its limits.
+
+    The lakehouse endpoints, the province key and the platform folder come from the platform's
+    own `Settings` (MEDSHARE_*); these are the API's alone.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MEDSHARE_API_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8040, ge=1, le=65535)
+    # The grants the API enforces; admin endpoints edit this file and hand edits are picked up too.
+    grants_file: Path | None = None
+    # Where the federated tables are (s3://bucket[/prefix], one table per dataset beneath) and where
+    # the audit table is. Defaults: the provincial lakehouse bucket, and _audit/access_log in it.
+    tables_root: str | None = None
+    audit_table: str | None = None
+    # Credentials, consents and the audit journal (SQLite). Default: <state_dir>/api.
+    state_dir: Path | None = None
+    # One name per running API process: its audit journal and its app id in the audit table.
+    instance: str = Field(default="api-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    credential_days: int = Field(default=90, ge=1)
+    access_token_minutes: int = Field(default=30, ge=11)
+    rotation_grace_hours: float = Field(default=24.0, ge=0)
+
+    rate_per_second: float = Field(default=100.0, gt=0)
+    rate_burst: int = Field(default=200, ge=1)
+
+    # How often the read model asks the provincial Delta tables for a new version.
+    refresh_seconds: float = Field(default=2.0, gt=0)
+    audit_flush_seconds: float = Field(default=1.0, gt=0)
+    audit_batch_rows: int = Field(default=20_000, ge=1)
+
+    default_page_size: int = Field(default=50, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    # How long a paging cursor keeps its data version readable.
+    cursor_minutes: float = Field(default=10.0, gt=0)
+
+    def grants_path(self, platform: Settings) -> Path:
+        return self.grants_file or platform.platform_dir / "grants.yaml"
+
+    def state_path(self, platform: Settings) -> Path:
+        return self.state_dir or platform.state_dir / "api"
+
+    def db_path(self, platform: Settings) -> Path:
+        return self.state_path(platform) / "sharing.db"
+
+    def journal_path(self, platform: Settings) -> Path:
+        return self.state_path(platform) / f"audit-{self.instance}.db"
+
+
+def load_api_settings(**overrides: object) -> ApiSettings:
+    try:
+        return ApiSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MEDSHARE_API_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid API settings: {problems}") from exc
