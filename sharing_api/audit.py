@@ -312,6 +312,7 @@ class AuditFlusher:
             to_arrow(self.instance, self.journal.id, rows),
             mode="append",
             partition_by=["day"],
+            schema_mode="merge",
             storage_options=self.storage_options,
             commit_properties=CommitProperties(app_transactions=[Transaction(self.app_id, last)]),
         )
@@ -349,8 +350,13 @@ def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
     parts = []
     try:
         table = DeltaTable(flusher.table_uri, storage_options=flusher.storage_options)
-        stored = table.to_pyarrow_dataset().to_table(filter=expr, columns=SCHEMA.names)
-        parts.append(stored.cast(SCHEMA))
+        dataset = table.to_pyarrow_dataset()
+        present = [n for n in SCHEMA.names if n in dataset.schema.names]
+        stored = dataset.to_table(filter=expr, columns=present)
+        for f in SCHEMA:  # columns added to the record since older batches were written
+            if f.name not in present:
+                stored = stored.append_column(f, pa.nulls(stored.num_rows, f.type))
+        parts.append(stored.select(SCHEMA.names).cast(SCHEMA))
     except TableNotFoundError:
         pass
     watermark = max(flusher.flushed, 0)
