@@ -9,13 +9,13 @@ from datetime import date, timedelta
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from ingestion.identity_spark import resident_id_mismatch_col, resident_id_problem_col
 from lakehouse.identity import (
     PROVINCE_CODES,
     check_character,
     resident_id_mismatch,
     resident_id_problem,
 )
-from ingestion.identity_spark import resident_id_mismatch_col, resident_id_problem_col
 
 TODAY = date(2026, 6, 30)
 PER_KIND = 250

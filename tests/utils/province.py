@@ -40,6 +40,7 @@ class Province:
     person_keys: np.ndarray  # str, one per patient
     home: np.ndarray  # hospital id per patient
     tables: dict[str, pa.Table] = field(default_factory=dict)
+    root: str = ""  # where write_province put them
 
 
 def _hospital_city(topology: Topology) -> dict[str, str]:
@@ -302,6 +303,7 @@ def build_province(
 
 def write_province(province: Province, root: str, storage_options: dict[str, str]) -> None:
     """Write every table under `root/<dataset>` (overwriting)."""
+    province.root = root
     for name, table in province.tables.items():
         write_deltalake(
             f"{root}/{name}",
@@ -310,4 +312,3 @@ def write_province(province: Province, root: str, storage_options: dict[str, str
             partition_by=PARTITIONS,
             storage_options=storage_options,
         )
-
