@@ -334,7 +334,7 @@ class AuditQuery:
 
 
 def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
-    """Matching records from the Delta table and, not yet flushed, from this instance's journal."""
+    """Matching records from the Delta table and, not yet trimmed, from this instance's journal."""
     expr: pc.Expression | None = None
     for name in ("person_key", "hospital_id", "principal", "dataset", "decision", "flagged"):
         value = getattr(query, name)
@@ -347,7 +347,10 @@ def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
     if query.until is not None:
         cond = pc.field("time") < pa.scalar(query.until, SCHEMA.field("time").type)
         expr = cond if expr is None else expr & cond
-    parts = []
+    # The journal first, then the table: a record trimmed from the journal before the first read
+    # was committed to the table before the second; one read in both places is removed below.
+    journal = to_arrow(flusher.instance, flusher.journal.id, flusher.journal.pending(0, 10**9))
+    parts = [journal.filter(expr) if expr is not None else journal]
     try:
         table = DeltaTable(flusher.table_uri, storage_options=flusher.storage_options)
         dataset = table.to_pyarrow_dataset()
@@ -359,17 +362,11 @@ def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
         parts.append(stored.select(SCHEMA.names).cast(SCHEMA))
     except TableNotFoundError:
         pass
-    watermark = max(flusher.flushed, 0)
-    pending = to_arrow(flusher.instance, flusher.journal.id, flusher.journal.pending(watermark, 10**9))
-    parts.append(pending.filter(expr) if expr is not None else pending)
     table = pa.concat_tables(parts)
-    # A record flushed between the two reads would appear twice.
     seen: set[tuple[str, int]] = set()
     keep = []
-    for i, (inst, seq) in enumerate(
-        zip(table["instance"].to_pylist(), table["seq"].to_pylist(), strict=True)
-    ):
-        if (inst, seq) not in seen:
-            seen.add((inst, seq))
+    for i, ident in enumerate(zip(table["journal"].to_pylist(), table["seq"].to_pylist(), strict=True)):
+        if ident not in seen:
+            seen.add(ident)
             keep.append(i)
     return table.take(pa.array(keep, pa.int64())) if len(keep) != table.num_rows else table

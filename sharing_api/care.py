@@ -56,9 +56,9 @@ def care_keys(generation: Generation, hospital: Hospital, window_days: int, now:
             t = segment.table
             if segment.dataset == dataset and t.num_rows:
                 mask = _involved(t, hospital, time_column, hospital_columns, cutoff)
-                found.append(pc.unique(t[PERSON_KEY].filter(mask)).combine_chunks())
+                found.append(pc.unique(t[PERSON_KEY].filter(mask)))
     return (
-        pc.unique(pa.chunked_array(found, pa.string())).combine_chunks()
+        pc.unique(pa.chunked_array(found, pa.string()))
         if found
         else pa.array([], pa.string())
     )
