@@ -109,21 +109,14 @@ def rotate(
 @hospitals.command("tokens")
 def list_tokens() -> None:
     """List credentials: id, subject, expiry, revocation (never secrets)."""
-    table = Table("id", "kind", "subject", "created", "expires", "revoked", "label")
+    table = Table("kind", "subject", "expires", "revoked", "label")
+    table.add_column("id", no_wrap=True, min_width=16)
     try:
         rows = _identities().list()
     except MedshareError as exc:
         fail(exc)
     for c in rows:
-        table.add_row(
-            c.token_id,
-            c.kind,
-            c.subject,
-            _when(c.created_at),
-            _when(c.expires_at),
-            _when(c.revoked_at),
-            c.label,
-        )
+        table.add_row(c.kind, c.subject, _when(c.expires_at), _when(c.revoked_at), c.label, c.token_id)
     console.print(table)
 
 
