@@ -1,0 +1,245 @@
+"""The API in operation: audit completeness across kill -9, answers when part of the lakehouse
+cannot be read, grants changed without a restart, and rate limits."""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from lakehouse.contracts import load_contracts
+from lakehouse.pseudonyms import ProvinceKey
+from lakehouse.settings import Settings
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_client, site_credentials
+from lakehouse.topology import Topology
+from tests.utils.api import ApiServer
+from tests.utils.province import build_province, write_province
+
+UNLIMITED = {"MEDSHARE_API_RATE_PER_SECOND": "100000", "MEDSHARE_API_RATE_BURST": "100000"}
+
+
+def _options(settings: Settings) -> dict[str, str]:
+    return delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+
+
+def test_audit_complete_when_killed_under_load(
+    stack: Settings, province_data, tmp_path: Path, unique: str
+) -> None:
+    """Every answered request has exactly one audit record, also across kill -9 and restart; the
+    only records without an answer are those of requests in flight at the kill."""
+    server = ApiServer(
+        settings=stack,
+        workdir=tmp_path / "api",
+        tables_root=province_data.root,
+        audit_table=f"{province_data.root}/_audit_kill_{unique}",
+        instance="api-kill",
+        extra_env=UNLIMITED,
+    )
+    server.start()
+    token = server.issue("zz-c1")
+    keys = list(province_data.person_keys[:200])
+    outcome: dict[str, int | None] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    clients = 8
+
+    def load(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=server.url, timeout=10.0) as c:
+            while not stop.is_set():
+                request_id = f"load-{uuid.uuid4().hex}"
+                kind = rng.random()
+                purpose = "emergency" if kind < 0.6 else "research"  # research: 403 for a city hospital
+                auth = token if kind < 0.9 else "mst_0000000000000000." + "A" * 43  # some 401s
+                try:
+                    r = c.get(
+                        "/v1/patients/history",
+                        params={"purpose": purpose, "person_key": rng.choice(keys)},
+                        headers={"Authorization": f"Bearer {auth}", "X-Request-ID": request_id},
+                    )
+                    status: int | None = r.status_code
+                except httpx.HTTPError:
+                    status = None  # no answer: the process was killed meanwhile
+                    time.sleep(0.05)
+                with lock:
+                    outcome[request_id] = status
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(random.uniform(2.0, 4.0))
+        server.kill()
+        time.sleep(0.5)
+        server.start()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    # uvicorn shuts down gracefully on SIGTERM (audit flushed), then re-raises it to exit.
+    assert server.stop() in (0, -signal.SIGTERM)
+    audit = DeltaTable(server.audit_table, storage_options=_options(stack)).to_pyarrow_table(
+        columns=["request_id", "status"]
+    )
+    ids = audit["request_id"].to_pylist()
+    counts = collections.Counter(ids)
+    duplicates = [i for i, n in counts.items() if n > 1]
+    assert not duplicates, f"{len(duplicates)} requests audited twice"
+    status_of = dict(zip(ids, audit["status"].to_pylist(), strict=True))
+    answered = {i: s for i, s in outcome.items() if s is not None}
+    unanswered = {i for i, s in outcome.items() if s is None}
+    assert len(answered) > 100 and unanswered, (len(answered), len(unanswered))
+    missing = [i for i in answered if i not in status_of]
+    assert not missing, f"{len(missing)} answered requests have no audit record"
+    assert all(status_of[i] == s for i, s in answered.items())
+    extra = set(status_of) - set(answered)
+    assert extra <= unanswered, "audit records of requests never sent"
+    assert len(extra) <= clients, "more unanswered-but-audited requests than were in flight"
+    assert {s for s in answered.values()} >= {200, 401, 403}
+
+
+def test_missing_parts_are_reported_not_fatal(
+    stack: Settings, topology: Topology, tmp_path: Path, unique: str
+) -> None:
+    contracts = load_contracts(stack.platform_dir)
+    data = build_province(
+        topology, contracts, ProvinceKey.from_settings(stack), patients=80, encounters=500, seed=5
+    )
+    del data.tables["imaging_studies"]  # a table that was never replicated
+    bucket = topology.province.buckets.lakehouse
+    prefix = f"api-partial-{unique}"
+    write_province(data, f"s3://{bucket}/{prefix}", _options(stack))
+    # One city's lab results become unreadable: a data file of theirs is gone.
+    client = s3_client(stack, site_credentials(stack, PROVINCE_SITE))
+    parquet = [
+        o.object_name
+        for o in client.list_objects(bucket, prefix=f"{prefix}/lab_results/city=luoyang/", recursive=True)
+        if o.object_name.endswith(".parquet")
+    ]
+    assert parquet
+    client.remove_object(bucket, parquet[0])
+
+    server = ApiServer(
+        settings=stack,
+        workdir=tmp_path / "api",
+        tables_root=f"s3://{bucket}/{prefix}",
+        audit_table=f"s3://{bucket}/{prefix}/_audit",
+    )
+    server.start()
+    try:
+        labs = data.tables["lab_results"]
+        person = labs.filter(pc.equal(labs["city"], "luoyang"))["person_key"][0].as_py()
+        with server.client(server.issue("ny-c1")) as c:
+            r = c.get(
+                "/v1/patients/history", params={"purpose": "emergency", "person_key": person, "limit": 1000}
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            missing = {(m["type"], m["city"]) for m in body["missing"]}
+            assert ("lab_results", "luoyang") in missing
+            assert {("imaging_studies", c.id) for c in topology.cities} <= missing
+            # Everything readable is there.
+            readable = 0
+            for name in ("encounters", "diagnoses", "medications", "teleconsultations", "lab_results"):
+                t = data.tables[name]
+                mine = t.filter(pc.equal(t["person_key"], person))
+                if name == "lab_results":
+                    mine = mine.filter(pc.not_equal(mine["city"], "luoyang"))
+                readable += mine.num_rows
+            assert body["total"] == readable
+            r = c.post("/v1/datasets/lab_results/query", json={"purpose": "operations", "limit": 5})
+            assert r.status_code == 200 and any(m["city"] == "luoyang" for m in r.json()["missing"])
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_server(stack: Settings, province_data, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    server = ApiServer(
+        settings=stack,
+        workdir=tmp_path_factory.mktemp("api-admin"),
+        tables_root=province_data.root,
+        audit_table=f"{province_data.root}/_audit_admin",
+        instance="api-admin",
+        extra_env={"MEDSHARE_API_RATE_PER_SECOND": "2", "MEDSHARE_API_RATE_BURST": "40"},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_grants_change_without_restart(limited_server: ApiServer, province_data) -> None:
+    person = province_data.person_keys[0]
+    research = {
+        "id": "research-county-diagnoses",
+        "recipient": {"levels": ["county"]},
+        "datasets": ["diagnoses"],
+        "purposes": ["research"],
+        "scope": "own_city",
+        "columns": {"masked": ["person_key"]},
+    }
+    hospital = limited_server.issue("zz-zm-county")
+    with (
+        limited_server.client(limited_server.issue("grants-admin", operator=True)) as admin,
+        limited_server.client(hospital) as c,
+    ):
+        assert c.post("/v1/datasets/diagnoses/query", json={"purpose": "research"}).status_code == 403
+        listing = admin.get("/v1/admin/grants")
+        etag = listing.headers["ETag"]
+        r = admin.post("/v1/admin/grants", json=research, headers={"If-Match": etag})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/datasets/diagnoses/query", json={"purpose": "research", "limit": 3})
+        assert r.status_code == 200 and r.json()["grant"] == research["id"]
+        assert all(row["city"] == "zhengzhou" for row in r.json()["rows"])
+
+        # Conflicts and invalid grants.
+        assert admin.post("/v1/admin/grants", json=research).status_code == 409  # id exists
+        stale = admin.delete(f"/v1/admin/grants/{research['id']}", headers={"If-Match": etag})
+        assert stale.status_code == 409 and stale.json()["errorCode"] == "grants_changed"
+        bad = admin.post("/v1/admin/grants", json={**research, "id": "typo", "datasets": ["diagnosis"]})
+        assert bad.status_code == 422
+        assert c.get("/v1/admin/grants").status_code == 403  # hospitals do not manage grants
+
+        # A hand edit of the file applies too: the new grant moved first, narrowed to a week.
+        data = yaml.safe_load(limited_server.grants_file.read_text())
+        data["grants"] = [
+            {**research, "id": "research-county-week", "scope": "own_hospital"},
+            *[g for g in data["grants"] if g["id"] != research["id"]],
+        ]
+        limited_server.grants_file.write_text(yaml.safe_dump(data))
+        deadline = time.monotonic() + 10
+        while True:
+            r = c.post("/v1/datasets/diagnoses/query", json={"purpose": "research", "limit": 3})
+            if r.json().get("grant") == "research-county-week" or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert r.json()["grant"] == "research-county-week"
+        assert {row["hospital_id"] for row in r.json()["rows"]} <= {"zz-zm-county"}
+        assert admin.delete("/v1/admin/grants/research-county-week").status_code == 200
+        assert c.post("/v1/datasets/diagnoses/query", json={"purpose": "research"}).status_code == 403
+        del person
+
+
+def test_rate_limit_per_credential(limited_server: ApiServer) -> None:
+    busy, calm = limited_server.issue("ly-c1"), limited_server.issue("ly-c1")
+    with limited_server.client(busy) as c:
+        statuses = [c.get("/v1/me") for _ in range(60)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, "60 requests at once with a burst of 40 must be limited"
+    assert all(r.status_code in (200, 429) for r in statuses)
+    assert int(limited[0].headers["Retry-After"]) >= 1
+    assert limited[0].json()["errorCode"] == "rate_limited"
+    # Another credential of the same hospital is not held back.
+    with limited_server.client(calm) as c:
+        assert c.get("/v1/me").status_code == 200
