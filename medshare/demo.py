@@ -8,6 +8,9 @@
 3. Replication: each city's publisher ships its curated commits (shareable form) through Kafka,
    the provincial replicator applies them to the federated provincial tables, and `verify`
    proves the province holds exactly each city's shareable data.
+4. Sharing: the sharing API starts over the provincial tables; a county hospital looks up a
+   patient's history across both cities in an emergency (allowed), then asks for research
+   (denied), and an operator reads the audit entries the two lookups left.
 """
 
 from __future__ import annotations
@@ -207,6 +210,139 @@ def _replicate(settings: Settings, report: Report) -> Table:
     return table
 
 
+DEMO_CLINIC = "ly-yc-county"
+
+
+def _demo_patient(settings: Settings) -> str:
+    """A resident ID with encounters in both demo cities if there is one (else the busiest)."""
+    from collections import Counter
+
+    from deltalake import DeltaTable
+
+    seen: dict[str, set[str]] = {}
+    visits: Counter[str] = Counter()
+    topology = load_topology(settings.platform_dir)
+    for city_id in DEMO_CITIES:
+        creds = site_credentials(settings, city_id)
+        uri = s3_uri(topology.city(city_id).buckets.curated, "encounters")
+        ids = (
+            DeltaTable(uri, storage_options=delta_storage_options(settings, creds))
+            .to_pyarrow_table(columns=["resident_id"])["resident_id"]
+            .to_pylist()
+        )
+        for rid in ids:
+            seen.setdefault(rid, set()).add(city_id)
+            visits[rid] += 1
+    return max(visits, key=lambda rid: (len(seen[rid]), visits[rid], rid))
+
+
+def _share(settings: Settings, report: Report) -> list[Table]:
+    import datetime as dt
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from collections import Counter
+
+    import httpx
+
+    from lakehouse.identity import resident_id_problem
+    from sharing_api.services import identities
+    from sharing_api.settings import load_api_settings
+
+    state = settings.state_dir / "demo-api"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {**os.environ, "MEDSHARE_API_STATE_DIR": str(state), "MEDSHARE_API_PORT": str(port)}
+    api = load_api_settings(state_dir=state, port=port)
+    store = identities(settings, api)
+    clinic = store.issue("hospital", DEMO_CLINIC, days=1, label="make demo").token
+    operator = store.issue("operator", "demo-operator", days=1, label="make demo").token
+    resident_id = _demo_patient(settings)
+    if resident_id_problem(resident_id, today=dt.date.today()) is not None:
+        raise MedshareError("the demo patient's resident ID is not valid")
+
+    log = state / "api.log"
+    report(f"starting the sharing API on http://127.0.0.1:{port} (log {log})")
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "medshare", "serve"], env=env, stdout=out, stderr=out
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise MedshareError(f"the sharing API exited with {server.returncode}; see {log}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).json()["ready"]:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise MedshareError(f"the sharing API was not ready in 120 s; see {log}")
+            time.sleep(0.3)
+        hospital = load_topology(settings.platform_dir).hospital(DEMO_CLINIC)
+        lookups = Table("who", "purpose", "status", "answer", title="sharing API: two lookups of one patient")
+        with httpx.Client(base_url=base, timeout=30, headers={"X-Resident-Id": resident_id}) as c:
+            c.headers["Authorization"] = f"Bearer {clinic}"
+            allowed = c.get("/v1/patients/history", params={"purpose": "emergency", "limit": 1000})
+            if allowed.status_code != 200:
+                raise MedshareError(f"the emergency lookup was refused: {allowed.text}")
+            body = allowed.json()
+            types = Counter(e["type"] for e in body["entries"])
+            cities = sorted({e["city"] for e in body["entries"]})
+            lookups.add_row(
+                hospital.name,
+                "emergency",
+                "200",
+                f"{body['total']} entries from {', '.join(cities)}: "
+                + ", ".join(f"{n} {t}" for t, n in types.most_common())
+                + f" (grant {body['datasets'][0]['grant']})",
+            )
+            denied = c.get("/v1/patients/history", params={"purpose": "research"})
+            if denied.status_code != 403:
+                raise MedshareError(f"the research lookup was not denied: {denied.status_code} {denied.text}")
+            lookups.add_row(
+                hospital.name, "research", "403", f"{denied.json()['errorCode']}: {denied.json()['message']}"
+            )
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {operator}"}) as c:
+            records = c.get("/v1/audit", params={"resident_id": resident_id}).json()["records"]
+        audit = Table(
+            "time",
+            "hospital",
+            "purpose",
+            "decision",
+            "status",
+            "grant",
+            "rows",
+            title="audit: who accessed this patient",
+        )
+        for r in sorted(records, key=lambda r: r["time"]):
+            audit.add_row(
+                r["time"][11:19],
+                r["hospital_id"] or "",
+                r["purpose"] or "",
+                r["decision"],
+                str(r["status"]),
+                r["grants"] or r["error_code"] or "",
+                str(r["rows_returned"]),
+            )
+        audit.caption = (
+            f"person_key {body['personKey'][:16]}… — the resident ID was hashed on arrival and is in no log. "
+            "Clinician page: `medshare serve`, then http://127.0.0.1:8040/ui"
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return [lookups, audit]
+
+
 def run(settings: Settings, report: Report) -> None:
     topology = load_topology(settings.platform_dir)
     city = topology.cities[0]
@@ -215,6 +351,7 @@ def run(settings: Settings, report: Report) -> None:
     summary |= _kafka_round_trip(settings, city.id, report)
     ingestion = _ingest_cities(settings, report)
     replication = _replicate(settings, report)
+    sharing = _share(settings, report)
 
     table = Table("step", "result", title="medshare demo: foundation")
     for key, value in summary.items():
@@ -223,3 +360,5 @@ def run(settings: Settings, report: Report) -> None:
     console.print(table)
     console.print(ingestion)
     console.print(replication)
+    for table in sharing:
+        console.print(table)
