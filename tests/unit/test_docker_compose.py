@@ -32,6 +32,7 @@ SECRET_WORDS = ("PASSWORD", "SECRET")
 DUMMY_REQUIRED_ENV = {
     "MEDSHARE_S3_ROOT_USER": "compose-check-user",
     "MEDSHARE_S3_ROOT_PASSWORD": "compose-check-password",
+    "MEDSHARE_PROVINCE_KEY": "compose-check-province-key",
 }
 
 
