@@ -17,6 +17,9 @@ def clinician_page() -> HTMLResponse:
         page,
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'self' 'unsafe-inline'",
+            # One self-contained page: inline script and style, nothing from elsewhere, never framed.
+            "Content-Security-Policy": "default-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
         },
     )
