@@ -57,8 +57,4 @@ def care_keys(generation: Generation, hospital: Hospital, window_days: int, now:
             if segment.dataset == dataset and t.num_rows:
                 mask = _involved(t, hospital, time_column, hospital_columns, cutoff)
                 found.append(pc.unique(t[PERSON_KEY].filter(mask)))
-    return (
-        pc.unique(pa.chunked_array(found, pa.string()))
-        if found
-        else pa.array([], pa.string())
-    )
+    return pc.unique(pa.chunked_array(found, pa.string())) if found else pa.array([], pa.string())

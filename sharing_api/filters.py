@@ -49,7 +49,10 @@ def _coerce(value: Any, kind: pa.DataType, column: str) -> Any:
     if pa.types.is_floating(kind):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad("a number within the float range") from None
     if pa.types.is_boolean(kind):
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -66,6 +69,17 @@ def _coerce(value: Any, kind: pa.DataType, column: str) -> Any:
             raise bad("an ISO 8601 time") from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
     raise bad(f"a {kind}")
+
+
+def _arrow(make: Any, values: Any, kind: pa.DataType, column: str) -> Any:
+    """`pa.scalar`/`pa.array` of checked values; 422 when one does not fit the column's type (an
+    integer beyond int32/int64, a string that is not valid UTF-8)."""
+    try:
+        return make(values, kind)
+    except (pa.ArrowInvalid, OverflowError, UnicodeEncodeError) as exc:
+        raise Unprocessable(
+            f"filter on {column!r}: a value does not fit the column's type {kind}", code="invalid_filter"
+        ) from exc
 
 
 def expression(filters: list[Filter], schema: pa.Schema, filterable: set[str]) -> pc.Expression | None:
@@ -89,14 +103,14 @@ def expression(filters: list[Filter], schema: pa.Schema, filterable: set[str]) -
                 raise Unprocessable(
                     f"filter {f.op} on {f.column!r} takes a list of 1-1000 values", code="invalid_filter"
                 )
-            values = pa.array([_coerce(v, kind, f.column) for v in f.value], kind)
+            values = _arrow(pa.array, [_coerce(v, kind, f.column) for v in f.value], kind, f.column)
             cond = field.isin(values)
             if f.op == "not_in":
                 cond = ~cond
         else:
             if isinstance(f.value, list):
                 raise Unprocessable(f"filter {f.op} on {f.column!r} takes one value", code="invalid_filter")
-            value = pa.scalar(_coerce(f.value, kind, f.column), kind)
+            value = _arrow(pa.scalar, _coerce(f.value, kind, f.column), kind, f.column)
             if f.op == "starts_with":
                 if not pa.types.is_string(kind):
                     raise Unprocessable(

@@ -114,7 +114,8 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     entries = _entries(s, tables)
     if q.start is not None or q.end is not None:
         lo = _instant(q.start) if q.start else None
-        hi = _instant(q.end) + dt.timedelta(days=1) if q.end else None
+        # The day after `end`; none after the last day of the calendar.
+        hi = _instant(q.end) + dt.timedelta(days=1) if q.end and q.end < dt.date.max else None
         entries = [e for e in entries if (lo is None or e[0] >= lo) and (hi is None or e[0] < hi)]
     entries.sort(key=lambda e: (e[0], e[1]["type"]), reverse=True)
 

@@ -28,7 +28,7 @@ def decode_cursor(cursor: str, digest: str) -> tuple[int, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
         generation, offset, query = int(data["g"]), int(data["o"]), str(data["q"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, LookupError, TypeError, OverflowError) as exc:
         raise BadRequest("malformed cursor", code="invalid_cursor") from exc
     if query != digest or offset < 0 or generation < 0:
         raise BadRequest("this cursor belongs to a different query", code="invalid_cursor")

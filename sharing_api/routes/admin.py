@@ -78,7 +78,7 @@ def list_consents(
     audit: AuditDep,
     operator: CurrentOperator,
     resident_id: Annotated[str | None, Query(max_length=32)] = None,
-    person_key: Annotated[str | None, Query(max_length=64)] = None,
+    person_key: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
 ) -> Response:
     """A patient's opt-outs."""
     key = person_key_of(s, resident_id=resident_id, key=person_key)

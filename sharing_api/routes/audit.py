@@ -29,7 +29,7 @@ def _after(cursor: str) -> tuple[int, str, int]:
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return int(raw[0]), str(raw[1]), int(raw[2])
-    except (ValueError, TypeError, IndexError) as exc:
+    except (ValueError, TypeError, LookupError, OverflowError) as exc:
         raise BadRequest("malformed cursor", code="invalid_cursor") from exc
 
 
@@ -38,7 +38,7 @@ def audit_trail(
     s: ServicesDep,
     audit: AuditDep,
     operator: CurrentOperator,
-    person_key: Annotated[str | None, Query(max_length=64)] = None,
+    person_key: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
     resident_id: Annotated[
         str | None, Query(max_length=32, description="Hashed; who accessed this patient")
     ] = None,

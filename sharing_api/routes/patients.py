@@ -34,7 +34,7 @@ async def history(
             description="Hashed on arrival with the province key; prefer the X-Resident-Id header",
         ),
     ] = None,
-    person_key: Annotated[str | None, Query(max_length=64)] = None,
+    person_key: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
     x_resident_id: Annotated[
         str | None, Header(max_length=32, description="The resident ID, kept out of URLs")
     ] = None,
