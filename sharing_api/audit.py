@@ -15,6 +15,7 @@ sequence at 1 again, and must not be mistaken for records already flushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -265,6 +266,7 @@ class AuditFlusher:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._table: DeltaTable | None = None  # kept open: a commit reads only the log since the last
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
@@ -283,7 +285,10 @@ class AuditFlusher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                while self.flush_once() and not self._stop.is_set():
+                # One batch per interval; more at once only while batches come back full (a backlog):
+                # under steady load the journal always has a few new records, and draining it to
+                # empty would commit back to back.
+                while self.flush_once() >= self.batch_rows and not self._stop.is_set():
                     pass
                 self.last_error = None
             except (DeltaError, OSError) as exc:
@@ -307,8 +312,13 @@ class AuditFlusher:
         if not rows:
             return 0
         last = rows[-1][0]
+        if self._table is None:
+            with contextlib.suppress(TableNotFoundError):  # the first batch creates it
+                self._table = DeltaTable(self.table_uri, storage_options=self.storage_options)
+        else:
+            self._table.update_incremental()
         write_deltalake(
-            self.table_uri,
+            self._table if self._table is not None else self.table_uri,
             to_arrow(self.instance, self.journal.id, rows),
             mode="append",
             partition_by=["day"],

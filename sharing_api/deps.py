@@ -25,12 +25,12 @@ _bearer = HTTPBearer(
 _PERSON_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_audit(request: Request) -> AuditRecord:
+async def get_audit(request: Request) -> AuditRecord:
     record: AuditRecord = request.scope["medshare.audit"]
     return record
 
@@ -74,13 +74,13 @@ async def authenticate(
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
-def hospital_caller(principal: CurrentPrincipal) -> Hospital:
+async def hospital_caller(principal: CurrentPrincipal) -> Hospital:
     if principal.hospital is None:
         raise Forbidden("patient data is for hospitals; operators manage and audit", code="hospital_only")
     return principal.hospital
 
 
-def operator_caller(principal: CurrentPrincipal) -> Principal:
+async def operator_caller(principal: CurrentPrincipal) -> Principal:
     if principal.kind != "operator":
         raise Forbidden("this endpoint is for platform operators", code="operator_only")
     return principal

@@ -103,6 +103,7 @@ class LakeView:
         self.refresh_seconds = refresh_seconds
         self.keep_seconds = keep_seconds
         self._tables: dict[str, DeltaTable] = {}
+        self._listed: dict[str, tuple[int, dict[str, frozenset[str]]]] = {}
         self._current = Generation(0, {}, {}, {})
         self._history: dict[int, Generation] = {}
         self._lock = threading.Lock()
@@ -206,13 +207,20 @@ class LakeView:
                 table.update_incremental()
         except TableNotFoundError as exc:
             raise OSError(f"table {uri} does not exist") from exc
+        version = table.version()
+        listed = self._listed.get(dataset)
+        if listed is not None and listed[0] == version:
+            # Listing a big table's files costs real CPU; only a new version can change them.
+            return listed[1]
         actions = pa.table(table.get_add_actions(flatten=True))
         paths = actions.column("path").to_pylist()
         cities = actions.column(f"partition.{CITY}").to_pylist()
         by_city: dict[str, set[str]] = {}
         for path, city in zip(paths, cities, strict=True):
             by_city.setdefault(city, set()).add(path)
-        return {c: frozenset(p) for c, p in by_city.items()}
+        files = {c: frozenset(p) for c, p in by_city.items()}
+        self._listed[dataset] = (version, files)
+        return files
 
     def _load(self, table: DeltaTable, view: DatasetView, city: str, files: frozenset[str]) -> Segment:
         version = table.version()
