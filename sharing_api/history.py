@@ -25,9 +25,10 @@ from sharing_api.errors import Forbidden, NotFound
 from sharing_api.grants import Decision, Grant, Purpose
 from sharing_api.lakeview import utc_now
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
+from sharing_api.rows import EPOCH_DAY, python_columns
 from sharing_api.services import Services
 
-_EPOCH = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+_MIN = -(2**62)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,14 +41,6 @@ class HistoryQuery:
     limit: int = 50
     cursor: str | None = None
     reason: str | None = None  # break-glass
-
-
-def _instant(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    return _EPOCH
 
 
 def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: AuditRecord) -> dict[str, Any]:
@@ -113,9 +106,10 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
 
     entries = _entries(s, tables)
     if q.start is not None or q.end is not None:
-        lo = _instant(q.start) if q.start else None
+        day = 86_400_000_000
+        lo = (q.start.toordinal() - EPOCH_DAY) * day if q.start else None
         # The day after `end`; none after the last day of the calendar.
-        hi = _instant(q.end) + dt.timedelta(days=1) if q.end and q.end < dt.date.max else None
+        hi = (q.end.toordinal() - EPOCH_DAY + 1) * day if q.end and q.end < dt.date.max else None
         entries = [e for e in entries if (lo is None or e[0] >= lo) and (hi is None or e[0] < hi)]
     entries.sort(key=lambda e: (e[0], e[1]["type"]), reverse=True)
 
@@ -161,24 +155,26 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     }
 
 
-def _entries(
-    s: Services, tables: list[tuple[str, Grant, pa.Table]]
-) -> list[tuple[dt.datetime, dict[str, Any]]]:
+def _entries(s: Services, tables: list[tuple[str, Grant, pa.Table]]) -> list[tuple[int, dict[str, Any]]]:
     names = {h.id: h.name for h in s.topology.hospitals}
-    out: list[tuple[dt.datetime, dict[str, Any]]] = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for dataset, grant, rows in tables:
         time_column = s.views[dataset].time_column
-        visible = s.masker.apply(rows.drop_columns([PERSON_KEY]), grant.columns, grant.id)
-        for record in visible.to_pylist():
+        values, instants = python_columns(s.masker.apply(rows, grant.columns, grant.id))
+        columns = list(values)
+        # A hidden time column still orders the timeline, by its month.
+        order = instants.get(time_column) or [None] * rows.num_rows
+        for when, row in zip(order, zip(*values.values(), strict=True), strict=True):
+            record = dict(zip(columns, row, strict=True))
+            record.pop(PERSON_KEY, None)  # the caller knows whose history this is
             city = record.pop(CITY, None)
-            when = record.get(time_column)
             hospital_id = record.get(HOSPITAL)
             out.append(
                 (
-                    _instant(when),
+                    _MIN if when is None else when,
                     {
                         "type": dataset,
-                        "time": when.isoformat() if when is not None else None,
+                        "time": record.get(time_column),
                         "city": city,
                         "hospitalId": hospital_id,
                         "hospitalName": names.get(hospital_id) if isinstance(hospital_id, str) else None,

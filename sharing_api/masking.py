@@ -30,6 +30,8 @@ class Masker:
         return MASK_PREFIX + digest[:16]
 
     def apply(self, table: pa.Table, policy: ColumnPolicy, grant_id: str) -> pa.Table:
+        if not policy.masked and not policy.hidden:
+            return table
         keep = [n for n in table.column_names if policy.access(n) != "hidden"]
         table = table.select(keep)
         for i, name in enumerate(table.column_names):

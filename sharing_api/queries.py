@@ -21,6 +21,7 @@ from sharing_api.filters import Filter, expression
 from sharing_api.grants import PURPOSES, Grant, Purpose
 from sharing_api.lakeview import Generation, utc_now
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
+from sharing_api.rows import records
 from sharing_api.services import Services
 
 
@@ -128,7 +129,7 @@ def run_query(
         "scope": grant.scope,
         "columns": [{"name": c, "access": grant.columns.access(c)} for c in columns],
         "total": total,
-        "rows": rows.to_pylist(),
+        "rows": records(rows),
         "nextCursor": encode_cursor(generation.number, offset + q.limit, digest) if more else None,
         "missing": missing,
     }
