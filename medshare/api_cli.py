@@ -125,6 +125,12 @@ def serve(
         str | None, typer.Option(help="Listen address (default MEDSHARE_API_HOST, 127.0.0.1).")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default MEDSHARE_API_PORT, 8040).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes (default MEDSHARE_API_WORKERS, 1); each holds its own read model."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Run the sharing API (FastAPI on uvicorn): patient history, dataset queries, audit, admin, /ui.
@@ -132,18 +138,24 @@ def serve(
     Reads the provincial tables from the lakehouse (MEDSHARE_* settings) and the grants from
     platform/grants.yaml (MEDSHARE_API_GRANTS_FILE); OpenAPI at /docs. Stops cleanly on SIGTERM,
     flushing the audit journal to the audit table."""
+    import os
+
     from sharing_api.serve import serve as run
     from sharing_api.settings import load_api_settings
 
     service_logging(verbose)
-    overrides: dict[str, object] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
+    # Through the environment: worker processes read their settings from it.
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"MEDSHARE_API_{name}"] = str(value)
     try:
-        api = load_api_settings(**overrides)
-        log.info("sharing API on http://%s:%d (docs at /docs, clinician page at /ui)", api.host, api.port)
+        api = load_api_settings()
+        log.info(
+            "sharing API on http://%s:%d, %d worker(s) (docs at /docs, clinician page at /ui)",
+            api.host,
+            api.port,
+            api.workers,
+        )
         run(get_settings(), api)
     except MedshareError as exc:
         fail(exc)

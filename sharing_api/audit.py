@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,26 @@ class AuditRecord:
 
 class AuditUnavailable(Exception):
     """The journal could not make a record durable; the request must not be answered with data."""
+
+
+def claim_journal(lock_path: Callable[[int], Path], *, slots: int = 64) -> tuple[Path, int]:
+    """The journal file of the first free slot, and the lock that holds it for this process.
+
+    Each worker process of one instance needs its own journal, and after a crash the next
+    process must take over the dead one's file (its unflushed records): an exclusive flock is
+    released by the kernel when its holder dies, kill -9 included.
+    """
+    for slot in range(slots):
+        path = lock_path(slot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return path.with_suffix(".db"), fd
+    raise AuditUnavailable(f"all {slots} audit journal slots are taken by running processes")
 
 
 class Journal:

@@ -25,6 +25,21 @@ Authenticate with `Authorization: Bearer <token>`: a credential from
 """
 
 
+def app_from_environment() -> FastAPI:
+    """The app as each uvicorn worker process builds it (settings from the environment)."""
+    import logging
+    import sys
+
+    from lakehouse.settings import get_settings
+    from sharing_api.settings import load_api_settings
+
+    # A worker starts as a fresh interpreter: the parent's logging set-up is not inherited.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return create_app(get_settings(), load_api_settings())
+
+
 def create_app(platform: Settings, api: ApiSettings, *, services: Services | None = None) -> FastAPI:
     services = services or build_services(platform, api)
 

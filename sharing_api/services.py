@@ -9,7 +9,7 @@ from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_uri, site_credentials
 from lakehouse.topology import Topology, load_topology
-from sharing_api.audit import AuditFlusher, Journal
+from sharing_api.audit import AuditFlusher, Journal, claim_journal
 from sharing_api.catalog import DatasetView, catalog
 from sharing_api.consent import Consents
 from sharing_api.db import Database
@@ -67,7 +67,8 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     db = Database(api.db_path(platform))
     options = delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE))
     root = tables_root(platform, api, topology)
-    journal = Journal(api.journal_path(platform))
+    path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
+    journal = Journal(path)
     return Services(
         platform=platform,
         api=api,
@@ -89,7 +90,7 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
             journal,
             table_uri=audit_table(api, topology),
             storage_options=options,
-            instance=api.instance,
+            instance=f"{api.instance}/{path.stem.rsplit('-', 1)[-1]}",
             interval=api.audit_flush_seconds,
             batch_rows=api.audit_batch_rows,
         ),

@@ -33,6 +33,10 @@ class ApiSettings(BaseSettings):
     # One name per running API process: its audit journal and its app id in the audit table.
     instance: str = Field(default="api-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
+    # Processes serving requests (uvicorn workers). Each holds its own read model (memory × N)
+    # and audit journal; 2 on a 2-core machine doubles the requests a second it can answer.
+    workers: int = Field(default=1, ge=1, le=32)
+
     credential_days: int = Field(default=90, ge=1)
     access_token_minutes: int = Field(default=30, ge=11)
     rotation_grace_hours: float = Field(default=24.0, ge=0)
@@ -59,8 +63,8 @@ class ApiSettings(BaseSettings):
     def db_path(self, platform: Settings) -> Path:
         return self.state_path(platform) / "sharing.db"
 
-    def journal_path(self, platform: Settings) -> Path:
-        return self.state_path(platform) / f"audit-{self.instance}.db"
+    def journal_lock(self, platform: Settings, slot: int) -> Path:
+        return self.state_path(platform) / f"audit-{self.instance}-{slot}.lock"
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:
