@@ -108,16 +108,20 @@ class Settings(BaseSettings):
         return SecretStr(digest[:40])
 
 
+def describe_settings_error(exc: ValidationError, prefix: str) -> str:
+    """One line naming each offending environment variable and its problem."""
+    return "; ".join(
+        f"{prefix}{'_'.join(str(p) for p in err['loc']).upper() or '(settings)'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment (plus explicit overrides), with a readable error."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MEDSHARE_{'_'.join(str(p) for p in err['loc']).upper() or '(settings)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {describe_settings_error(exc, 'MEDSHARE_')}") from exc
 
 
 @lru_cache(maxsize=1)

@@ -322,8 +322,8 @@ class AuditFlusher:
     def _watermark(self) -> int:
         if self.flushed < 0:
             try:
-                table = DeltaTable(self.table_uri, storage_options=self.storage_options)
-                self.flushed = table.transaction_version(self.app_id) or 0
+                self._table = DeltaTable(self.table_uri, storage_options=self.storage_options)
+                self.flushed = self._table.transaction_version(self.app_id) or 0
             except TableNotFoundError:
                 self.flushed = 0
         return self.flushed

@@ -251,8 +251,7 @@ class GrantBook:
     def _write(self, grants: GrantFile, if_match: str | None) -> str:
         with self._lock:
             # Re-read under the lock: the check is against what is on disk, not a cached copy.
-            on_disk, etag = self._read()
-            del on_disk
+            _, etag = self._read()
             if if_match is not None and if_match.strip('"') != etag:
                 raise Conflict(
                     f"the grants changed since version {if_match} (now {etag}); read them again",

@@ -148,12 +148,16 @@ class Identities:
         return new
 
     def info(self, token_id: str) -> CredentialInfo:
-        row = (
-            self.db.connect().execute("SELECT * FROM credentials WHERE token_id = ?", (token_id,)).fetchone()
-        )
+        row = self._fetch(token_id)
         if row is None:
             raise NotFound(f"no credential with id {token_id!r}", code="credential_not_found")
         return _info(row)
+
+    def _fetch(self, token_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = (
+            self.db.connect().execute("SELECT * FROM credentials WHERE token_id = ?", (token_id,)).fetchone()
+        )
+        return row
 
     def list(self, *, include_access: bool = False) -> list[CredentialInfo]:
         sql = "SELECT * FROM credentials"
@@ -179,7 +183,8 @@ class Identities:
         credential_id = token_id
         kind = row.kind
         if row.kind == "access":
-            parent = self._row(row.parent_id or "")
+            parent_row = self._fetch(row.parent_id or "")
+            parent = None if parent_row is None else _info(parent_row)
             if parent is None or parent.revoked_at is not None:
                 raise Unauthorized("the client credential behind this token is revoked", code="token_revoked")
             if parent.expires_at <= time.time():
@@ -196,16 +201,8 @@ class Identities:
             hospital=hospital,
         )
 
-    def _row(self, token_id: str) -> CredentialInfo | None:
-        row = (
-            self.db.connect().execute("SELECT * FROM credentials WHERE token_id = ?", (token_id,)).fetchone()
-        )
-        return None if row is None else _info(row)
-
     def _verify(self, token_id: str, secret: str, *, allow_access: bool) -> _Stored:
-        row = (
-            self.db.connect().execute("SELECT * FROM credentials WHERE token_id = ?", (token_id,)).fetchone()
-        )
+        row = self._fetch(token_id)
         # Hash even when the id is unknown, so timing does not tell known ids from unknown ones.
         given = _hash(secret)
         if row is None or not hmac.compare_digest(given, row["secret_hash"]):

@@ -65,10 +65,6 @@ class Generation:
     def parts(self, dataset: str, cities: Iterator[str] | tuple[str, ...]) -> list[Segment]:
         return [s for c in cities if (s := self.segments.get((dataset, c))) is not None]
 
-    def version_of(self, dataset: str) -> int | None:
-        versions = [s.version for (d, _), s in self.segments.items() if d == dataset]
-        return max(versions) if versions else None
-
 
 def _sorted_part(table: pa.Table, view: DatasetView) -> tuple[pa.Table, np.ndarray]:
     table = table.filter(pc.is_valid(table[PERSON_KEY]))
@@ -110,7 +106,6 @@ class LakeView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.loaded = threading.Event()
-        self.refreshes = 0
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -195,7 +190,6 @@ class LakeView:
                 if gen.created < cutoff or len(self._history) > 4:
                     del self._history[number]
             self._current = generation
-        self.refreshes += 1
 
     def _files_by_city(self, dataset: str, uri: str) -> dict[str, frozenset[str]]:
         table = self._tables.get(dataset)

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lakehouse.errors import ConfigError
-from lakehouse.settings import Settings
+from lakehouse.settings import Settings, describe_settings_error
 
 
 class ApiSettings(BaseSettings):
@@ -71,8 +71,4 @@ def load_api_settings(**overrides: object) -> ApiSettings:
     try:
         return ApiSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MEDSHARE_API_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid API settings: {problems}") from exc
+        raise ConfigError(f"invalid API settings: {describe_settings_error(exc, 'MEDSHARE_API_')}") from exc

@@ -332,7 +332,7 @@ def test_consent_opt_out_and_break_glass(api_server, frames, operator, topology:
         )
         assert r.status_code == 403
 
-        flagged = [rec for rec in _audit(api_server, operator, person_key=person, flagged="true")]
+        flagged = _audit(api_server, operator, person_key=person, flagged="true")
         assert [rec["break_glass_reason"] for rec in flagged if rec["status"] == 200] == [reason]
         assert all(rec["break_glass"] for rec in flagged)
         denied = _audit(api_server, operator, person_key=person, decision="deny")

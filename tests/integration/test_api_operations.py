@@ -179,8 +179,7 @@ def limited_server(stack: Settings, province_data, tmp_path_factory: pytest.Temp
     server.stop()
 
 
-def test_grants_change_without_restart(limited_server: ApiServer, province_data) -> None:
-    person = province_data.person_keys[0]
+def test_grants_change_without_restart(limited_server: ApiServer) -> None:
     research = {
         "id": "research-county-diagnoses",
         "recipient": {"levels": ["county"]},
@@ -228,7 +227,6 @@ def test_grants_change_without_restart(limited_server: ApiServer, province_data)
         assert {row["hospital_id"] for row in r.json()["rows"]} <= {"zz-zm-county"}
         assert admin.delete("/v1/admin/grants/research-county-week").status_code == 200
         assert c.post("/v1/datasets/diagnoses/query", json={"purpose": "research"}).status_code == 403
-        del person
 
 
 def test_rate_limit_per_credential(limited_server: ApiServer) -> None:
