@@ -13,7 +13,8 @@
    `history.patient_history` called directly (no HTTP, no auth, no audit), with and without
    orjson serialisation.
 3. The API (`python -m medshare serve`, through `tests.utils.api.ApiServer`) over that root, rate
-   limits lifted, refresh/flush intervals at their production defaults (2 s / 1 s). Startup time =
+   limits lifted, refresh/flush intervals at the settings' defaults (5 s / 5 s) unless
+   `--refresh-seconds`/`--flush-seconds` say otherwise. Startup time =
    until /healthz says ready (the read model loaded); VmRSS/VmHWM after loading and after the run.
 4. Load from a separate process (this file with `--worker load`), uvloop, `--clients` client
    tasks, one connection and one credential each (spread over every hospital), each picking
@@ -682,6 +683,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="API worker processes (MEDSHARE_API_WORKERS); 2 on 2 cores"
     )
+    parser.add_argument(
+        "--refresh-seconds", type=float, help="read-model poll interval of the server (default: setting's)"
+    )
+    parser.add_argument(
+        "--flush-seconds", type=float, help="audit flush interval of the server (default: the setting's)"
+    )
     parser.add_argument("--resident-share", type=float, default=0.5, help="lookups by X-Resident-Id")
     parser.add_argument("--floor-lookups", type=int, default=300)
     parser.add_argument(
@@ -763,6 +770,9 @@ def main() -> None:
 
     # 3. The API
     console.rule("API")
+    from sharing_api.settings import ApiSettings
+
+    defaults = {name: field.default for name, field in ApiSettings.model_fields.items()}
     server = ApiServer(
         settings=settings,
         workdir=logs / "api",
@@ -772,8 +782,8 @@ def main() -> None:
         extra_env={
             "MEDSHARE_API_RATE_PER_SECOND": "100000",
             "MEDSHARE_API_RATE_BURST": "100000",
-            "MEDSHARE_API_REFRESH_SECONDS": "2",
-            "MEDSHARE_API_AUDIT_FLUSH_SECONDS": "1",
+            "MEDSHARE_API_REFRESH_SECONDS": str(args.refresh_seconds or defaults["refresh_seconds"]),
+            "MEDSHARE_API_AUDIT_FLUSH_SECONDS": str(args.flush_seconds or defaults["audit_flush_seconds"]),
             "MEDSHARE_API_WORKERS": str(args.workers),
         },
     )
