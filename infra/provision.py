@@ -12,6 +12,7 @@ from minio.credentials.providers import StaticProvider
 from lakehouse import kafka
 from lakehouse.settings import Settings
 from lakehouse.storage import (
+    ANALYTICS_SITE,
     PROVINCE_SITE,
     root_credentials,
     s3_client,
@@ -21,19 +22,33 @@ from lakehouse.storage import (
 from lakehouse.topology import Topology
 
 
-def site_buckets(topology: Topology) -> dict[str, tuple[str, ...]]:
-    """Which buckets each site's user may use."""
-    sites = {c.id: tuple(c.buckets.model_dump().values()) for c in topology.cities}
-    sites[PROVINCE_SITE] = (topology.province.buckets.lakehouse, topology.province.buckets.gold)
+def site_buckets(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Which buckets each site's user may use: (read-write, read-only)."""
+    sites = {c.id: (tuple(c.buckets.model_dump().values()), ()) for c in topology.cities}
+    province = topology.province.buckets
+    sites[PROVINCE_SITE] = ((province.lakehouse, province.gold), ())
+    # Analysts read the provincial tables and write only the gold ones: their jobs cannot
+    # change what the replicator wrote, whatever code they submit.
+    sites[ANALYTICS_SITE] = ((province.gold,), (province.lakehouse,))
     return sites
 
 
-def bucket_policy(buckets: tuple[str, ...]) -> dict[str, Any]:
-    resources = [f"arn:aws:s3:::{b}" for b in buckets] + [f"arn:aws:s3:::{b}/*" for b in buckets]
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": resources}],
-    }
+def bucket_policy(read_write: tuple[str, ...], read_only: tuple[str, ...] = ()) -> dict[str, Any]:
+    def resources(buckets: tuple[str, ...]) -> list[str]:
+        return [f"arn:aws:s3:::{b}" for b in buckets] + [f"arn:aws:s3:::{b}/*" for b in buckets]
+
+    statements: list[dict[str, Any]] = []
+    if read_write:
+        statements.append({"Effect": "Allow", "Action": ["s3:*"], "Resource": resources(read_write)})
+    if read_only:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+                "Resource": resources(read_only),
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def _admin(settings: Settings) -> MinioAdmin:
@@ -53,11 +68,11 @@ def provision_storage(settings: Settings, topology: Topology) -> None:
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)
     admin = _admin(settings)
-    for site, buckets in site_buckets(topology).items():
+    for site, (read_write, read_only) in site_buckets(topology).items():
         creds = site_credentials(settings, site)
         policy = f"medshare-{site}"
         with storage_errors(f"create user and policy for site {site}"):
-            admin.policy_add(policy, policy=bucket_policy(buckets))
+            admin.policy_add(policy, policy=bucket_policy(read_write, read_only))
             admin.user_add(creds.access_key, creds.secret_key.get_secret_value())
             attached = json.loads(admin.user_info(creds.access_key)).get("policyName", "")
             if policy not in attached.split(","):

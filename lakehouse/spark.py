@@ -27,10 +27,12 @@ def spark_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def spark_conf(settings: Settings, credentials: Credentials) -> dict[str, str]:
+def spark_conf(
+    settings: Settings, credentials: Credentials, *, master: str | None = None
+) -> dict[str, str]:
     """Every configuration the session needs, as plain strings (also handy for spark-submit)."""
     return {
-        "spark.master": settings.spark_master,
+        "spark.master": master or settings.spark_master,
         "spark.jars": ",".join(str(j) for j in spark_jars(settings)),
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -63,19 +65,28 @@ def spark_conf(settings: Settings, credentials: Credentials) -> dict[str, str]:
 
 
 def build_spark_session(
-    settings: Settings, credentials: Credentials, *, app_name: str = "medshare"
+    settings: Settings,
+    credentials: Credentials,
+    *,
+    app_name: str = "medshare",
+    master: str | None = None,
+    extra_conf: dict[str, str] | None = None,
 ) -> SparkSession:
     """A session for one site's credentials. Spark keeps one active session per process:
-    a later call with other credentials stops the earlier session first."""
+    a later call with other credentials (or another master) stops the earlier session first."""
     from pyspark.sql import SparkSession
 
-    conf = spark_conf(settings, credentials)
+    conf = {**spark_conf(settings, credentials, master=master), **(extra_conf or {})}
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers (UDFs, some GX metrics) must run the driver's interpreter and packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     active = SparkSession.getActiveSession()
     if active is not None:
-        same = all(active.conf.get(k, None) == v for k, v in conf.items() if k.startswith("spark.hadoop"))
+        same = all(
+            active.conf.get(k, None) == v
+            for k, v in conf.items()
+            if k.startswith("spark.hadoop") or k == "spark.master"
+        )
         if same:
             return active
         active.stop()

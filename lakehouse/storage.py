@@ -19,6 +19,8 @@ from lakehouse.errors import StorageError
 from lakehouse.settings import Settings
 
 PROVINCE_SITE = "province"
+# Provincial analysts: read the provincial lakehouse, write the gold bucket (see infra.provision).
+ANALYTICS_SITE = "analytics"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,14 @@
-"""Fixtures of the replication tests: contracts, the province key, and a private layout (its own
-namespace of tables and topics) per test."""
+"""Fixtures of the integration tests: contracts, the province key, a private replication layout
+(its own namespace of tables and topics) per test, the sharing API's province and server, and the
+analytics run."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +17,7 @@ from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings
 from lakehouse.topology import Topology
+from tests.utils.province import Province
 from tests.utils.replication import make_topics
 
 
@@ -65,3 +73,65 @@ def api_server(stack: Settings, province_data, tmp_path_factory: pytest.TempPath
     server.start()
     yield server
     server.stop()
+
+
+# -- provincial analytics -------------------------------------------------------------------------
+
+
+@dataclass
+class AnalyticsRun:
+    """A provincial lakehouse for the analytics tests and where `medshare analytics run` put gold."""
+
+    province: Province
+    tables_root: str
+    gold_root: str
+    env: dict[str, str]  # the environment the CLI ran with (its analytics roots)
+    output: str
+
+
+def analytics_env(tables_root: str, gold_root: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MEDSHARE_ANALYTICS_TABLES_ROOT": tables_root,
+        "MEDSHARE_ANALYTICS_GOLD_ROOT": gold_root,
+    }
+
+
+def run_analytics(env: dict[str, str], *args: str, timeout: float = 900) -> str:
+    """`medshare analytics <args>` as analysts run it (its own Spark driver process)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "medshare", "analytics", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, f"medshare analytics {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def analytics_run(stack: Settings, topology: Topology) -> AnalyticsRun:
+    """A small province (one year, so few partitions) and every standard job run once on local[*]."""
+    import uuid
+
+    from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+    from tests.utils.province import build_province, write_province
+
+    data = build_province(
+        topology,
+        load_contracts(stack.platform_dir),
+        ProvinceKey.from_settings(stack),
+        patients=2000,
+        encounters=15000,
+        years=1.0,
+        seed=5,
+    )
+    run = uuid.uuid4().hex[:8]
+    root = f"s3://{topology.province.buckets.lakehouse}/analytics-test-{run}"
+    write_province(data, root, delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE)))
+    gold = f"s3://{topology.province.buckets.gold}/analytics-test-{run}"
+    env = analytics_env(root, gold)
+    output = run_analytics(env, "run", "all")
+    return AnalyticsRun(province=data, tables_root=root, gold_root=gold, env=env, output=output)

@@ -278,8 +278,11 @@ def build_province(
         len(img),
     )
     tele = subset(0.05)
-    # Requested by county and township hospitals mostly; answered by the telemedicine centre.
+    # Answered by the telemedicine centre after 10 minutes to ~2 days; one in ten still pending.
     requested = admit[tele]
+    waited = (10 + rng.lognormal(4.5, 1.0, len(tele))).astype("timedelta64[m]").astype("timedelta64[s]")
+    pending = rng.random(len(tele)) < 0.1
+    answered = np.where(pending, np.datetime64("NaT"), requested + waited)
     province.tables["teleconsultations"] = _frame(
         contracts["teleconsultations"],
         topology,
@@ -293,8 +296,8 @@ def build_province(
             "specialist_centre": np.array(["imaging", "ecg", "cardiology"])[rng.integers(0, 3, len(tele))],
             "specialty": np.full(len(tele), "general"),
             "requested_at": requested,
-            "answered_at": requested + np.timedelta64(7200, "s"),
-            "outcome": np.full(len(tele), "answered"),
+            "answered_at": answered,
+            "outcome": np.where(pending, "pending", "answered"),
         },
         len(tele),
     )

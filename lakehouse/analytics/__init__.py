@@ -1,0 +1,1 @@
+"""Provincial analytics: the analysts' Spark session, the standard jobs and their gold tables, the report."""
