@@ -24,7 +24,9 @@ from lakehouse.topology import Topology
 
 def site_buckets(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """Which buckets each site's user may use: (read-write, read-only)."""
-    sites = {c.id: (tuple(c.buckets.model_dump().values()), ()) for c in topology.cities}
+    sites: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        c.id: (tuple(c.buckets.model_dump().values()), ()) for c in topology.cities
+    }
     province = topology.province.buckets
     sites[PROVINCE_SITE] = ((province.lakehouse, province.gold), ())
     # Analysts read the provincial tables and write only the gold ones: their jobs cannot

@@ -49,7 +49,9 @@ def _session(master: str | None, app_name: str) -> SparkSession:
 
 def split_statements(text: str) -> list[str]:
     """SQL statements separated by `;` outside quotes and backticks; empty ones dropped."""
-    statements, current, quote = [], [], ""
+    statements: list[str] = []
+    current: list[str] = []
+    quote = ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote

@@ -14,7 +14,7 @@ from rich.table import Table
 from lakehouse.errors import MedshareError
 from lakehouse.settings import get_settings
 from lakehouse.topology import load_topology
-from medshare import analytics_cli, api_cli, replication_cli
+from medshare import analytics_cli, api_cli, cluster_cli, replication_cli
 from medshare.ui import console
 from medshare.ui import fail as _fail
 from medshare.ui import progress_bar as _progress_bar
@@ -282,3 +282,4 @@ def ingest(
 replication_cli.register(app)
 api_cli.register(app)
 analytics_cli.register(app)
+cluster_cli.register(app)

@@ -343,6 +343,31 @@ def _share(settings: Settings, report: Report) -> list[Table]:
     return [lookups, audit]
 
 
+def _analytics(settings: Settings, report: Report) -> Table:
+    """The standard jobs over the replicated provincial tables, then the analysts' report."""
+    from lakehouse.analytics.jobs import JOBS, run_job
+    from lakehouse.analytics.report import write_report
+    from lakehouse.analytics.session import Locations, analyst_session
+    from lakehouse.analytics.settings import load_analytics_settings
+
+    config = load_analytics_settings()
+    topology = load_topology(settings.platform_dir)
+    where = Locations.of(config, topology)
+    report(f"analytics: Spark session with province.* tables from {where.tables_root}")
+    spark = analyst_session(settings, config, app_name="medshare-demo-analytics")
+    table = Table("job", "gold table", "rows", "suppressed", "seconds", title="provincial analytics")
+    for name in JOBS:
+        result = run_job(spark, topology, where, name, k=config.k)
+        report(f"analytics: {name} → {result.table} ({result.rows} rows)")
+        table.add_row(name, result.table, str(result.rows), str(result.suppressed), f"{result.seconds:.1f}")
+    path = write_report(settings, config, config.report_file(settings))
+    table.caption = (
+        f"cells of fewer than {config.k} patients suppressed; report: {path} "
+        "(`medshare analytics report --open`); SQL: `medshare spark-sql`"
+    )
+    return table
+
+
 def run(settings: Settings, report: Report) -> None:
     topology = load_topology(settings.platform_dir)
     city = topology.cities[0]
@@ -352,6 +377,7 @@ def run(settings: Settings, report: Report) -> None:
     ingestion = _ingest_cities(settings, report)
     replication = _replicate(settings, report)
     sharing = _share(settings, report)
+    analytics = _analytics(settings, report)
 
     table = Table("step", "result", title="medshare demo: foundation")
     for key, value in summary.items():
@@ -362,3 +388,4 @@ def run(settings: Settings, report: Report) -> None:
     console.print(replication)
     for table in sharing:
         console.print(table)
+    console.print(analytics)
