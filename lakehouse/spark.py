@@ -27,9 +27,7 @@ def spark_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def spark_conf(
-    settings: Settings, credentials: Credentials, *, master: str | None = None
-) -> dict[str, str]:
+def spark_conf(settings: Settings, credentials: Credentials, *, master: str | None = None) -> dict[str, str]:
     """Every configuration the session needs, as plain strings (also handy for spark-submit)."""
     return {
         "spark.master": master or settings.spark_master,
