@@ -47,7 +47,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -62,6 +61,8 @@ import numpy as np
 
 # The synthetic province builder and the API process fixture are shared with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import machine
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
 HISTORY = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
@@ -78,30 +79,6 @@ TARGETS = {"p50_ms": 20.0, "p99_ms": 100.0, "rps": 300.0, "errors": 0}
 
 
 # -- machine and process facts ---------------------------------------------------------------------
-def machine() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def code_version() -> str:
     """The commit of the API code measured (and whether sharing_api/ had local changes)."""
     if os.environ.get("MEDSHARE_BENCH_CODE"):

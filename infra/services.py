@@ -19,14 +19,14 @@ from lakehouse.settings import Settings
 KAFKA_HEAP = "-Xmx768m"
 
 
-def _dirs(settings: Settings, name: str) -> tuple[Path, Path, Path]:
+def service_dirs(settings: Settings, name: str) -> tuple[Path, Path, Path]:
     """(data folder, run folder for pid files, log file) of one service."""
     state = settings.state_dir
     return state / name, state / "run", state / "logs" / f"{name}.log"
 
 
 def minio_spec(settings: Settings) -> ServiceSpec:
-    data, run, log = _dirs(settings, "minio")
+    data, run, log = service_dirs(settings, "minio")
     host, port = settings.s3_host.rsplit(":", 1)
     url = f"{settings.s3_endpoint}/minio/health/live"
 
@@ -114,7 +114,7 @@ def _kafka_java(settings: Settings, main: str, *args: str) -> tuple[str, ...]:
 
 def prepare_kafka(settings: Settings) -> Path:
     """Write server.properties and format the KRaft storage once; returns the config path."""
-    data, _, _ = _dirs(settings, "kafka")
+    data, _, _ = service_dirs(settings, "kafka")
     data.mkdir(parents=True, exist_ok=True)
     config = data / "server.properties"
     config.write_text(_kafka_properties(settings, data))
@@ -137,7 +137,7 @@ def prepare_kafka(settings: Settings) -> Path:
 
 
 def kafka_spec(settings: Settings) -> ServiceSpec:
-    data, run, log = _dirs(settings, "kafka")
+    data, run, log = service_dirs(settings, "kafka")
     host, port = settings.kafka_host_port
 
     def healthy() -> bool:

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra import process
 from infra.process import ServiceError, ServiceSpec, ServiceStatus
-from infra.services import _dirs
+from infra.services import service_dirs
 from lakehouse.errors import ConfigError
 from lakehouse.settings import Settings, describe_settings_error
 
@@ -128,7 +128,7 @@ def _properties(path: Path, values: dict[str, str]) -> Path:
 def master_spec(settings: Settings, cluster: ClusterSettings | None = None) -> ServiceSpec:
     cluster = cluster or load_cluster_settings()
     home = cluster_dir(settings)
-    _, run, log = _dirs(settings, MASTER)
+    _, run, log = service_dirs(settings, MASTER)
     # The properties file lies in the state folder, so its path on the command line is the marker
     # that tells our master from an unrelated process that reused the pid.
     props = home / "conf" / "master.properties"
@@ -165,7 +165,7 @@ def worker_spec(settings: Settings, index: int, cluster: ClusterSettings | None 
     cluster = cluster or load_cluster_settings()
     name = f"spark-worker-{index}"
     work = cluster_dir(settings) / f"worker-{index}"
-    _, run, log = _dirs(settings, name)
+    _, run, log = service_dirs(settings, name)
     port = cluster.worker_port + index
 
     def healthy() -> bool:
@@ -206,7 +206,7 @@ def worker_spec(settings: Settings, index: int, cluster: ClusterSettings | None 
 
 def _worker_indices(settings: Settings) -> list[int]:
     """Workers that have a pid file (running or stale), whatever count they were started with."""
-    _, run, _ = _dirs(settings, MASTER)
+    _, run, _ = service_dirs(settings, MASTER)
     if not run.is_dir():
         return []
     return sorted(int(m.group(1)) for p in run.iterdir() if (m := WORKER_PID.fullmatch(p.name)))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from lakehouse.errors import MedshareError
@@ -72,8 +73,6 @@ def _show(df: DataFrame) -> None:
     for row in rows[:SHOW_ROWS]:
         table.add_row(*("NULL" if v is None else str(v) for v in row))
     # Results on stdout (scripts can capture them); everything else goes to stderr.
-    from rich.console import Console
-
     Console().print(table)
     more = f" (first {SHOW_ROWS} shown)" if len(rows) > SHOW_ROWS else ""
     console.print(f"[dim]{min(len(rows), SHOW_ROWS)} row(s){more}[/dim]")

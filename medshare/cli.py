@@ -15,7 +15,7 @@ from lakehouse.errors import MedshareError
 from lakehouse.settings import get_settings
 from lakehouse.topology import load_topology
 from medshare import analytics_cli, api_cli, cluster_cli, replication_cli
-from medshare.ui import console
+from medshare.ui import console, print_statuses
 from medshare.ui import fail as _fail
 from medshare.ui import progress_bar as _progress_bar
 from medshare.ui import report as _report
@@ -76,17 +76,7 @@ def down() -> None:
 def _print_status() -> bool:
     from infra import stack
 
-    table = Table("service", "ports", "pid", "health", "log")
-    statuses = stack.status(get_settings())
-    for s in statuses:
-        health = (
-            "[green]healthy[/green]"
-            if s.healthy
-            else ("[red]unhealthy[/red]" if s.pid else "[dim]stopped[/dim]")
-        )
-        table.add_row(s.name, ",".join(map(str, s.ports)), str(s.pid or "-"), health, str(s.log_file))
-    Console().print(table)
-    return all(s.healthy for s in statuses)
+    return print_statuses(stack.status(get_settings()), "service")
 
 
 @app.command()

@@ -6,12 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from lakehouse.errors import MedshareError
 from lakehouse.settings import get_settings
-from medshare.ui import console, fail, report
+from medshare.ui import console, fail, print_statuses, report
 
 cluster = typer.Typer(
     help=(
@@ -70,16 +68,7 @@ def _print_status() -> bool:
     from infra import spark_cluster
 
     settings = get_settings()
-    statuses = spark_cluster.status(settings)
-    table = Table("process", "ports", "pid", "health", "log")
-    for s in statuses:
-        health = (
-            "[green]healthy[/green]"
-            if s.healthy
-            else ("[red]unhealthy[/red]" if s.pid else "[dim]stopped[/dim]")
-        )
-        table.add_row(s.name, ",".join(map(str, s.ports)), str(s.pid or "-"), health, str(s.log_file))
-    Console().print(table)
+    healthy = print_statuses(spark_cluster.status(settings), "process")
     state = spark_cluster.master_state()
     if state is not None:
         alive = sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
@@ -88,7 +77,7 @@ def _print_status() -> bool:
             f"{len(state.get('activeapps', []))} running and {len(state.get('completedapps', []))} "
             f"completed application(s); web UI {spark_cluster.webui_url()}"
         )
-    return all(s.healthy for s in statuses)
+    return healthy
 
 
 @cluster.command("status")

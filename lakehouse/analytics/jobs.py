@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lakehouse.analytics.icd10 import TITLES, chapter_column
 from lakehouse.analytics.privacy import SUPPRESSED, suppress
-from lakehouse.analytics.session import GOLD_DB, PROVINCE_DB, Locations, spark_path
+from lakehouse.analytics.session import GOLD_DB, PROVINCE_DB, Locations, register_table, spark_path
 from lakehouse.errors import MedshareError
 from lakehouse.topology import Topology
 
@@ -296,8 +296,7 @@ def run_job(spark: SparkSession, topology: Topology, where: Locations, name: str
         .option("userMetadata", json.dumps(metadata))
         .save(path)
     )
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {GOLD_DB}")
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {GOLD_DB}.{name} USING DELTA LOCATION '{path}'")
+    register_table(spark, GOLD_DB, name, where.gold(name))
     written = spark.read.format("delta").load(path)
     counts = written.agg(F.count(F.lit(1)), F.sum(F.col(SUPPRESSED).cast("long"))).first()
     assert counts is not None

@@ -98,12 +98,15 @@ def register_tables(spark: SparkSession, platform: Settings, where: Locations) -
 def _register(spark: SparkSession, database: str, tables: dict[str, str]) -> list[str]:
     from delta.tables import DeltaTable
 
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     done = []
     for name, uri in tables.items():
-        path = spark_path(uri)
-        if not DeltaTable.isDeltaTable(spark, path):
-            continue
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}'")
-        done.append(name)
+        if DeltaTable.isDeltaTable(spark, spark_path(uri)):
+            register_table(spark, database, name, uri)
+            done.append(name)
     return done
+
+
+def register_table(spark: SparkSession, database: str, name: str, uri: str) -> None:
+    """`database.name` for the Delta table at `uri` (the session's in-memory catalog)."""
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{spark_path(uri)}'")

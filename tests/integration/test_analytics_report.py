@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,23 +21,10 @@ from lakehouse.settings import Settings
 from lakehouse.storage import ANALYTICS_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 from tests.integration.conftest import AnalyticsRun, analytics_env, run_analytics
+from tests.utils.browser import ARTIFACTS, TIMEOUT_MS, chromium_page
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 60_000
 K = 5
 # A reference that would make the browser fetch something: src/href/url() to another origin.
 REMOTE = re.compile(r"""(?:\bsrc|\bhref|url\()\s*=?\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
@@ -49,8 +35,6 @@ def _options(stack: Settings) -> dict[str, str]:
 
 
 def test_report_page(stack: Settings, analytics_run: AnalyticsRun, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     out = tmp_path / "report.html"
     run_analytics(analytics_run.env, "report", "--out", str(out))
     text = out.read_text(encoding="utf-8")
@@ -62,75 +46,61 @@ def test_report_page(stack: Settings, analytics_run: AnalyticsRun, tmp_path: Pat
         ).to_pyarrow_table()
         for job in JOBS
     }
-    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium_page() as page:
+        fetched: list[str] = []
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto(out.resolve().as_uri(), wait_until="load", timeout=TIMEOUT_MS)
+        # Self-contained: the browser asked for the file itself and nothing else.
+        assert [u for u in fetched if not u.startswith(("file:", "data:"))] == []
 
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            fetched: list[str] = []
-            page.on("request", lambda request: fetched.append(request.url))
-            page.goto(out.resolve().as_uri(), wait_until="load", timeout=TIMEOUT_MS)
-            # Self-contained: the browser asked for the file itself and nothing else.
-            assert [u for u in fetched if not u.startswith(("file:", "data:"))] == []
+        suppressed_seen = 0
+        for name, job in JOBS.items():
+            table = gold[name]
+            section = page.locator(f'section[data-job="{name}"]')
+            assert section.count() == 1, name
+            assert section.get_attribute("data-missing") is None, name
+            assert job.title in str(section.locator("h2").text_content())
+            assert f"k = {K}" in str(section.locator(".meta").text_content())
 
-            suppressed_seen = 0
-            for name, job in JOBS.items():
-                table = gold[name]
-                section = page.locator(f'section[data-job="{name}"]')
-                assert section.count() == 1, name
-                assert section.get_attribute("data-missing") is None, name
-                assert job.title in str(section.locator("h2").text_content())
-                assert f"k = {K}" in str(section.locator(".meta").text_content())
+            # Charts: drawn with a size, at least one per job.
+            charts = page.locator(f'figure[data-chart="{name}"] svg')
+            assert charts.count() >= 1, name
+            for i in range(charts.count()):
+                box = charts.nth(i).bounding_box()
+                assert box is not None and box["width"] > 0 and box["height"] > 0, (name, i, box)
 
-                # Charts: drawn with a size, at least one per job.
-                charts = page.locator(f'figure[data-chart="{name}"] svg')
-                assert charts.count() >= 1, name
-                for i in range(charts.count()):
-                    box = charts.nth(i).bounding_box()
-                    assert box is not None and box["width"] > 0 and box["height"] > 0, (name, i, box)
+            # Rows: the gold table's count, its first MAX_ROWS listed in its order.
+            assert section.get_attribute("data-rows") == str(table.num_rows)
+            hidden = sum(table["suppressed"].to_pylist())
+            assert str(section.locator(".suppression").text_content()).startswith(
+                f"{hidden:,} of {table.num_rows:,} row(s) suppressed"
+            )
+            rows = page.locator(f'table[data-table="{name}"] tbody tr')
+            assert rows.count() == min(table.num_rows, MAX_ROWS), name
+            if table.num_rows > MAX_ROWS:
+                more = str(section.locator(".more").text_content())
+                assert f"{table.num_rows - MAX_ROWS:,} more row(s)" in more
+            headers = page.locator(f'table[data-table="{name}"] thead th').all_text_contents()
+            cells = rows.evaluate_all(
+                "rs => rs.map(r => [r.dataset.suppressed, Array.from(r.cells, c => c.textContent)])"
+            )
+            expected = table.slice(0, MAX_ROWS).to_pylist()
+            for (flag, texts), want in zip(cells, expected, strict=True):
+                shown = dict(zip(headers, texts, strict=True))
+                assert [shown[c] for c in job.keys] == [str(want[c]) for c in job.keys], name
+                assert flag == str(want["suppressed"]).lower()
+                measures = [shown[m] for m in job.measures]
+                if want["suppressed"]:
+                    suppressed_seen += 1
+                    assert measures == [f"<{K}"] * len(job.measures), (name, shown)
+                else:
+                    assert f"<{K}" not in texts, (name, shown)
+                    for m in job.measures:
+                        if want[m] is not None:
+                            assert float(shown[m].replace(",", "")) == pytest.approx(want[m], abs=1e-4)
+        assert suppressed_seen > 0, "no suppressed row among the listed ones: the check did not run"
 
-                # Rows: the gold table's count, its first MAX_ROWS listed in its order.
-                assert section.get_attribute("data-rows") == str(table.num_rows)
-                hidden = sum(table["suppressed"].to_pylist())
-                assert str(section.locator(".suppression").text_content()).startswith(
-                    f"{hidden:,} of {table.num_rows:,} row(s) suppressed"
-                )
-                rows = page.locator(f'table[data-table="{name}"] tbody tr')
-                assert rows.count() == min(table.num_rows, MAX_ROWS), name
-                if table.num_rows > MAX_ROWS:
-                    more = str(section.locator(".more").text_content())
-                    assert f"{table.num_rows - MAX_ROWS:,} more row(s)" in more
-                headers = page.locator(f'table[data-table="{name}"] thead th').all_text_contents()
-                cells = rows.evaluate_all(
-                    "rs => rs.map(r => [r.dataset.suppressed, Array.from(r.cells, c => c.textContent)])"
-                )
-                expected = table.slice(0, MAX_ROWS).to_pylist()
-                for (flag, texts), want in zip(cells, expected, strict=True):
-                    shown = dict(zip(headers, texts, strict=True))
-                    assert [shown[c] for c in job.keys] == [str(want[c]) for c in job.keys], name
-                    assert flag == str(want["suppressed"]).lower()
-                    measures = [shown[m] for m in job.measures]
-                    if want["suppressed"]:
-                        suppressed_seen += 1
-                        assert measures == [f"<{K}"] * len(job.measures), (name, shown)
-                    else:
-                        assert f"<{K}" not in texts, (name, shown)
-                        for m in job.measures:
-                            if want[m] is not None:
-                                assert float(shown[m].replace(",", "")) == pytest.approx(want[m], abs=1e-4)
-            assert suppressed_seen > 0, "no suppressed row among the listed ones: the check did not run"
-
-            page.screenshot(path=str(ARTIFACTS / "analytics-report.png"), full_page=True)
-        finally:
-            context.close()
+        page.screenshot(path=str(ARTIFACTS / "analytics-report.png"), full_page=True)
 
 
 def test_report_names_jobs_not_run(
@@ -170,7 +140,7 @@ def test_report_without_gold_tables(stack: Settings, topology: Topology, tmp_pat
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=REPO,
+        cwd=ARTIFACTS.parent,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output

@@ -5,8 +5,6 @@ header, so it never reaches the API's log. Leaves a screenshot in artifacts/ui-c
 from __future__ import annotations
 
 import collections
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
@@ -14,6 +12,7 @@ import pytest
 
 from lakehouse.topology import Topology
 from sharing_api.catalog import HISTORY
+from tests.utils.browser import ARTIFACTS, TIMEOUT_MS, chromium_page
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -24,20 +23,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 60_000
 PAGE_SIZE = 10  # small, so that the page's "More" (cursor paging) is exercised
 
 
@@ -78,8 +63,6 @@ def _look_up(page: Page, resident_id: str, purpose: str, page_size: int = 50) ->
 
 
 def test_clinician_page(api_server: ApiServer, province_data: Province, topology: Topology) -> None:
-    from playwright.sync_api import sync_playwright
-
     counts, cities = _histories(province_data)
     index = next(
         i
@@ -92,95 +75,81 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
     expected_cities = cities[key]
     hospital = next(h for h in topology.hospitals if h.id == "zz-c1")
     county = next(h for h in topology.hospitals if h.level == "county")
-    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium_page() as page:
+        requests: list[Request] = []
+        page.on("request", lambda request: requests.append(request))
+        response = page.goto(f"{api_server.url}/ui", timeout=TIMEOUT_MS)
+        assert response is not None and response.ok
+        assert "default-src 'self'" in (response.headers.get("content-security-policy") or "")
 
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            requests: list[Request] = []
-            page.on("request", lambda request: requests.append(request))
-            page.set_default_timeout(TIMEOUT_MS)
-            response = page.goto(f"{api_server.url}/ui", timeout=TIMEOUT_MS)
-            assert response is not None and response.ok
-            assert "default-src 'self'" in (response.headers.get("content-security-policy") or "")
+        # 1. Sign in; the token lives in sessionStorage only.
+        whoami = _sign_in(page, api_server.issue(hospital.id))
+        assert f"Signed in as {hospital.name} ({hospital.city}, {hospital.level})" in whoami, whoami
+        assert page.evaluate("() => localStorage.length") == 0
+        assert page.evaluate("() => sessionStorage.getItem('medshare.token')")
 
-            # 1. Sign in; the token lives in sessionStorage only.
-            whoami = _sign_in(page, api_server.issue(hospital.id))
-            assert f"Signed in as {hospital.name} ({hospital.city}, {hospital.level})" in whoami, whoami
-            assert page.evaluate("() => localStorage.length") == 0
-            assert page.evaluate("() => sessionStorage.getItem('medshare.token')")
+        # The break-glass reason is offered for emergencies only.
+        assert page.locator("#reason").is_hidden()
+        page.select_option("#purpose", "emergency")
+        assert page.locator("#reason").is_visible()
 
-            # The break-glass reason is offered for emergencies only.
-            assert page.locator("#reason").is_hidden()
-            page.select_option("#purpose", "emergency")
-            assert page.locator("#reason").is_visible()
+        # 2. An emergency lookup: the whole history across cities, newest first.
+        _look_up(page, resident_id, "emergency", PAGE_SIZE)
+        assert page.locator("#error").is_hidden(), page.text_content("#error")
+        assert page.get_attribute("#timeline", "data-page-size") == str(PAGE_SIZE)
+        rows = page.locator("#timeline tr.entry")
+        assert rows.count() == min(expected_total, PAGE_SIZE)
+        assert page.locator("#more").is_visible()
+        summary = str(page.text_content("#summary"))
+        assert f"{expected_total} entr" in summary, summary
+        assert "BREAK-GLASS" not in summary
+        decisions = page.locator("#decisions li.allowed")
+        assert decisions.count() == len(HISTORY)
+        assert "emergency-all" in str(page.text_content("#decisions"))
+        assert page.locator("#missing").is_hidden()
+        pages = 1
+        while page.locator("#more").is_visible():
+            pages += 1
+            shown = rows.count()
+            page.click("#more")
+            page.wait_for_function(
+                f"() => document.querySelectorAll('#timeline tr.entry').length > {shown}",
+                timeout=TIMEOUT_MS,
+            )
+        assert rows.count() == expected_total
+        assert pages == -(-expected_total // PAGE_SIZE)
+        assert f"showing {expected_total}" in str(page.text_content("#summary"))
+        shown_cities = set(rows.evaluate_all("rs => rs.map(r => r.dataset.city)"))
+        assert shown_cities == expected_cities
+        assert len(shown_cities) >= 2
+        types = rows.evaluate_all("rs => rs.map(r => r.dataset.type)")
+        per_type = {d: _rows_of(province_data.tables[d], key) for d in HISTORY}
+        assert collections.Counter(types) == collections.Counter({d: n for d, n in per_type.items() if n})
+        times = rows.evaluate_all("rs => rs.map(r => r.cells[0].textContent)")
+        assert times == sorted(times, reverse=True)
 
-            # 2. An emergency lookup: the whole history across cities, newest first.
-            _look_up(page, resident_id, "emergency", PAGE_SIZE)
-            assert page.locator("#error").is_hidden(), page.text_content("#error")
-            assert page.get_attribute("#timeline", "data-page-size") == str(PAGE_SIZE)
-            rows = page.locator("#timeline tr.entry")
-            assert rows.count() == min(expected_total, PAGE_SIZE)
-            assert page.locator("#more").is_visible()
-            summary = str(page.text_content("#summary"))
-            assert f"{expected_total} entr" in summary, summary
-            assert "BREAK-GLASS" not in summary
-            decisions = page.locator("#decisions li.allowed")
-            assert decisions.count() == len(HISTORY)
-            assert "emergency-all" in str(page.text_content("#decisions"))
-            assert page.locator("#missing").is_hidden()
-            pages = 1
-            while page.locator("#more").is_visible():
-                pages += 1
-                shown = rows.count()
-                page.click("#more")
-                page.wait_for_function(
-                    f"() => document.querySelectorAll('#timeline tr.entry').length > {shown}",
-                    timeout=TIMEOUT_MS,
-                )
-            assert rows.count() == expected_total
-            assert pages == -(-expected_total // PAGE_SIZE)
-            assert f"showing {expected_total}" in str(page.text_content("#summary"))
-            shown_cities = set(rows.evaluate_all("rs => rs.map(r => r.dataset.city)"))
-            assert shown_cities == expected_cities
-            assert len(shown_cities) >= 2
-            types = rows.evaluate_all("rs => rs.map(r => r.dataset.type)")
-            per_type = {d: _rows_of(province_data.tables[d], key) for d in HISTORY}
-            assert collections.Counter(types) == collections.Counter({d: n for d, n in per_type.items() if n})
-            times = rows.evaluate_all("rs => rs.map(r => r.cells[0].textContent)")
-            assert times == sorted(times, reverse=True)
+        # 3. The artifact.
+        page.mouse.move(0, 0)  # no hover highlight in the picture
+        page.screenshot(path=str(ARTIFACTS / "ui-clinician.png"), full_page=True)
 
-            # 3. The artifact.
-            page.mouse.move(0, 0)  # no hover highlight in the picture
-            page.screenshot(path=str(ARTIFACTS / "ui-clinician.png"), full_page=True)
+        # 4. A county hospital has no research grant: the error box says so.
+        whoami = _sign_in(page, api_server.issue(county.id))
+        assert f"Signed in as {county.name}" in whoami, whoami
+        _look_up(page, resident_id, "research")
+        assert page.locator("#error").is_visible()
+        assert "no_grant" in str(page.text_content("#error"))
+        assert page.locator("#results").is_hidden()
+        page.screenshot(path=str(ARTIFACTS / "ui-clinician-denied.png"))
 
-            # 4. A county hospital has no research grant: the error box says so.
-            whoami = _sign_in(page, api_server.issue(county.id))
-            assert f"Signed in as {county.name}" in whoami, whoami
-            _look_up(page, resident_id, "research")
-            assert page.locator("#error").is_visible()
-            assert "no_grant" in str(page.text_content("#error"))
-            assert page.locator("#results").is_hidden()
-            page.screenshot(path=str(ARTIFACTS / "ui-clinician-denied.png"))
-
-            # A malformed resident ID is caught before any request.
-            page.fill("#resident-id", "12345")
-            page.click("#lookup")
-            assert "invalid_patient" in str(page.text_content("#error"))
-            assert "/v1/patients" not in page.url and resident_id not in page.url
-            history_calls = [r for r in requests if "/v1/patients/history" in r.url]
-            assert len(history_calls) >= 2
-            assert all(r.headers.get("x-resident-id") == resident_id for r in history_calls)
-            assert not [r.url for r in requests if resident_id in r.url]
-        finally:
-            context.close()
+        # A malformed resident ID is caught before any request.
+        page.fill("#resident-id", "12345")
+        page.click("#lookup")
+        assert "invalid_patient" in str(page.text_content("#error"))
+        assert "/v1/patients" not in page.url and resident_id not in page.url
+        history_calls = [r for r in requests if "/v1/patients/history" in r.url]
+        assert len(history_calls) >= 2
+        assert all(r.headers.get("x-resident-id") == resident_id for r in history_calls)
+        assert not [r.url for r in requests if resident_id in r.url]
 
     # 5. The page sent the resident ID as a header: it is nowhere in the API's log.
     log = api_server.log.read_text(errors="replace")
