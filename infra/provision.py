@@ -14,6 +14,8 @@ from lakehouse.settings import Settings
 from lakehouse.storage import (
     ANALYTICS_SITE,
     PROVINCE_SITE,
+    SHARING_SITE,
+    SIGNER_SITE,
     root_credentials,
     s3_client,
     site_credentials,
@@ -32,6 +34,10 @@ def site_buckets(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[s
     # Analysts read the provincial tables and write only the gold ones: their jobs cannot
     # change what the replicator wrote, whatever code they submit.
     sites[ANALYTICS_SITE] = ((province.gold,), (province.lakehouse,))
+    # A pre-signed URL carries its signer's rights to one object; signed by an identity that can
+    # read only the shared copies, no URL can ever reach a raw provincial file.
+    sites[SHARING_SITE] = ((province.shared,), (province.lakehouse,))
+    sites[SIGNER_SITE] = ((), (province.shared,))
     return sites
 
 

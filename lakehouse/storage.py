@@ -21,6 +21,10 @@ from lakehouse.settings import Settings
 PROVINCE_SITE = "province"
 # Provincial analysts: read the provincial lakehouse, write the gold bucket (see infra.provision).
 ANALYTICS_SITE = "analytics"
+# Delta Sharing: the API keeps per-grant copies in the shared bucket (reads the lakehouse, writes
+# only the shared bucket), and signs recipients' URLs as an identity that can read nothing else.
+SHARING_SITE = "sharing"
+SIGNER_SITE = "sharing-signer"
 
 
 @dataclass(frozen=True, kw_only=True)

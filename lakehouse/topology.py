@@ -38,6 +38,7 @@ class DataCentre(_Frozen):
 class ProvinceBuckets(_Frozen):
     lakehouse: BucketName
     gold: BucketName
+    shared: BucketName  # the copies served over Delta Sharing (masked, consent-filtered)
 
 
 class CityBuckets(_Frozen):
@@ -115,7 +116,7 @@ class Topology(_Frozen):
         return tuple(h for h in self.hospitals if h.city == city_id)
 
     def all_buckets(self) -> tuple[str, ...]:
-        buckets = [self.province.buckets.lakehouse, self.province.buckets.gold]
+        buckets = list(self.province.buckets.model_dump().values())
         for city in self.cities:
             buckets.extend(city.buckets.model_dump().values())
         return tuple(buckets)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -70,6 +71,49 @@ def issue_token(
         _issued(store.issue("operator" if operator else "hospital", subject, days=lifetime, label=label))
     except (MedshareError, ApiError) as exc:
         fail(exc)
+
+
+@hospitals.command()
+def profile(
+    hospital: Annotated[str, typer.Argument(help="Hospital id (see platform/topology.yaml).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write it (default ./<hospital>.share); written mode 0600.")
+    ] = None,
+    days: Annotated[
+        float | None,
+        typer.Option(help="Lifetime of its credential in days (default MEDSHARE_API_CREDENTIAL_DAYS)."),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="The sharing endpoint as the hospital reaches it (default MEDSHARE_API_PUBLIC_URL "
+            "or the API's own address, + /delta-sharing/)."
+        ),
+    ] = None,
+) -> None:
+    """Write a Delta Sharing profile file for a hospital, with a new credential of its own.
+
+    Give the file to the hospital: `delta_sharing.SharingClient("<file>").list_all_tables()` then
+    lists what its grants allow, and `delta_sharing.load_as_pandas("<file>#research.province.encounters")`
+    reads a table. Revoke it with `medshare hospitals revoke <id>` like any credential.
+    """
+    from sharing_api.errors import ApiError
+    from sharing_api.profile import profile_document, write_profile
+    from sharing_api.settings import load_api_settings
+
+    try:
+        api = load_api_settings()
+        lifetime = days if days is not None else api.credential_days
+        issued = _identities().issue("hospital", hospital, days=lifetime, label="delta-sharing profile")
+        target = out or Path(f"{hospital}.share")
+        write_profile(target, profile_document(endpoint or api.sharing_endpoint(), issued))
+    except (MedshareError, ApiError, OSError) as exc:
+        fail(exc)
+    console.print(
+        f"[green]wrote[/green] {target}: Delta Sharing profile of {hospital} (credential "
+        f"[bold]{issued.token_id}[/bold], expires {_when(issued.expires_at)}). It holds a secret: send it "
+        "to the hospital over a secure channel."
+    )
 
 
 @hospitals.command()

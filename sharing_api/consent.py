@@ -76,6 +76,16 @@ class Consents:
         )
         return {r["person_key"] for r in rows}
 
+    def opted_out_of_any(self, purposes: tuple[str, ...]) -> frozenset[str]:
+        """person_keys of every patient with an opt-out covering one of these purposes, whichever
+        recipient it names: a copy shared by many recipients drops the patient for all of them."""
+        marks = ",".join("?" * len(purposes))
+        rows = self.db.connect().execute(
+            f"SELECT DISTINCT person_key FROM consents WHERE purpose IS NULL OR purpose IN ({marks})",
+            purposes,
+        )
+        return frozenset(r["person_key"] for r in rows)
+
     def denying(self, person_key: str, hospital_id: str, purpose: str) -> OptOut | None:
         """The first opt-out that covers this recipient and purpose, if any."""
         for record in self.of(person_key):

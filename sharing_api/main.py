@@ -11,7 +11,7 @@ from lakehouse.settings import Settings
 from sharing_api import handlers
 from sharing_api.middleware import AuditMiddleware
 from sharing_api.responses import json_response
-from sharing_api.routes import admin, audit, auth, datasets, patients, ui
+from sharing_api.routes import admin, audit, auth, datasets, patients, sharing, ui
 from sharing_api.services import Services, build_services
 from sharing_api.settings import ApiSettings
 
@@ -55,7 +55,7 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
     app.state.services = services
     app.add_middleware(AuditMiddleware, journal=services.journal)
     handlers.install(app)
-    for module in (auth, patients, datasets, audit, admin, ui):
+    for module in (auth, patients, datasets, sharing, audit, admin, ui):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -71,6 +71,8 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
                 "auditFlushed": services.flusher.flushed,
                 "auditError": services.flusher.last_error,
                 "grantsError": services.grants.last_error,
+                "sharedCopiesSynced": services.shares.sync.passes,
+                "sharedCopiesError": services.shares.sync.last_error,
             }
         )
 

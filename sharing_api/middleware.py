@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sharing_api.audit import AuditRecord, AuditUnavailable, Journal
 
 log = logging.getLogger("medshare.api.access")
-AUDITED = ("/v1/", "/oauth/")
+AUDITED = ("/v1/", "/oauth/", "/delta-sharing/")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
-from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_uri, site_credentials
+from lakehouse.storage import (
+    PROVINCE_SITE,
+    SHARING_SITE,
+    SIGNER_SITE,
+    delta_storage_options,
+    s3_client,
+    s3_uri,
+    site_credentials,
+)
 from lakehouse.topology import Topology, load_topology
 from sharing_api.audit import AuditFlusher, Journal, claim_journal
 from sharing_api.catalog import DatasetView, catalog
 from sharing_api.consent import Consents
+from sharing_api.copies import CopySync, CopyWriter
 from sharing_api.db import Database
 from sharing_api.grants import GrantBook
 from sharing_api.identities import Identities
@@ -19,6 +29,8 @@ from sharing_api.lakeview import LakeView
 from sharing_api.masking import Masker
 from sharing_api.ratelimit import RateLimiter
 from sharing_api.settings import ApiSettings
+from sharing_api.shares import Shares
+from sharing_api.signing import UrlSigner
 
 
 @dataclass
@@ -36,12 +48,15 @@ class Services:
     masker: Masker
     limiter: RateLimiter
     key: ProvinceKey
+    shares: Shares
 
     def start(self) -> None:
         self.lake.start()
         self.flusher.start()
+        self.shares.sync.start()
 
     def stop(self) -> None:
+        self.shares.sync.stop()
         self.lake.stop()
         self.flusher.stop()
         self.journal.close()
@@ -53,6 +68,42 @@ def tables_root(platform: Settings, api: ApiSettings, topology: Topology) -> str
 
 def audit_table(api: ApiSettings, topology: Topology) -> str:
     return api.audit_table or s3_uri(topology.province.buckets.lakehouse, "_audit/access_log")
+
+
+def share_root(api: ApiSettings, topology: Topology) -> str:
+    return (api.share_root or s3_uri(topology.province.buckets.shared)).rstrip("/")
+
+
+def build_shares(
+    platform: Settings, api: ApiSettings, topology: Topology, grants: GrantBook, consents: Consents
+) -> Shares:
+    """The Delta Sharing side: copies written as the sharing identity, URLs signed as the signer."""
+    views = grants.views
+    sharing = site_credentials(platform, SHARING_SITE)
+    options = delta_storage_options(platform, sharing)
+    masker = Masker(platform.province_key.get_secret_value().encode())
+    shares = Shares(
+        root=share_root(api, topology),
+        options=options,
+        client=s3_client(platform, sharing),
+        signer=UrlSigner(
+            endpoint=api.share_s3_endpoint or platform.s3_endpoint,
+            credentials=site_credentials(platform, SIGNER_SITE),
+            region=platform.s3_region,
+            lifetime=dt.timedelta(minutes=api.share_url_minutes),
+        ),
+        grants=grants,
+        views=views,
+        consents=consents,
+    )
+    shares.sync = CopySync(
+        CopyWriter(tables_root=tables_root(platform, api, topology), storage_options=options, masker=masker),
+        specs=shares.specs,
+        opted_out=shares.opted_out,
+        lock_path=api.state_path(platform) / f"share-sync-{api.instance}.lock",
+        interval=api.share_sync_seconds,
+    )
+    return shares
 
 
 def identities(platform: Settings, api: ApiSettings) -> Identities:
@@ -69,14 +120,16 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     root = tables_root(platform, api, topology)
     path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
     journal = Journal(path)
+    grants = GrantBook(api.grants_path(platform), topology, views)
+    consents = Consents(db)
     return Services(
         platform=platform,
         api=api,
         topology=topology,
         views=views,
-        grants=GrantBook(api.grants_path(platform), topology, views),
+        grants=grants,
         identities=Identities(db, topology),
-        consents=Consents(db),
+        consents=consents,
         lake=LakeView(
             table_uris={name: f"{root}/{name}" for name in views},
             views=views,
@@ -97,4 +150,5 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
         masker=Masker(platform.province_key.get_secret_value().encode()),
         limiter=RateLimiter(rate=api.rate_per_second, burst=api.rate_burst),
         key=ProvinceKey.from_settings(platform),
+        shares=build_shares(platform, api, topology, grants, consents),
     )

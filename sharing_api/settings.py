@@ -52,6 +52,17 @@ class ApiSettings(BaseSettings):
     audit_flush_seconds: float = Field(default=5.0, gt=0)
     audit_batch_rows: int = Field(default=20_000, ge=1)
 
+    # Delta Sharing (/delta-sharing/): where the per-grant copies live (default: the province's
+    # shared bucket), how often they are brought up to date with the provincial tables, consents
+    # and grants, the S3 endpoint recipients reach (signed into their URLs; default the platform's
+    # own), how long a signed URL lives (long enough for the largest read: the client does not
+    # renew URLs mid-read), and the API's address as recipients' profile files name it.
+    share_root: str | None = None
+    share_sync_seconds: float = Field(default=30.0, gt=0)
+    share_s3_endpoint: str | None = None
+    share_url_minutes: int = Field(default=120, ge=15, le=7 * 24 * 60)
+    public_url: str | None = None
+
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     # How long a paging cursor keeps its data version readable.
@@ -65,6 +76,9 @@ class ApiSettings(BaseSettings):
 
     def db_path(self, platform: Settings) -> Path:
         return self.state_path(platform) / "sharing.db"
+
+    def sharing_endpoint(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/") + "/delta-sharing/"
 
     def journal_lock(self, platform: Settings, slot: int) -> Path:
         return self.state_path(platform) / f"audit-{self.instance}-{slot}.lock"
