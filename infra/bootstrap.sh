@@ -23,6 +23,15 @@ where="$(cd / && "$venv/bin/python" -c 'import lakehouse, os; print(os.path.dirn
 if [ "$where" != "$here" ]; then
   "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$here"
 fi
+# Delta Sharing recipients' environment: the official client pins an older pyarrow than ours, so
+# it gets its own venv (as on a hospital's machine); demo, tests and benchmark run it as a process.
+recipient="$cache/recipient-venv"
+if [ ! -f "$recipient/.delta-sharing-1.4.2" ]; then
+  echo "medshare: creating the Delta Sharing recipient environment in $recipient"
+  python3 -m venv "$recipient"
+  "$recipient/bin/pip" install -q "delta-sharing==1.4.2"
+  touch "$recipient/.delta-sharing-1.4.2"
+fi
 # The clinician page's test drives Debian's Chromium (no browser download: the machine has no
 # internet beyond package registries). Installed only where we may: as root with apt-get.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -351,6 +351,8 @@ class CopySync:
         return results
 
     def start(self) -> None:
+        if self.interval == 0:
+            return
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:

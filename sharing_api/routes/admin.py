@@ -44,6 +44,7 @@ def add_grant(
     """Append a grant (409 if its id exists, or if the grants changed since If-Match)."""
     audit.detail = f"add grant {grant.id}"
     s.grants.add(grant, if_match=if_match)
+    s.shares.sync.wake()
     return _grants_response(s, 201)
 
 
@@ -59,6 +60,7 @@ def replace_grant(
     """Replace a grant in place (its position, and so its precedence, is kept)."""
     audit.detail = f"replace grant {grant_id}"
     s.grants.replace(grant_id, grant, if_match=if_match)
+    s.shares.sync.wake()
     return _grants_response(s)
 
 
@@ -69,6 +71,7 @@ def remove_grant(
     """Remove a grant."""
     audit.detail = f"remove grant {grant_id}"
     s.grants.remove(grant_id, if_match=if_match)
+    s.shares.sync.wake()
     return _grants_response(s)
 
 
@@ -102,6 +105,7 @@ def opt_out(s: ServicesDep, audit: AuditDep, operator: CurrentOperator, body: Co
         key, hospital_id=body.hospital_id, purpose=body.purpose, note=body.note, created_by=operator.subject
     )
     audit.detail = f"opt-out {record.consent_id}"
+    s.shares.sync.wake()  # the shared copies drop the patient on the next pass
     return json_response(record.__dict__, status=201)
 
 
@@ -115,6 +119,7 @@ def withdraw(
     """Withdraw an opt-out."""
     audit.detail = f"withdraw {consent_id}"
     s.consents.withdraw(consent_id)
+    s.shares.sync.wake()
     return json_response({"withdrawn": consent_id})
 
 

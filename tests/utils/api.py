@@ -35,11 +35,19 @@ class ApiServer:
     audit_table: str
     port: int = field(default_factory=free_port)
     instance: str = "api-test"
+    # Where its Delta Sharing copies go (default: its own prefix of the shared bucket). They are
+    # kept only when extra_env sets MEDSHARE_API_SHARE_SYNC_SECONDS: building them costs CPU.
+    share_root: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.share_root:
+            from lakehouse.topology import load_topology
+
+            shared = load_topology(self.settings.platform_dir).province.buckets.shared
+            self.share_root = f"s3://{shared}/{self.tables_root.rsplit('/', 1)[-1]}-{self.instance}"
         grants = self.workdir / "grants.yaml"
         if not grants.exists():
             shutil.copy(self.settings.platform_dir / "grants.yaml", grants)
@@ -67,6 +75,8 @@ class ApiServer:
             "MEDSHARE_API_INSTANCE": self.instance,
             "MEDSHARE_API_REFRESH_SECONDS": "0.5",
             "MEDSHARE_API_AUDIT_FLUSH_SECONDS": "0.5",
+            "MEDSHARE_API_SHARE_ROOT": self.share_root,
+            "MEDSHARE_API_SHARE_SYNC_SECONDS": "0",
             **self.extra_env,
         }
 
@@ -102,6 +112,17 @@ class ApiServer:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"the API was not ready in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def wait_for_copies(self, *, passes: int = 1, timeout: float = 300.0) -> None:
+        """Until the Delta Sharing sync has finished `passes` passes since start, without error."""
+        deadline = time.monotonic() + timeout
+        health: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            health = httpx.get(f"{self.url}/healthz", timeout=5.0).json()
+            if int(str(health["sharedCopiesSynced"])) >= passes and not health["sharedCopiesError"]:
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"shared copies not synced in {timeout:.0f} s: {health}")
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
