@@ -11,6 +11,11 @@
 4. Sharing: the sharing API starts over the provincial tables; a county hospital looks up a
    patient's history across both cities in an emergency (allowed), then asks for research
    (denied), and an operator reads the audit entries the two lookups left.
+5. Delta Sharing: profile files for a provincial and a county hospital; the official
+   `delta-sharing` client (its own environment) lists what each may read and loads a table —
+   the provincial hospital's research copy (every city, person keys masked), the county
+   hospital's own rows — and the audit names the files each read was given.
+6. Analytics: the standard provincial jobs into gold tables, and the analysts' report.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -28,6 +34,9 @@ from lakehouse.errors import MedshareError
 from lakehouse.settings import Settings
 from lakehouse.storage import delta_storage_options, s3_uri, s3a_uri, site_credentials
 from lakehouse.topology import load_topology
+
+if TYPE_CHECKING:
+    from sharing_api.identities import Identities
 
 Report = Callable[[str], None]
 DEMO_TABLE = "demo/encounters_smoke"
@@ -334,13 +343,65 @@ def _share(settings: Settings, report: Report) -> list[Table]:
             f"person_key {body['personKey'][:16]}… — the resident ID was hashed on arrival and is in no log. "
             "Clinician page: `medshare serve`, then http://127.0.0.1:8040/ui"
         )
+        sharing = _delta_sharing(settings, base, store, operator, report)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
-    return [lookups, audit]
+    return [lookups, audit, sharing]
+
+
+# A provincial hospital reads research data from every city; a county hospital its own rows.
+SHARING_READS = (("zz-fahzu", "research.province.diagnoses"), (DEMO_CLINIC, "operations.province.encounters"))
+
+
+def _delta_sharing(settings: Settings, base: str, store: Identities, operator: str, report: Report) -> Table:
+    """Profiles for two hospitals, then the official client lists and loads what each may read."""
+    from collections import Counter
+
+    import httpx
+    import pyarrow.parquet as pq
+
+    from infra.recipient import read_share
+    from sharing_api.profile import profile_document, write_profile
+
+    deadline = time.monotonic() + 300
+    while not httpx.get(f"{base}/healthz", timeout=5).json()["sharedCopiesSynced"]:
+        if time.monotonic() > deadline:
+            raise MedshareError("the shared copies were not ready in 300 s")
+        time.sleep(0.5)
+    folder = settings.state_dir / "demo-api" / "profiles"
+    table = Table("hospital", "may read", "loaded", "rows", "cities", "person_key", title="Delta Sharing")
+    for hospital, name in SHARING_READS:
+        profile = folder / f"{hospital}.share"
+        issued = store.issue("hospital", hospital, days=1, label="make demo: Delta Sharing")
+        write_profile(profile, profile_document(f"{base}/delta-sharing/", issued))
+        listed = read_share(settings, profile, "list")["tables"]
+        out = folder / f"{hospital}.parquet"
+        read_share(settings, profile, "load", name, "--out", str(out))
+        frame = pq.read_table(out)
+        shares = Counter(t.split(".")[0] for t in listed)
+        key = str(frame["person_key"][0]) if frame.num_rows else ""
+        table.add_row(
+            hospital,
+            ", ".join(f"{share} ({n} tables)" for share, n in shares.items()),
+            name,
+            str(frame.num_rows),
+            ", ".join(sorted(set(frame["city"].to_pylist()))),
+            key[:14] + "…",
+        )
+        report(f"delta sharing: {hospital} loaded {name} ({frame.num_rows} rows) with the official client")
+    time.sleep(6)  # the audit flush (5 s)
+    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {operator}"}) as c:
+        records = c.get("/v1/audit", params={"decision": "allow", "limit": 1000}).json()["records"]
+    reads = [r for r in records if r["route"].endswith("/query")]
+    table.caption = (
+        f"{len(reads)} file listings audited with the ids of the files signed: only the caller's city or"
+        f" hospital, from per-grant copies (`~…` = masked); profiles in {folder}"
+    )
+    return table
 
 
 def _analytics(settings: Settings, report: Report) -> Table:
