@@ -49,14 +49,19 @@ class ApiSettings(BaseSettings):
     # request process (measured: 1 s / 2 s cadences put bursts of slow requests into the p99);
     # replicated data arrives in minutes and the journal already makes records durable.
     refresh_seconds: float = Field(default=5.0, gt=0)
+    # How long a thread may hold the GIL while another waits (Python's default: 5 ms). Requests
+    # drop the GIL at every socket and SQLite call; behind a CPU-busy background pass (read-model
+    # poll, audit flush) each drop can cost them a whole interval.
+    switch_interval_ms: float = Field(default=5.0, gt=0, le=100)
     audit_flush_seconds: float = Field(default=5.0, gt=0)
     audit_batch_rows: int = Field(default=20_000, ge=1)
 
     # Delta Sharing (/delta-sharing/): where the per-grant copies live (default: the province's
     # shared bucket), how often they are brought up to date with the provincial tables, consents
-    # and grants (0: not in this process — another keeps them), the S3 endpoint recipients reach (signed into their URLs; default the platform's
-    # own), how long a signed URL lives (long enough for the largest read: the client does not
-    # renew URLs mid-read), and the API's address as recipients' profile files name it.
+    # and grants (0: not in this process — another keeps them), the S3 endpoint recipients reach
+    # (signed into their URLs; default the platform's own), how long a signed URL lives (long
+    # enough for the largest read: the client does not renew URLs mid-read), and the API's
+    # address as recipients' profile files name it.
     share_root: str | None = None
     share_sync_seconds: float = Field(default=30.0, ge=0)
     share_s3_endpoint: str | None = None
