@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +28,7 @@ Authenticate with `Authorization: Bearer <token>`: a credential from
 def app_from_environment() -> FastAPI:
     """The app as each uvicorn worker process builds it (settings from the environment)."""
     import logging
+    import sys
 
     from lakehouse.settings import get_settings
     from sharing_api.settings import load_api_settings
@@ -45,7 +45,6 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sys.setswitchinterval(api.switch_interval_ms / 1000)
         services.start()
         try:
             yield

@@ -49,10 +49,6 @@ class ApiSettings(BaseSettings):
     # request process (measured: 1 s / 2 s cadences put bursts of slow requests into the p99);
     # replicated data arrives in minutes and the journal already makes records durable.
     refresh_seconds: float = Field(default=5.0, gt=0)
-    # How long a thread may hold the GIL while another waits (Python's default: 5 ms). Requests
-    # drop the GIL at every socket and SQLite call; behind a CPU-busy background pass (read-model
-    # poll, audit flush) each drop can cost them a whole interval.
-    switch_interval_ms: float = Field(default=5.0, gt=0, le=100)
     audit_flush_seconds: float = Field(default=5.0, gt=0)
     audit_batch_rows: int = Field(default=20_000, ge=1)
 
