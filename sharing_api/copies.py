@@ -5,13 +5,14 @@ Why copies: a Delta Sharing recipient reads whole Parquet files through pre-sign
 it may not see must not be in the files it gets. Each copy holds the grant's view of a dataset —
 hidden columns absent, masked columns masked exactly as the JSON API masks them (same key, same
 grant), rows of patients who opted out of any of the grant's purposes absent — partitioned by
-city and hospital so that a recipient's row scope is a choice of files. It is written by the API's
+city (and hospital, for own-hospital grants) so that a recipient's row scope is a choice of files
+(and no finer: a recipient fetches files one by one). It is written by the API's
 sync (one process at a time), as an identity that can read the lakehouse and write only the
 shared bucket.
 
 Keeping up: each sync pass compares the provincial table's files at the version the copy was last
-built from with its files now; the (city, hospital) parts whose files changed are re-derived and
-replace the same parts of the copy in one commit. When the grant's column policy or the consent
+built from with its files now; the copy parts (cities, or city × hospital) whose files changed are
+re-derived and replace the same parts of the copy in one commit. When the grant's column policy or the consent
 set changes, the copy is rebuilt whole, and versions before that rebuild are never served again
 (they hold what is no longer allowed). Every commit records, in its commit info, the provincial
 version it reflects and the fingerprint of policy + consents it was made under.
@@ -19,6 +20,7 @@ version it reflects and the fingerprint of policy + consents it was made under.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -75,7 +77,10 @@ class CopySpec:
 
     @property
     def partition_columns(self) -> list[str]:
-        return [c for c in (CITY, HOSPITAL) if self.grant.columns.access(c) == "allowed"]
+        """A part per city (updates rewrite one city), and per hospital only when the scope is
+        enforced by hospital: recipients fetch files one by one, so fewer parts read faster."""
+        wanted = [CITY, HOSPITAL] if SCOPE_COLUMN[self.grant.scope] == HOSPITAL else [CITY]
+        return [c for c in wanted if self.grant.columns.access(c) == "allowed"]
 
     @property
     def columns(self) -> list[str]:
@@ -89,6 +94,7 @@ class CopySpec:
             "dataset": self.view.name,
             "columns": self.columns,
             "masked": sorted(self.grant.columns.masked),
+            "parts": self.partition_columns,
         }
         digest = hashlib.sha256(json.dumps(policy, sort_keys=True).encode())
         for key in sorted(opted_out):
@@ -154,6 +160,7 @@ class SyncResult:
     parts: int = 0
     rows: int = 0
     version: int | None = None
+    seconds: float = 0.0
 
 
 class CopyWriter:
@@ -328,20 +335,23 @@ class CopySync:
         errors = []
         with self._pass_lock:
             for spec in self.specs():
+                started = time.monotonic()
                 try:
                     result = self.writer.sync(spec, self.opted_out(spec))
                 except (DeltaError, OSError, pa.ArrowException) as exc:
                     errors.append(f"{spec.grant.id}/{spec.view.name}: {exc}")
                     continue
+                result = dataclasses.replace(result, seconds=time.monotonic() - started)
                 if result.action not in ("unchanged", "no source"):
                     log.info(
-                        "shared copy %s/%s %s (%d parts, %d rows) → version %s",
+                        "shared copy %s/%s %s (%d parts, %d rows) → version %s in %.1f s",
                         spec.grant.id,
                         spec.view.name,
                         result.action,
                         result.parts,
                         result.rows,
                         result.version,
+                        result.seconds,
                     )
                 results.append(result)
         self.passes += 1

@@ -299,8 +299,8 @@ def _wait_for_version(sharing: Sharing, grant_id: str, dataset: str, above: int)
 
 
 def test_changes_follow_the_provincial_table_inside_the_scope(sharing: Sharing) -> None:
-    """ly-c1 reads its city's diagnoses: a change in Luoyang shows up as the copy part's old rows
-    deleted and new rows inserted, netting exactly the rows removed; a change in Zhengzhou made in
+    """ly-c1 reads its city's diagnoses: a change in Luoyang shows up as the Luoyang part's old
+    rows deleted and new rows inserted, netting exactly the rows removed; a change in Zhengzhou made in
     the same window does not appear at all."""
     before = sharing.copy_version("public-health-city", "diagnoses")
     old_scope = expected_rows(sharing, "ly-c1", "diagnoses", "public_health")
@@ -321,8 +321,9 @@ def test_changes_follow_the_provincial_table_inside_the_scope(sharing: Sharing) 
     )
     changes = pq.read_table(out)
     assert answer["rows"] == changes.num_rows > 0
+    # The Luoyang part of the copy was rewritten (a part is a city for an own-city grant).
     assert set(changes["city"].to_pylist()) == {"luoyang"}
-    assert set(changes["hospital_id"].to_pylist()) == {hospital}
+    assert hospital in set(changes["hospital_id"].to_pylist())
     kinds = changes["_change_type"].to_pylist()
     assert set(kinds) == {"insert", "delete"}
     data = changes.drop_columns(["_change_type", "_commit_version", "_commit_timestamp"])

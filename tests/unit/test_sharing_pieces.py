@@ -72,8 +72,14 @@ def test_fingerprint_changes_with_policy_and_consents(views) -> None:  # type: i
     assert plain.fingerprint(frozenset({"a"})) != plain.fingerprint(frozenset())
     assert plain.fingerprint(frozenset({"a", "b"})) == plain.fingerprint(frozenset({"b", "a"}))
     assert "department" not in hidden.columns and "department" in masked.columns
-    assert masked.partition_columns == ["city", "hospital_id"]
-    assert CopySpec(_grant(masked=("hospital_id",)), views["encounters"], "u").partition_columns == ["city"]
+    # A part per city; per hospital too only where the scope is enforced by hospital.
+    assert masked.partition_columns == ["city"]
+    own = CopySpec(_grant("own_hospital"), views["encounters"], "u")
+    assert own.partition_columns == ["city", "hospital_id"]
+    assert CopySpec(_grant("own_hospital", masked=("city",)), views["encounters"], "u").partition_columns == [
+        "hospital_id"
+    ]
+    assert own.fingerprint(frozenset()) != plain.fingerprint(frozenset())
 
 
 def test_partition_predicates_quote_values() -> None:
@@ -145,7 +151,7 @@ def test_a_copy_is_built_then_updated_part_by_part(tmp_path: Path, views) -> Non
     table = pa.Table.from_pylist(rows, schema=view.schema).append_column("month", pa.array(["2026-03"] * 12))
     write_deltalake(str(root / "diagnoses"), table, partition_by=["city", "hospital_id", "month"])
     masker = Masker(b"k")
-    grant = _grant(masked=("person_key",), hidden=("key_version",))
+    grant = _grant("own_hospital", masked=("person_key",), hidden=("key_version",))
     spec = CopySpec(grant, view, str(tmp_path / "shared" / "g1" / "diagnoses"))
     writer = CopyWriter(tables_root=str(root), storage_options={}, masker=masker)
 
