@@ -304,6 +304,9 @@ def test_changes_follow_the_provincial_table_inside_the_scope(sharing: Sharing) 
     the same window does not appear at all."""
     before = sharing.copy_version("public-health-city", "diagnoses")
     old_scope = expected_rows(sharing, "ly-c1", "diagnoses", "public_health")
+    time.sleep(1.1)  # commit timestamps are in milliseconds: keep "before" strictly before
+    moment = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(1.1)
     hospital, dropped = _replace_partition(sharing, "diagnoses", "luoyang", drop=2)
     _replace_partition(sharing, "diagnoses", "zhengzhou", drop=3)
     _wait_for_version(sharing, "public-health-city", "diagnoses", before)
@@ -335,10 +338,15 @@ def test_changes_follow_the_provincial_table_inside_the_scope(sharing: Sharing) 
     dropped_rows = expected_rows_from(sharing, dropped, "ly-c1", "diagnoses", "public_health", old_scope)
     assert sorted(net_deleted) == dropped_rows
 
-    # And the table now holds exactly the new scope.
+    # And the table now holds exactly the new scope; time travel to a moment before the change
+    # (by timestamp, and by version) gives the old one.
     now = expected_rows(sharing, "ly-c1", "diagnoses", "public_health")
     got = sharing.load("ly-c1", "public_health.province.diagnoses")
     assert rows_of(got, now) == rows_of(now, now)
+    then = sharing.load("ly-c1", "public_health.province.diagnoses", "--timestamp", moment)
+    assert rows_of(then, old_scope) == rows_of(old_scope, old_scope)
+    then = sharing.load("ly-c1", "public_health.province.diagnoses", "--version", str(before))
+    assert rows_of(then, old_scope) == rows_of(old_scope, old_scope)
 
 
 def expected_rows_from(
