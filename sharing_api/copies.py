@@ -51,7 +51,7 @@ SHARE_PURPOSES = ("research", "public_health", "operations")
 # The partition column a scope is enforced by; under_care depends on the patient, not the file.
 SCOPE_COLUMN: dict[str, str | None] = {"all_cities": None, "own_city": CITY, "own_hospital": HOSPITAL}
 # Bumped when the way copies are derived changes: every copy is then rebuilt.
-FORMAT = "1"
+FORMAT = "2"
 _META = "medshare.share"
 # One file per part and commit where it fits: recipients fetch files one by one.
 _TARGET_FILE_BYTES = 256 * 1024 * 1024
@@ -130,21 +130,17 @@ class CopyState:
 
 
 def copy_state(table: DeltaTable) -> CopyState:
-    history = table.history()  # newest first
+    """From the newest commit alone (read on every request): each commit carries the version
+    of the copy's last rebuild forward."""
+    history = table.history(1)
     newest = _meta(history[0]) if history else None
     if newest is None:
         raise DeltaError(f"{table.table_uri} has no medshare commit information")
-    first = 0
-    for commit in history:
-        meta = _meta(commit)
-        if meta is not None and meta.get("rebuild"):
-            first = int(commit["version"])
-            break
     return CopyState(
         version=table.version(),
         source_version=int(str(newest["source_version"])),
         fingerprint=str(newest["fingerprint"]),
-        first_servable=first,
+        first_servable=int(str(newest["first_servable"])),
     )
 
 
@@ -188,7 +184,8 @@ class CopyWriter:
             copy = None
         state = copy_state(copy) if copy is not None else None
         if copy is None or state is None or state.fingerprint != fingerprint:
-            rows = self._write(spec, source, opted_out, None, copy is not None, fingerprint)
+            first = 0 if copy is None else copy.version() + 1  # this rebuild's version
+            rows = self._write(spec, source, opted_out, None, first, fingerprint)
             action = "built" if copy is None else "rebuilt"
             return SyncResult(spec, action, rows=rows, version=self._version(spec))
         if state.source_version == source.version():
@@ -203,13 +200,13 @@ class CopyWriter:
                 state.source_version,
                 exc,
             )
-            rows = self._write(spec, source, opted_out, None, True, fingerprint)
+            rows = self._write(spec, source, opted_out, None, state.version + 1, fingerprint)
             return SyncResult(spec, "rebuilt", rows=rows, version=self._version(spec))
         after = _part_files(source, spec)
         changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         if not changed:  # a commit that moved no file (e.g. only metadata)
             return SyncResult(spec, "unchanged", version=state.version)
-        rows = self._write(spec, source, opted_out, changed, False, fingerprint)
+        rows = self._write(spec, source, opted_out, changed, state.first_servable, fingerprint)
         return SyncResult(spec, "updated", parts=len(changed), rows=rows, version=self._version(spec))
 
     def _version(self, spec: CopySpec) -> int:
@@ -221,10 +218,11 @@ class CopyWriter:
         source: DeltaTable,
         opted_out: frozenset[str],
         parts: list[tuple[str, ...]] | None,
-        replace: bool,
+        first_servable: int,
         fingerprint: str,
     ) -> int:
-        """Write the copy whole (parts None) or only the given parts; returns rows written."""
+        """Write the copy whole (parts None: a rebuild, whose version is `first_servable`) or only
+        the given parts; returns rows written."""
         keys = spec.partition_columns
         dataset = source.to_pyarrow_dataset()
         condition = None
@@ -247,7 +245,12 @@ class CopyWriter:
                 yield from table.to_batches()
 
         reader = pa.RecordBatchReader.from_batches(schema, batches())
-        meta = {"source_version": source.version(), "fingerprint": fingerprint, "rebuild": parts is None}
+        meta = {
+            "source_version": source.version(),
+            "fingerprint": fingerprint,
+            "rebuild": parts is None,
+            "first_servable": first_servable,
+        }
         properties = CommitProperties(custom_metadata={_META: json.dumps(meta)})
         write_deltalake(
             spec.uri,
@@ -255,7 +258,7 @@ class CopyWriter:
             mode="overwrite",
             # Whole: a fresh table (or one whose columns changed with the grant); else the parts.
             partition_by=(keys or None) if parts is None else None,
-            schema_mode="overwrite" if parts is None and replace else None,
+            schema_mode="overwrite" if parts is None and first_servable > 0 else None,
             predicate=None if parts is None else _parts_sql(keys, parts),
             storage_options=self.storage_options,
             commit_properties=properties,

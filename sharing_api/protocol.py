@@ -87,7 +87,7 @@ def resolve(
     s: Services, hospital: Hospital, share: str, schema: str, table: str, audit: AuditRecord
 ) -> SharedTable:
     audit.purpose = share if share in SHARE_PURPOSES else None
-    audit.dataset = table[:64]
+    audit.dataset = table if table in s.views else None  # never record a caller-made name
     check_schema(s, hospital, share, schema)
     for t in share_tables(s, hospital, share):
         if t.name == table:
