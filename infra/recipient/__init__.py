@@ -21,7 +21,9 @@ SCRIPT = Path(__file__).with_name("read_share.py")
 def recipient_python(settings: Settings) -> Path:
     python = settings.cache_dir / "recipient-venv" / "bin" / "python"
     if not python.exists():
-        raise ConfigError(f"no recipient environment at {python.parent.parent}: run `make setup` (infra/bootstrap.sh)")
+        raise ConfigError(
+            f"no recipient environment at {python.parent.parent}: run `make setup` (infra/bootstrap.sh)"
+        )
     return python
 
 

@@ -20,7 +20,9 @@ import delta_sharing
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("profile")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list")
@@ -44,7 +46,9 @@ def main() -> int:
     url = f"{args.profile}#{args.table}"
     started = time.perf_counter()
     if args.command == "load":
-        frame = delta_sharing.load_as_pandas(url, limit=args.limit, version=args.version, timestamp=args.timestamp)
+        frame = delta_sharing.load_as_pandas(
+            url, limit=args.limit, version=args.version, timestamp=args.timestamp
+        )
     else:
         frame = delta_sharing.load_table_changes_as_pandas(
             url, starting_version=args.starting_version, ending_version=args.ending_version
