@@ -75,13 +75,18 @@ def share_root(api: ApiSettings, topology: Topology) -> str:
 
 
 def build_shares(
-    platform: Settings, api: ApiSettings, topology: Topology, grants: GrantBook, consents: Consents
+    platform: Settings,
+    api: ApiSettings,
+    topology: Topology,
+    *,
+    grants: GrantBook,
+    consents: Consents,
+    masker: Masker,
 ) -> Shares:
-    """The Delta Sharing side: copies written as the sharing identity, URLs signed as the signer."""
-    views = grants.views
+    """The Delta Sharing side: copies written as the sharing identity (masked as the JSON API
+    masks), URLs signed as the signer."""
     sharing = site_credentials(platform, SHARING_SITE)
     options = delta_storage_options(platform, sharing)
-    masker = Masker(platform.province_key.get_secret_value().encode())
     shares = Shares(
         root=share_root(api, topology),
         options=options,
@@ -93,7 +98,7 @@ def build_shares(
             lifetime=dt.timedelta(minutes=api.share_url_minutes),
         ),
         grants=grants,
-        views=views,
+        views=grants.views,
         consents=consents,
     )
     shares.sync = CopySync(
@@ -122,6 +127,7 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     journal = Journal(path)
     grants = GrantBook(api.grants_path(platform), topology, views)
     consents = Consents(db)
+    masker = Masker(platform.province_key.get_secret_value().encode())
     return Services(
         platform=platform,
         api=api,
@@ -147,8 +153,8 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
             interval=api.audit_flush_seconds,
             batch_rows=api.audit_batch_rows,
         ),
-        masker=Masker(platform.province_key.get_secret_value().encode()),
+        masker=masker,
         limiter=RateLimiter(rate=api.rate_per_second, burst=api.rate_burst),
         key=ProvinceKey.from_settings(platform),
-        shares=build_shares(platform, api, topology, grants, consents),
+        shares=build_shares(platform, api, topology, grants=grants, consents=consents, masker=masker),
     )
