@@ -54,14 +54,16 @@ class SharedTable:
 
 
 def _tables(s: Services, hospital: Hospital, share: str, now: dt.datetime) -> list[SharedTable]:
+    if share not in SHARE_PURPOSES:
+        return []
+    specs = s.shares.specs()
     out = []
     for name, view in s.views.items():
-        decision = s.grants.decide(hospital, name, share, now)
-        grant = decision.grant
+        grant = s.grants.decide(hospital, name, share, now).grant
         if grant is None:
             continue
         spec = CopySpec(grant, view, copy_uri(s.shares.root, grant.id, name))
-        if spec in s.shares.specs():
+        if spec in specs:
             out.append(SharedTable(share, name, spec))
     return out
 
@@ -72,15 +74,18 @@ def shares(s: Services, hospital: Hospital) -> list[str]:
 
 
 def share_tables(s: Services, hospital: Hospital, share: str) -> list[SharedTable]:
-    if share not in shares(s, hospital):
+    """The share's tables for this caller; a share with none does not exist for it."""
+    tables = _tables(s, hospital, share, utc_now())
+    if not tables:
         raise NotFound(f"no share {share!r} for this recipient", code="share_not_found")
-    return _tables(s, hospital, share, utc_now())
+    return tables
 
 
-def check_schema(s: Services, hospital: Hospital, share: str, schema: str) -> None:
-    share_tables(s, hospital, share)
+def schema_tables(s: Services, hospital: Hospital, share: str, schema: str) -> list[SharedTable]:
+    tables = share_tables(s, hospital, share)
     if schema != SCHEMA:
         raise NotFound(f"no schema {schema!r} in share {share!r}", code="schema_not_found")
+    return tables
 
 
 def resolve(
@@ -88,8 +93,7 @@ def resolve(
 ) -> SharedTable:
     audit.purpose = share if share in SHARE_PURPOSES else None
     audit.dataset = table if table in s.views else None  # never record a caller-made name
-    check_schema(s, hospital, share, schema)
-    for t in share_tables(s, hospital, share):
+    for t in schema_tables(s, hospital, share, schema):
         if t.name == table:
             audit.grants = [t.grant.id]
             return t

@@ -97,7 +97,7 @@ def _table_items(tables: list[protocol.SharedTable]) -> list[dict[str, Any]]:
             "schema": protocol.SCHEMA,
             "share": t.share,
             "shareId": t.share,
-            "id": t.spec.uri.rsplit("/", 2)[-2] + "." + t.name,
+            "id": f"{t.grant.id}.{t.name}",
         }
         for t in tables
     ]
@@ -113,9 +113,8 @@ def list_tables(
     max_results: MaxResults = None,
     token: PageToken = None,
 ) -> Response:
-    protocol.check_schema(s, hospital, share, schema)
+    tables = protocol.schema_tables(s, hospital, share, schema)
     audit.purpose = share
-    tables = protocol.share_tables(s, hospital, share)
     audit.grants = [t.grant.id for t in tables]
     return _listed(audit, protocol.page(_table_items(tables), max_results, token))
 
