@@ -10,6 +10,13 @@ Exactly once: each unit is one Kafka transaction that also writes the new publis
 the progress topic. A publisher killed mid-unit leaves an open transaction that the next one
 (same transactional id) aborts on start; it then reads the progress topic and resumes from the
 last committed unit, so a restart neither skips nor repeats.
+
+A unit counts as published only when its progress record can be read back: kafka-python 3.0
+can report a commit as done after the broker restarted mid-transaction although its records
+expired or the broker aborted the transaction (seen in the broker-restart fault test). So every
+send's outcome is checked before the commit, the commit is confirmed by reading the progress
+record with read_committed, and anything unconfirmed is sent again by a new producer — the
+replicator's version check makes the repeat harmless.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from lakehouse import kafka
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # A unit of a whole city's table may take minutes to send; the broker allows up to 15.
 TRANSACTION_TIMEOUT_MS = 600_000
+# Markers of a committed transaction reach the partitions shortly after the commit returns.
+CONFIRM_SECONDS = 30.0
 SCAN_BATCH_ROWS = 65_536
 
 
@@ -128,6 +137,7 @@ class Publisher:
             for name in self.contracts
         }
         self._producer: KafkaProducer | None = None
+        self._progress: KafkaConsumer | None = None
         self.published: dict[str, int] = {}
 
     # -- Kafka: the transactional producer and the progress it wrote -----------------------
@@ -159,30 +169,58 @@ class Publisher:
             except KafkaError as exc:  # closing a broken producer: nothing more to do
                 log.debug("closing producer: %s", exc)
             self._producer = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def _read_progress(self) -> dict[str, int]:
         """The last committed version per dataset, from this city's progress partition."""
-        topic = self.layout.progress_topic
-        tp = TopicPartition(topic, self.layout.partition_of(self.city, "replication-progress"))
-        consumer = kafka.consumer(self.settings, group_id=None)
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = kafka.consumer(self.settings, group_id=None)
+        tp = self._progress_partition()
+        with kafka.transport_errors(f"read publisher progress from {tp.topic}"):
+            self._progress.assign([tp])
+            self._progress.seek_to_beginning(tp)
         published: dict[str, int] = {}
-        try:
-            with kafka.transport_errors(f"read publisher progress from {topic}"):
-                consumer.assign([tp])
-                consumer.seek_to_beginning(tp)
-                end = consumer.end_offsets([tp])[tp]
-                deadline = time.monotonic() + 60
-                while consumer.position(tp) < end:
-                    if time.monotonic() > deadline:
-                        raise TransportError(f"reading {topic}[{tp.partition}] took over 60 s")
-                    for records in consumer.poll(timeout_ms=500).values():
-                        for record in records:
-                            city, _, dataset = (record.key or b"").decode().partition("/")
-                            if city == self.city and record.value:
-                                published[dataset] = int(json.loads(record.value)["version"])
-        finally:
-            consumer.close()
+        self._read_progress_to_end(published, deadline=time.monotonic() + 60)
         return published
+
+    def _progress_partition(self) -> TopicPartition:
+        return TopicPartition(
+            self.layout.progress_topic, self.layout.partition_of(self.city, "replication-progress")
+        )
+
+    def _read_progress_to_end(self, published: dict[str, int], *, deadline: float) -> None:
+        """Read this city's progress records up to the partition's last committed offset."""
+        consumer = self._progress
+        assert consumer is not None
+        tp = self._progress_partition()
+        with kafka.transport_errors(f"read publisher progress from {tp.topic}"):
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"reading {tp.topic}[{tp.partition}] took too long")
+                for records in consumer.poll(timeout_ms=500).values():
+                    for record in records:
+                        city, _, dataset = (record.key or b"").decode().partition("/")
+                        if city == self.city and record.value:
+                            published[dataset] = int(json.loads(record.value)["version"])
+
+    def _confirm(self, unit: Unit) -> None:
+        """Wait until the unit's progress record is readable as committed, or fail."""
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        seen: dict[str, int] = {}
+        while True:
+            self._read_progress_to_end(seen, deadline=deadline)
+            if seen.get(unit.dataset, -1) >= unit.version:
+                return
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"{self.city}/{unit.dataset} v{unit.version}: the commit was reported done but its "
+                    f"progress record is not readable after {CONFIRM_SECONDS:.0f} s; sending it again"
+                )
+            time.sleep(0.05)
 
     # -- what to ship ----------------------------------------------------------------------
     def pending(self) -> list[Unit]:
@@ -260,6 +298,8 @@ class Publisher:
         chunker = Chunker(projector.schema)
         with kafka.transport_errors(f"publish {self.city}/{unit.dataset} v{unit.version}"):
             producer.begin_transaction()
+            key = self.city.encode()
+            sent = []
             try:
                 rows = messages = size = 0
                 chunks = chunker.chunks(self._rows(unit, projector))
@@ -276,21 +316,27 @@ class Publisher:
                         committed_ms=unit.committed_ms,
                         partitions=unit.partitions,
                     )
-                    key = self.city.encode()
-                    producer.send(topic, value=value, key=key, headers=header.encode(), partition=partition)
+                    headers = header.encode()
+                    sent.append(producer.send(topic, value, key, headers, partition))
                     rows, messages, size = rows + n, messages + 1, size + len(value)
-                producer.send(
-                    self.layout.progress_topic,
-                    key=f"{self.city}/{unit.dataset}".encode(),
-                    value=json.dumps(
-                        {"version": unit.version, "rows": rows, "published_ms": int(time.time() * 1000)}
-                    ).encode(),
-                    partition=self.layout.partition_of(self.city, "replication-progress"),
+                sent.append(
+                    producer.send(
+                        self.layout.progress_topic,
+                        key=f"{self.city}/{unit.dataset}".encode(),
+                        value=json.dumps(
+                            {"version": unit.version, "rows": rows, "published_ms": int(time.time() * 1000)}
+                        ).encode(),
+                        partition=self.layout.partition_of(self.city, "replication-progress"),
+                    )
                 )
+                producer.flush(timeout=60)
+                for future in sent:  # raises the send's error: an expired or refused batch
+                    future.get(timeout=0)
                 producer.commit_transaction()
             except BaseException:
                 self._abort()
                 raise
+            self._confirm(unit)
         self.published[unit.dataset] = unit.version
         log.info(
             "published %s/%s v%d (%s, %d commit(s)): %d rows in %d message(s)",
