@@ -4,12 +4,14 @@ rows returned, when, from where).
 
 Durability before the response: the middleware hands the record to the journal (SQLite,
 synchronous=FULL) and waits for the fsync; concurrent requests share one commit (group commit),
-so the wait stays short under load. A flusher appends the journal to the audit Delta table in
-batches, each commit carrying a Delta `txn` (app id per journal file, version = last sequence
-number), so a flusher killed between the Delta commit and trimming its journal neither loses nor
-repeats records when it starts again. The app id names the journal file (a random id made when
-the file is created), not only the instance: a journal lost and created afresh starts its
-sequence at 1 again, and must not be mistaken for records already flushed.
+so the wait stays short under load. Each request worker writes its own journal file; one flusher
+per instance, outside the request workers (see `keeper`), appends every journal of the instance
+to the audit Delta table in batches, each commit carrying a Delta `txn` per journal file (app id
+per journal file, version = its last sequence number), so a flusher killed between the Delta
+commit and trimming the journals neither loses nor repeats records when it starts again. The
+app id names the journal file (a random id made when the file is created), not only the
+instance: a journal lost and created afresh starts its sequence at 1 again, and must not be
+mistaken for records already flushed.
 """
 
 from __future__ import annotations
@@ -143,8 +145,6 @@ class Journal:
         self.path = path
         self._queue: queue.Queue[tuple[dict[str, Any], asyncio.Future[int], asyncio.AbstractEventLoop] | None]
         self._queue = queue.Queue()
-        # The writer thread's connection, and another for reading and trimming: one sqlite3
-        # connection shared by threads would mix their transactions.
         self._conn = self._connect()
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)"
@@ -153,8 +153,6 @@ class Journal:
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex[:16],))
         self.id: str = self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
         self._write_lock = threading.Lock()
-        self._reader = self._connect()
-        self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -218,20 +216,52 @@ class Journal:
             for (_, future, loop), seq in zip(batch, seqs, strict=True):
                 loop.call_soon_threadsafe(_resolve, future, seq)
 
-    def pending(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
-        return [(int(seq), json.loads(text)) for seq, text in rows]
-
-    def trim(self, upto: int) -> None:
-        with self._read_lock:
-            self._reader.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
-
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+
+
+class JournalReader:
+    """Another process's view of a journal file: its records not yet trimmed, and trimming them.
+
+    Opens only a file its writer has set up (None otherwise: a worker may be creating it). Trims
+    need no fsync: a trim lost in a crash is repeated after the table's `txn` says how far it got.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, journal_id: str):
+        self.path = path
+        self.id = journal_id
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> JournalReader | None:
+        try:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=rw", uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.OperationalError:
+            return None  # no such file
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+        except sqlite3.OperationalError:
+            row = None  # its writer has not created the tables yet
+        if row is None:
+            conn.close()
+            return None
+        return cls(path, conn, str(row[0]))
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        rows = self._conn.execute(
+            "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        return [(int(seq), json.loads(text)) for seq, text in rows]
+
+    def trim(self, upto: int) -> None:
+        self._conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _resolve(future: asyncio.Future[int], seq: int) -> None:
@@ -265,28 +295,33 @@ def to_arrow(instance: str, journal: str, rows: list[tuple[int, dict[str, Any]]]
     return pa.table(columns, schema=SCHEMA)
 
 
-class AuditFlusher:
-    """Moves journal records into the audit Delta table, exactly once, in batches."""
+def journal_label(instance: str, path: Path) -> str:
+    """How the audit table names a journal's records: the instance and the journal's slot."""
+    return f"{instance}/{path.stem.rsplit('-', 1)[-1]}"
 
-    def __init__(
-        self,
-        journal: Journal,
-        *,
-        table_uri: str,
-        storage_options: dict[str, str],
-        instance: str,
-        interval: float,
-        batch_rows: int,
-    ):
-        self.journal = journal
-        self.table_uri = table_uri
-        self.storage_options = storage_options
-        self.instance = instance
-        self.app_id = f"medshare-audit/{instance}/{journal.id}"
+
+@dataclass(frozen=True)
+class AuditStore:
+    """Where an instance's audit records are: its journal files (one per worker slot) and the table."""
+
+    instance: str
+    journals: Callable[[], list[Path]]
+    table_uri: str
+    storage_options: dict[str, str]
+
+
+class AuditFlusher:
+    """Moves the records of every journal of the instance into the audit Delta table, exactly
+    once, in batches: one commit per batch, with a `txn` per journal it took records from."""
+
+    def __init__(self, store: AuditStore, *, interval: float, batch_rows: int):
+        self.store = store
         self.interval = interval
         self.batch_rows = batch_rows
-        self.flushed = -1  # unknown until the table is asked
+        self.flushed = 0  # records appended by this flusher
         self.last_error: str | None = None
+        self._readers: dict[Path, JournalReader] = {}
+        self._watermarks: dict[str, int] = {}  # app id → last sequence number in the table
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._table: DeltaTable | None = None  # kept open: a commit reads only the log since the last
@@ -296,62 +331,89 @@ class AuditFlusher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread and append what is left (call after the workers have stopped)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
         try:
             while self.flush_once():
                 pass
-        except (DeltaError, OSError) as exc:
-            log.warning("audit records left in the journal for the next start: %s", exc)
+        except (DeltaError, OSError, sqlite3.Error) as exc:
+            log.warning("audit records left in the journals for the next start: %s", exc)
+        for reader in self._readers.values():
+            reader.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 # One batch per interval; more at once only while batches come back full (a backlog):
-                # under steady load the journal always has a few new records, and draining it to
+                # under steady load the journals always have a few new records, and draining them to
                 # empty would commit back to back.
                 while self.flush_once() >= self.batch_rows and not self._stop.is_set():
                     pass
                 self.last_error = None
-            except (DeltaError, OSError) as exc:
-                # The journal keeps everything; the next round tries again.
+            except (DeltaError, OSError, sqlite3.Error) as exc:
+                # The journals keep everything; the next round tries again.
                 self.last_error = str(exc)
                 log.warning("audit flush failed, retrying: %s", exc)
 
-    def _watermark(self) -> int:
-        if self.flushed < 0:
-            try:
-                self._table = DeltaTable(self.table_uri, storage_options=self.storage_options)
-                self.flushed = self._table.transaction_version(self.app_id) or 0
-            except TableNotFoundError:
-                self.flushed = 0
-        return self.flushed
+    def _open_table(self) -> DeltaTable | None:
+        if self._table is None:
+            with contextlib.suppress(TableNotFoundError):  # the first batch creates it
+                self._table = DeltaTable(self.store.table_uri, storage_options=self.store.storage_options)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def _app_id(self, reader: JournalReader) -> str:
+        return f"medshare-audit/{journal_label(self.store.instance, reader.path)}/{reader.id}"
+
+    def _watermark(self, app_id: str) -> int:
+        if app_id not in self._watermarks:
+            table = self._open_table()
+            self._watermarks[app_id] = (table.transaction_version(app_id) or 0) if table is not None else 0
+        return self._watermarks[app_id]
+
+    def _journals(self) -> list[JournalReader]:
+        for path in self.store.journals():
+            if path not in self._readers and (reader := JournalReader.open(path)) is not None:
+                self._readers[path] = reader
+        return list(self._readers.values())
 
     def flush_once(self) -> int:
         """Append one batch; the number of records appended (0: nothing pending)."""
-        flushed = self._watermark()
-        rows = self.journal.pending(flushed, self.batch_rows)
-        if not rows:
+        parts: list[pa.Table] = []
+        done: list[tuple[JournalReader, str, int]] = []
+        room = self.batch_rows
+        for reader in self._journals():
+            if room <= 0:
+                break
+            app_id = self._app_id(reader)
+            rows = reader.pending(self._watermark(app_id), room)
+            if rows:
+                parts.append(to_arrow(journal_label(self.store.instance, reader.path), reader.id, rows))
+                done.append((reader, app_id, rows[-1][0]))
+                room -= len(rows)
+        if not parts:
             return 0
-        last = rows[-1][0]
-        if self._table is None:
-            with contextlib.suppress(TableNotFoundError):  # the first batch creates it
-                self._table = DeltaTable(self.table_uri, storage_options=self.storage_options)
-        else:
-            self._table.update_incremental()
+        table = self._open_table()
+        batch = pa.concat_tables(parts)
         write_deltalake(
-            self._table if self._table is not None else self.table_uri,
-            to_arrow(self.instance, self.journal.id, rows),
+            table if table is not None else self.store.table_uri,
+            batch,
             mode="append",
             partition_by=["day"],
             schema_mode="merge",
-            storage_options=self.storage_options,
-            commit_properties=CommitProperties(app_transactions=[Transaction(self.app_id, last)]),
+            storage_options=self.store.storage_options,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id, last) for _, app_id, last in done]
+            ),
         )
-        self.flushed = last
-        self.journal.trim(last)
-        return len(rows)
+        for reader, app_id, last in done:
+            self._watermarks[app_id] = last
+            reader.trim(last)
+        self.flushed += batch.num_rows
+        return batch.num_rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -366,8 +428,8 @@ class AuditQuery:
     until: dt.datetime | None = None
 
 
-def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
-    """Matching records from the Delta table and, not yet trimmed, from this instance's journal."""
+def read_audit(store: AuditStore, query: AuditQuery) -> pa.Table:
+    """Matching records from the Delta table and, not yet appended to it, from the instance's journals."""
     expr: pc.Expression | None = None
     for name in ("person_key", "hospital_id", "principal", "dataset", "decision", "flagged"):
         value = getattr(query, name)
@@ -382,10 +444,18 @@ def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
         expr = cond if expr is None else expr & cond
     # The journal first, then the table: a record trimmed from the journal before the first read
     # was committed to the table before the second; one read in both places is removed below.
-    journal = to_arrow(flusher.instance, flusher.journal.id, flusher.journal.pending(0, 10**9))
-    parts = [journal.filter(expr) if expr is not None else journal]
+    parts = []
+    for path in store.journals():
+        reader = JournalReader.open(path)
+        if reader is None:
+            continue
+        try:
+            journal = to_arrow(journal_label(store.instance, path), reader.id, reader.pending(0, 10**9))
+        finally:
+            reader.close()
+        parts.append(journal.filter(expr) if expr is not None else journal)
     try:
-        table = DeltaTable(flusher.table_uri, storage_options=flusher.storage_options)
+        table = DeltaTable(store.table_uri, storage_options=store.storage_options)
         dataset = table.to_pyarrow_dataset()
         present = [n for n in SCHEMA.names if n in dataset.schema.names]
         stored = dataset.to_table(filter=expr, columns=present)
@@ -395,7 +465,7 @@ def read_audit(flusher: AuditFlusher, query: AuditQuery) -> pa.Table:
         parts.append(stored.select(SCHEMA.names).cast(SCHEMA))
     except TableNotFoundError:
         pass
-    table = pa.concat_tables(parts)
+    table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
     seen: set[tuple[str, int]] = set()
     keep = []
     for i, ident in enumerate(zip(table["journal"].to_pylist(), table["seq"].to_pylist(), strict=True)):

@@ -16,7 +16,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,12 +92,16 @@ class LakeView:
         storage_options: dict[str, str],
         refresh_seconds: float,
         keep_seconds: float = 600.0,
+        versions: Callable[[], object | None] | None = None,
     ):
         self.table_uris = dict(table_uris)
         self.views = views
         self.cities = tuple(c.id for c in topology.cities)
         self.storage_options = storage_options
         self.refresh_seconds = refresh_seconds
+        # The tables' versions as someone else polls them (the instance's keeper), None when
+        # nobody does: then this process asks the tables itself on every pass.
+        self.versions = versions
         self.keep_seconds = keep_seconds
         self._tables: dict[str, DeltaTable] = {}
         self._listed: dict[str, tuple[int, dict[str, frozenset[str]]]] = {}
@@ -131,11 +135,18 @@ class LakeView:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        seen: object | None = None
         while not self._stop.is_set():
             started = time.monotonic()
+            now = self.versions() if self.versions is not None else None
             try:
-                self.refresh()
+                if now is None or now != seen:
+                    self.refresh()
+                    # A part that could not be read is tried again on the next pass.
+                    current = self._current
+                    seen = None if current.missing or current.stale else now
             except Exception:
+                seen = None
                 log.exception("read model refresh failed; retrying")
             if not self.loaded.is_set():
                 # The loaded read model lives as long as the process: leaving its objects out of

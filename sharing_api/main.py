@@ -31,7 +31,10 @@ def app_from_environment() -> FastAPI:
     import sys
 
     from lakehouse.settings import get_settings
+    from sharing_api.serve import die_with_supervisor
     from sharing_api.settings import load_api_settings
+
+    die_with_supervisor()
 
     # A worker starts as a fresh interpreter: the parent's logging set-up is not inherited.
     logging.basicConfig(
@@ -61,6 +64,7 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
         generation = services.lake.current
+        keeper = services.keeper_status()
         return json_response(
             {
                 "ready": services.lake.loaded.is_set(),
@@ -68,8 +72,10 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
                 "parts": len(generation.segments),
                 "missing": [f"{d}/{c}: {p}" for (d, c), p in generation.missing.items()],
                 "stale": [f"{d}/{c}: {p}" for (d, c), p in generation.stale.items()],
-                "auditFlushed": services.flusher.flushed,
-                "auditError": services.flusher.last_error,
+                # The instance keeper's view (None: no keeper is running for this instance).
+                "auditFlushed": None if keeper is None else keeper["audit"]["flushed"],
+                "auditError": None if keeper is None else keeper["audit"]["error"],
+                "keeperRunning": keeper is not None,
                 "grantsError": services.grants.last_error,
                 "sharedCopiesSynced": services.shares.sync.passes,
                 "sharedCopiesError": services.shares.sync.last_error,

@@ -1,24 +1,37 @@
-"""Runs the API under uvicorn with our access log (uvicorn's would print query strings)."""
+"""Runs the API: a supervisor process holding the instance's keeper (audit flush, table watch) and
+uvicorn worker processes answering requests, with our access log (uvicorn's would print query
+strings).
+
+Always a supervisor, one worker included: the keeper's work must not share a GIL with a request
+loop (see `keeper`), and on SIGTERM the supervisor stops the workers first, then appends the last
+journal records, then exits — so a clean stop leaves the audit table complete.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from lakehouse.settings import Settings
-from sharing_api.main import create_app
+from sharing_api.services import build_keeper
 from sharing_api.settings import ApiSettings
 
+log = logging.getLogger(__name__)
 COMMON = {"access_log": False, "log_config": None, "lifespan": "on", "timeout_graceful_shutdown": 10}
+STARTUP_FAILURE = 3  # uvicorn's exit code of a worker that could not start
+_PR_SET_PDEATHSIG = 1
 
 
 def serve(platform: Settings, api: ApiSettings) -> None:
-    if api.workers == 1:
-        config = uvicorn.Config(create_app(platform, api), host=api.host, port=api.port, **COMMON)  # type: ignore[arg-type]
-        uvicorn.Server(config).run()
-        return
-    # Several processes on one socket: each builds its app from the environment (the CLI put
-    # its options there), with its own read model and audit journal.
-    uvicorn.run(
+    # Each worker builds its app from the environment (the CLI put its options there).
+    config = uvicorn.Config(
         "sharing_api.main:app_from_environment",
         factory=True,
         workers=api.workers,
@@ -26,3 +39,24 @@ def serve(platform: Settings, api: ApiSettings) -> None:
         port=api.port,
         **COMMON,  # type: ignore[arg-type]
     )
+    keeper = build_keeper(platform, api)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    keeper.start()
+    try:
+        supervisor.run()
+    finally:
+        keeper.stop()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        log.error("the API workers could not start (see above)")
+        sys.exit(STARTUP_FAILURE)
+
+
+def die_with_supervisor() -> None:
+    """In a worker: be killed when the supervisor dies (kill -9 included), rather than serve on
+    without an audit flusher or hold the port against the next start."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent.pid:  # it died before the call
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
@@ -18,13 +19,14 @@ from lakehouse.storage import (
     site_credentials,
 )
 from lakehouse.topology import Topology, load_topology
-from sharing_api.audit import AuditFlusher, Journal, claim_journal
+from sharing_api.audit import AuditFlusher, AuditStore, Journal, claim_journal
 from sharing_api.catalog import DatasetView, catalog
 from sharing_api.consent import Consents
 from sharing_api.copies import CopySync, CopyWriter
 from sharing_api.db import Database
 from sharing_api.grants import GrantBook
 from sharing_api.identities import Identities
+from sharing_api.keeper import Keeper, TableWatch, read_status
 from sharing_api.lakeview import LakeView
 from sharing_api.masking import Masker
 from sharing_api.ratelimit import RateLimiter
@@ -44,7 +46,7 @@ class Services:
     consents: Consents
     lake: LakeView
     journal: Journal
-    flusher: AuditFlusher
+    audit: AuditStore
     masker: Masker
     limiter: RateLimiter
     key: ProvinceKey
@@ -52,14 +54,21 @@ class Services:
 
     def start(self) -> None:
         self.lake.start()
-        self.flusher.start()
         self.shares.sync.start()
 
     def stop(self) -> None:
         self.shares.sync.stop()
         self.lake.stop()
-        self.flusher.stop()
         self.journal.close()
+
+    def keeper_status(self) -> dict[str, Any] | None:
+        return keeper_status(self.platform, self.api)
+
+
+def keeper_status(platform: Settings, api: ApiSettings) -> dict[str, Any] | None:
+    """The instance keeper's status; None when it is not running (it writes every refresh
+    interval, so three missed passes mean it is gone)."""
+    return read_status(api.keeper_status(platform), max_age=3 * api.refresh_seconds + 10)
 
 
 def tables_root(platform: Settings, api: ApiSettings, topology: Topology) -> str:
@@ -111,6 +120,39 @@ def build_shares(
     return shares
 
 
+def audit_store(platform: Settings, api: ApiSettings, topology: Topology) -> AuditStore:
+    return AuditStore(
+        instance=api.instance,
+        journals=lambda: api.journal_files(platform),
+        table_uri=audit_table(api, topology),
+        storage_options=delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE)),
+    )
+
+
+def table_uris(platform: Settings, api: ApiSettings, topology: Topology) -> dict[str, str]:
+    root = tables_root(platform, api, topology)
+    return {name: f"{root}/{name}" for name in catalog(load_contracts(platform.platform_dir))}
+
+
+def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
+    """The instance's background work, for the process that supervises its workers."""
+    topology = load_topology(platform.platform_dir)
+    api.state_path(platform).mkdir(parents=True, exist_ok=True)
+    return Keeper(
+        flusher=AuditFlusher(
+            audit_store(platform, api, topology),
+            interval=api.audit_flush_seconds,
+            batch_rows=api.audit_batch_rows,
+        ),
+        watch=TableWatch(
+            table_uris(platform, api, topology),
+            delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE)),
+        ),
+        status=api.keeper_status(platform),
+        interval=api.refresh_seconds,
+    )
+
+
 def identities(platform: Settings, api: ApiSettings) -> Identities:
     """The credential store alone, for the `medshare hospitals` commands."""
     topology = load_topology(platform.platform_dir)
@@ -124,10 +166,14 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     options = delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE))
     root = tables_root(platform, api, topology)
     path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
-    journal = Journal(path)
     grants = GrantBook(api.grants_path(platform), topology, views)
     consents = Consents(db)
     masker = Masker(platform.province_key.get_secret_value().encode())
+
+    def table_versions() -> object | None:
+        status = keeper_status(platform, api)
+        return None if status is None else status.get("tables")
+
     return Services(
         platform=platform,
         api=api,
@@ -143,16 +189,10 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
             storage_options=options,
             refresh_seconds=api.refresh_seconds,
             keep_seconds=api.cursor_minutes * 60,
+            versions=table_versions,
         ),
-        journal=journal,
-        flusher=AuditFlusher(
-            journal,
-            table_uri=audit_table(api, topology),
-            storage_options=options,
-            instance=f"{api.instance}/{path.stem.rsplit('-', 1)[-1]}",
-            interval=api.audit_flush_seconds,
-            batch_rows=api.audit_batch_rows,
-        ),
+        journal=Journal(path),
+        audit=audit_store(platform, api, topology),
         masker=masker,
         limiter=RateLimiter(rate=api.rate_per_second, burst=api.rate_burst),
         key=ProvinceKey.from_settings(platform),

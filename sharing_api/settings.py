@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -44,10 +45,9 @@ class ApiSettings(BaseSettings):
     rate_per_second: float = Field(default=100.0, gt=0)
     rate_burst: int = Field(default=200, ge=1)
 
-    # How often the read model asks the provincial Delta tables for a new version, and how often
-    # the audit journal is appended to the audit table. Each pass costs a burst of CPU in the
-    # request process (measured: 1 s / 2 s cadences put bursts of slow requests into the p99);
-    # replicated data arrives in minutes and the journal already makes records durable.
+    # How often the instance's keeper asks the provincial Delta tables for a new version (each
+    # worker reloads only then), and how often it appends the audit journals to the audit table.
+    # Replicated data arrives in minutes and the journals already make records durable.
     refresh_seconds: float = Field(default=5.0, gt=0)
     audit_flush_seconds: float = Field(default=5.0, gt=0)
     audit_batch_rows: int = Field(default=20_000, ge=1)
@@ -83,6 +83,15 @@ class ApiSettings(BaseSettings):
 
     def journal_lock(self, platform: Settings, slot: int) -> Path:
         return self.state_path(platform) / f"audit-{self.instance}-{slot}.lock"
+
+    def journal_files(self, platform: Settings) -> list[Path]:
+        """Every audit journal of this instance, of running workers and of dead ones alike."""
+        slot = re.compile(rf"audit-{re.escape(self.instance)}-[0-9]+\.db")
+        return sorted(p for p in self.state_path(platform).glob("audit-*.db") if slot.fullmatch(p.name))
+
+    def keeper_status(self, platform: Settings) -> Path:
+        """What the instance's keeper last saw: table versions, audit flushing (see `keeper`)."""
+        return self.state_path(platform) / f"keeper-{self.instance}.json"
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:

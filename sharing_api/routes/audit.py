@@ -67,7 +67,7 @@ def audit_trail(
         since=_utc(since),
         until=_utc(until),
     )
-    table = read_audit(s.flusher, query)
+    table = read_audit(s.audit, query)
     micros = pc.cast(table["time"], pa.int64()).to_pylist()
     rows = sorted(
         zip(

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from lakehouse.topology import Topology
-from sharing_api.audit import Journal, to_arrow
+from sharing_api.audit import AuditFlusher, AuditStore, Journal, JournalReader, to_arrow
 from sharing_api.db import Database
 from sharing_api.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from sharing_api.filters import Filter, expression
@@ -145,14 +145,57 @@ def test_journal_group_commit_and_order(tmp_path: Path) -> None:
     seqs = asyncio.run(many())
     assert sorted(seqs) == list(range(1, 201))
     assert journal.commits < 200  # concurrent records shared commits
-    rows = journal.pending(0, 1000)
+    reader = JournalReader.open(journal.path)  # as the instance's flusher reads it
+    assert reader is not None and reader.id == journal.id
+    rows = reader.pending(0, 1000)
     assert [r["n"] for _, r in rows] == [r["n"] for _, r in sorted(rows)]
     table = to_arrow("api-0", journal.id, rows)
     assert table.num_rows == 200 and set(table["journal"].to_pylist()) == {journal.id}
-    journal.trim(150)
-    assert [s for s, _ in journal.pending(0, 1000)] == list(range(151, 201))
+    reader.trim(150)
+    assert [s for s, _ in reader.pending(0, 1000)] == list(range(151, 201))
+    reader.close()
     journal.close()
     # Reopened (a restart): the same file id, the sequence goes on.
     again = Journal(tmp_path / "audit.db")
     assert again.id == journal.id and again.append_sync({"time": time.time()}) == 201
     again.close()
+
+
+def test_a_journal_not_yet_set_up_is_not_read(tmp_path: Path) -> None:
+    assert JournalReader.open(tmp_path / "absent.db") is None
+    assert not (tmp_path / "absent.db").exists()  # looking did not create it
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert JournalReader.open(tmp_path / "empty.db") is None
+
+
+def test_flusher_appends_every_journal_once(tmp_path: Path) -> None:
+    """Two workers' journals go to the audit table in one commit with a `txn` each; a flusher that
+    died after the commit but before trimming is followed by one that appends nothing again."""
+    from deltalake import DeltaTable
+
+    paths = [tmp_path / f"audit-api-0-{slot}.db" for slot in (0, 1)]
+    journals = [Journal(p) for p in paths]
+    for n in range(30):
+        journals[n % 2].append_sync({"time": time.time(), "request_id": f"r{n}", "status": 200})
+    store = AuditStore(
+        instance="api-0", journals=lambda: paths, table_uri=str(tmp_path / "audit"), storage_options={}
+    )
+    crashed = AuditFlusher(store, interval=60, batch_rows=1000)
+    crashed._journals()  # open the readers, then make trimming "crash"
+    for reader in crashed._readers.values():
+        reader.trim = lambda upto: None  # type: ignore[method-assign]
+    assert crashed.flush_once() == 30
+    table = DeltaTable(store.table_uri)
+    assert table.version() == 0  # one commit for both journals
+    for journal in journals:
+        assert table.transaction_version(f"medshare-audit/api-0/{journal.path.stem[-1]}/{journal.id}") == 15
+
+    journals[1].append_sync({"time": time.time(), "request_id": "r30", "status": 200})
+    after = AuditFlusher(store, interval=60, batch_rows=1000)
+    assert after.flush_once() == 1  # only the new record, though nothing was trimmed
+    assert after.flush_once() == 0
+    ids = DeltaTable(store.table_uri).to_pyarrow_table(columns=["request_id", "instance"])
+    assert sorted(ids["request_id"].to_pylist()) == sorted(f"r{n}" for n in range(31))
+    assert set(ids["instance"].to_pylist()) == {"api-0/0", "api-0/1"}
+    for journal in journals:
+        journal.close()
