@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -138,87 +137,79 @@ def claim_journal(lock_path: Callable[[int], Path], *, slots: int = 64) -> tuple
 
 
 class Journal:
-    """Append-only local journal with group commit on a writer thread."""
+    """Append-only local journal, written on the event loop's own thread with group commit: the
+    records of every response started in one pass of the loop share one commit.
+
+    Why not a writer thread: each hand-over between the loop and a thread waits for the GIL,
+    up to the 5 ms switch interval while the loop is busy, twice per commit. Measured at 150
+    requests/s per worker: the wait for the journal was p50 9.7 ms, p99 119 ms, while the
+    commit itself (an fsync of the WAL) takes ~0.1 ms. Checkpoints (copying the WAL into the
+    database file) are left to the flusher's connection, off the request loop.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._queue: queue.Queue[tuple[dict[str, Any], asyncio.Future[int], asyncio.AbstractEventLoop] | None]
-        self._queue = queue.Queue()
-        self._conn = self._connect()
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # every commit is fsynced: durable before we answer
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)"
         )
         self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex[:16],))
         self.id: str = self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
-        self._write_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # append_sync may come from other threads
+        self._batch: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self.commits = 0
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # every commit is fsynced: durable before we answer
-        return conn
 
     async def append(self, record: dict[str, Any]) -> int:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue.put((record, future, loop))
+        self._batch.append((record, future))
+        if len(self._batch) == 1:
+            # After the callbacks already due in this pass: their records join this commit.
+            loop.call_soon(self._commit_batch)
         return await future
 
     def append_sync(self, record: dict[str, Any]) -> int:
         """For callers outside the event loop (tests, the CLI)."""
         return self._write([record])[0]
 
-    def _write(self, records: list[dict[str, Any]]) -> list[int]:
-        with self._write_lock:
-            return self._insert(records)
-
-    def _insert(self, records: list[dict[str, Any]]) -> list[int]:
-        seqs = []
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, []
         try:
-            for record in records:
-                cur = self._conn.execute("INSERT INTO journal (record) VALUES (?)", (_dumps(record),))
-                seqs.append(int(cur.lastrowid or 0))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self.commits += 1
+            seqs = self._write([record for record, _ in batch])
+        except sqlite3.Error as exc:
+            log.error("audit journal write failed: %s", exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(AuditUnavailable(str(exc)))
+            return
+        for (_, future), seq in zip(batch, seqs, strict=True):
+            if not future.done():
+                future.set_result(seq)
+
+    def _write(self, records: list[dict[str, Any]]) -> list[int]:
+        seqs = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for record in records:
+                    cur = self._conn.execute("INSERT INTO journal (record) VALUES (?)", (_dumps(record),))
+                    seqs.append(int(cur.lastrowid or 0))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self.commits += 1
         return seqs
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < 1000:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            try:
-                seqs = self._write([r for r, _, _ in batch])
-            except sqlite3.Error as exc:
-                log.error("audit journal write failed: %s", exc)
-                for _, future, loop in batch:
-                    loop.call_soon_threadsafe(_fail, future, AuditUnavailable(str(exc)))
-                continue
-            for (_, future, loop), seq in zip(batch, seqs, strict=True):
-                loop.call_soon_threadsafe(_resolve, future, seq)
-
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._batch:
+            self._commit_batch()
+        self._conn.close()
 
 
 class JournalReader:
@@ -262,16 +253,6 @@ class JournalReader:
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _resolve(future: asyncio.Future[int], seq: int) -> None:
-    if not future.done():
-        future.set_result(seq)
-
-
-def _fail(future: asyncio.Future[int], exc: Exception) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 def _dumps(record: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from lakehouse.shareable import PERSON_KEY
 from lakehouse.topology import Hospital
 from sharing_api.catalog import HOSPITAL
-from sharing_api.lakeview import Generation
+from sharing_api.lakeview import Generation, probe_of
 
 # dataset → (the column that dates it, the columns naming a hospital involved)
 EVIDENCE = (
@@ -35,12 +35,13 @@ def under_care(
     generation: Generation, person_key: str, hospital: Hospital, window_days: int, now: dt.datetime
 ) -> bool:
     cutoff = now - dt.timedelta(days=window_days)
+    probe = probe_of(person_key)
     for dataset, time_column, hospital_columns in EVIDENCE:
         for segment in generation.segments.values():
             if segment.dataset == dataset:
-                rows = segment.rows_of(person_key)
+                rows = segment.rows_of(probe)
                 if (
-                    rows.num_rows
+                    rows is not None
                     and pc.any(_involved(rows, hospital, time_column, hospital_columns, cutoff)).as_py()
                 ):
                     return True

@@ -23,7 +23,7 @@ from sharing_api.care import under_care
 from sharing_api.catalog import CITY, HISTORY, HOSPITAL
 from sharing_api.errors import Forbidden, NotFound
 from sharing_api.grants import Decision, Grant, Purpose
-from sharing_api.lakeview import utc_now
+from sharing_api.lakeview import probe_of, utc_now
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
 from sharing_api.rows import EPOCH_DAY, python_columns
 from sharing_api.services import Services
@@ -76,6 +76,7 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     digest = fingerprint("history", hospital.id, pk, q.purpose, q.types, q.start, q.end, break_glass)
     generation, offset = pinned_generation(s.lake, q.cursor, digest)
 
+    probe = probe_of(pk)
     care: dict[int, bool] = {}
     served: dict[str, Grant] = {}
     withheld: dict[str, str] = {}
@@ -94,10 +95,10 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
         elif grant.scope in ("own_city", "own_hospital"):
             cities = (hospital.city,)
         for segment in generation.parts(dataset, cities):
-            rows = segment.rows_of(pk)
-            if grant.scope == "own_hospital" and rows.num_rows:
+            rows = segment.rows_of(probe)
+            if rows is not None and grant.scope == "own_hospital":
                 rows = rows.filter(pc.equal(rows[HOSPITAL], hospital.id))
-            if rows.num_rows:
+            if rows is not None and rows.num_rows:
                 tables.append((dataset, grant, rows))
         served[dataset] = grant
 

@@ -45,11 +45,20 @@ class Segment:
     table: pa.Table
     keys: np.ndarray = field(repr=False)  # the person_key column as fixed-width bytes, same order
 
-    def rows_of(self, person_key: str) -> pa.Table:
-        probe = np.bytes_(person_key.encode("ascii"))
-        lo = int(self.keys.searchsorted(probe, "left"))
-        hi = int(self.keys.searchsorted(probe, "right"))
+    def rows_of(self, probe: np.bytes_) -> pa.Table | None:
+        """One person's rows (`probe_of` their key), None when this part has none — most parts
+        of most people: one search tells, and no empty slice is made."""
+        keys = self.keys
+        lo = int(keys.searchsorted(probe))
+        if lo == len(keys) or keys[lo] != probe:
+            return None
+        hi = int(keys.searchsorted(probe, "right"))
         return self.table.slice(lo, hi - lo)
+
+
+def probe_of(person_key: str) -> np.bytes_:
+    """A person_key as the fixed-width bytes the parts' key arrays hold (made once per lookup)."""
+    return np.bytes_(person_key.encode("ascii"))
 
 
 @dataclass(frozen=True, eq=False)
