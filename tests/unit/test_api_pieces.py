@@ -12,7 +12,16 @@ import pyarrow as pa
 import pytest
 
 from lakehouse.topology import Topology
-from sharing_api.audit import AuditFlusher, AuditStore, Journal, JournalReader, to_arrow
+from sharing_api.audit import (
+    AuditFlusher,
+    AuditQuery,
+    AuditStore,
+    AuditUnavailable,
+    Journal,
+    JournalReader,
+    read_audit,
+    to_arrow,
+)
 from sharing_api.db import Database
 from sharing_api.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from sharing_api.filters import Filter, expression
@@ -149,6 +158,8 @@ def test_journal_group_commit_and_order(tmp_path: Path) -> None:
     assert reader is not None and reader.id == journal.id
     rows = reader.pending(0, 1000)
     assert [r["n"] for _, r in rows] == [r["n"] for _, r in sorted(rows)]
+    by_seq = dict(rows)  # each append was told the seq its own record got
+    assert all(by_seq[seq]["n"] == n for n, seq in enumerate(seqs))
     table = to_arrow("api-0", journal.id, rows)
     assert table.num_rows == 200 and set(table["journal"].to_pylist()) == {journal.id}
     reader.trim(150)
@@ -191,6 +202,9 @@ def test_flusher_appends_every_journal_once(tmp_path: Path) -> None:
         assert table.transaction_version(f"medshare-audit/api-0/{journal.path.stem[-1]}/{journal.id}") == 15
 
     journals[1].append_sync({"time": time.time(), "request_id": "r30", "status": 200})
+    # Read before it is flushed: the table and every journal, each record once.
+    seen = read_audit(store, AuditQuery())["request_id"].to_pylist()
+    assert sorted(seen) == sorted(f"r{n}" for n in range(31))
     after = AuditFlusher(store, interval=60, batch_rows=1000)
     assert after.flush_once() == 1  # only the new record, though nothing was trimmed
     assert after.flush_once() == 0
@@ -199,3 +213,20 @@ def test_flusher_appends_every_journal_once(tmp_path: Path) -> None:
     assert set(ids["instance"].to_pylist()) == {"api-0/0", "api-0/1"}
     for journal in journals:
         journal.close()
+
+
+def test_journal_fails_closed(tmp_path: Path) -> None:
+    """A record the journal cannot make durable fails every request of its commit (the
+    middleware then answers 503 instead of the data)."""
+    journal = Journal(tmp_path / "audit.db")
+    journal._conn.execute("PRAGMA query_only=1")  # as a full or read-only disk would refuse
+
+    async def two() -> list[int | BaseException]:
+        return await asyncio.gather(
+            *(journal.append({"time": time.time(), "n": i}) for i in range(2)), return_exceptions=True
+        )
+
+    assert all(isinstance(r, AuditUnavailable) for r in asyncio.run(two()))
+    journal._conn.execute("PRAGMA query_only=0")
+    assert asyncio.run(journal.append({"time": time.time()})) == 1  # nothing half-written before
+    journal.close()
