@@ -537,11 +537,18 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     if http is not None:
         await http.aclose()
     window = marks["t1"] - marks["t0"]
-    # The server's threads: the event loop (main thread) apart, the rest summed by thread name.
+    # The server's threads: each process's main thread apart (the supervisor's, and each worker's
+    # event loop: how evenly the connections landed), the rest summed by thread name.
+    processes = set(family(server_pid))
     by_thread: dict[str, float] = {}
     for tid, (name, seconds) in threads1.items():
         used = seconds - threads0.get(tid, (name, 0.0))[1]
-        label = "main (event loop)" if tid == server_pid else name
+        if tid == server_pid:
+            label = "supervisor main"
+        elif tid in processes:
+            label = f"worker {tid} event loop"
+        else:
+            label = name
         by_thread[label] = round(by_thread.get(label, 0.0) + used / window, 3)
     return {
         "server_threads_cores": dict(sorted(by_thread.items(), key=lambda kv: -kv[1])),

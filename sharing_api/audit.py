@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -36,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from sharing_api.background import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +128,23 @@ def claim_journal(lock_path: Callable[[int], Path], *, slots: int = 64) -> tuple
     """
     for slot in range(slots):
         path = lock_path(slot)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return path.with_suffix(".db"), fd
+        fd = try_lock(path)
+        if fd is not None:
+            return path.with_suffix(".db"), fd
     raise AuditUnavailable(f"all {slots} audit journal slots are taken by running processes")
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on `path` (its descriptor: held until closed or the process dies), or
+    None when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class Journal:
@@ -163,7 +174,6 @@ class Journal:
         self.id: str = self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
         self._lock = threading.Lock()  # one statement at a time: the thread's and append_sync's
         self._pending: list[tuple[str, asyncio.Future[int]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
@@ -171,11 +181,9 @@ class Journal:
         self.commits = 0
 
     async def append(self, record: dict[str, Any]) -> int:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         text = _dumps(record)
         with self._wake:
-            self._loop = loop
             self._pending.append((text, future))
             if len(self._pending) == 1:
                 self._wake.notify()
@@ -203,7 +211,6 @@ class Journal:
                 while not self._pending and not self._closing:
                     self._wake.wait()
                 batch, self._pending = self._pending, []
-                loop = self._loop
                 if not batch:
                     return  # closing, nothing left
             try:
@@ -211,10 +218,14 @@ class Journal:
             except sqlite3.Error as exc:
                 log.error("audit journal write failed: %s", exc)
                 seqs = AuditUnavailable(str(exc))
-            assert loop is not None
-            # RuntimeError: the loop is closed, nobody waits for these answers any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, [future for _, future in batch], seqs)
+            # One call back per event loop (there is one, but for tests that run several).
+            loops: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
+            for i, (_, future) in enumerate(batch):
+                loops.setdefault(future.get_loop(), []).append((i, future))
+            for loop, futures in loops.items():
+                # RuntimeError: the loop is closed, nobody waits for these answers any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, futures, seqs)
 
     def close(self) -> None:
         with self._wake:
@@ -223,8 +234,8 @@ class Journal:
         self._thread.join(timeout=10)
 
 
-def _settle(futures: list[asyncio.Future[int]], seqs: list[int] | AuditUnavailable) -> None:
-    for i, future in enumerate(futures):
+def _settle(futures: list[tuple[int, asyncio.Future[int]]], seqs: list[int] | AuditUnavailable) -> None:
+    for i, future in futures:
         if future.done():
             continue
         if isinstance(seqs, AuditUnavailable):
@@ -244,6 +255,7 @@ class JournalReader:
         self.path = path
         self.id = journal_id
         self._conn = conn
+        self._lock = threading.Lock()  # read by the flusher, trimmed by the trimmer
 
     @classmethod
     def open(cls, path: Path) -> JournalReader | None:
@@ -264,13 +276,15 @@ class JournalReader:
         return cls(path, conn, str(row[0]))
 
     def pending(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        rows = self._conn.execute(
-            "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
         return [(int(seq), json.loads(text)) for seq, text in rows]
 
     def trim(self, upto: int) -> None:
-        self._conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+        with self._lock:
+            self._conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
 
     def close(self) -> None:
         self._conn.close()
@@ -327,13 +341,20 @@ class AuditFlusher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._table: DeltaTable | None = None  # kept open: a commit reads only the log since the last
+        # Trims take the journal's write lock, which the worker's next commit waits for: they run
+        # on a thread of normal priority, not on the flusher's lowered one (a lock held by a
+        # thread that the scheduler puts last would hold the worker's answers with it).
+        self._trims: queue.Queue[tuple[JournalReader, int] | None] = queue.Queue()
+        self._trimmer: threading.Thread | None = None
 
     def start(self) -> None:
+        self._trimmer = threading.Thread(target=self._trim_run, name="audit-trimmer", daemon=True)
+        self._trimmer.start()
         self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and append what is left (call after the workers have stopped)."""
+        """Stop the threads and append what is left (call after the workers have stopped)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
@@ -342,10 +363,28 @@ class AuditFlusher:
                 pass
         except (DeltaError, OSError, sqlite3.Error) as exc:
             log.warning("audit records left in the journals for the next start: %s", exc)
+        if self._trimmer is not None:
+            self._trims.put(None)
+            self._trimmer.join(timeout=60)
+            self._trimmer = None
         for reader in self._readers.values():
             reader.close()
 
+    def _trim(self, reader: JournalReader, upto: int) -> None:
+        if self._trimmer is not None:
+            self._trims.put((reader, upto))
+        else:
+            reader.trim(upto)
+
+    def _trim_run(self) -> None:
+        while (item := self._trims.get()) is not None:
+            try:
+                item[0].trim(item[1])
+            except sqlite3.Error as exc:  # the records stay; the table's txn keeps them from repeating
+                log.warning("could not trim audit journal %s: %s", item[0].path, exc)
+
     def _run(self) -> None:
+        lower_thread_priority()  # the request workers come first; records wait in the journals
         while not self._stop.wait(self.interval):
             try:
                 # One batch per interval; more at once only while batches come back full (a backlog):
@@ -413,7 +452,7 @@ class AuditFlusher:
         )
         for reader, app_id, last in done:
             self._watermarks[app_id] = last
-            reader.trim(last)
+            self._trim(reader, last)
         self.flushed += batch.num_rows
         return batch.num_rows
 

@@ -22,7 +22,9 @@ from typing import Any
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from sharing_api.audit import AuditFlusher
+from lakehouse.errors import ConfigError
+from sharing_api.audit import AuditFlusher, try_lock
+from sharing_api.background import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,27 @@ class TableWatch:
 class Keeper:
     """Runs the flusher and the watch on threads; writes what they saw to the status file."""
 
-    def __init__(self, *, flusher: AuditFlusher, watch: TableWatch, status: Path, interval: float):
+    def __init__(
+        self, *, flusher: AuditFlusher, watch: TableWatch, status: Path, lock: Path, interval: float
+    ):
         self.flusher = flusher
         self.watch = watch
         self.status = status
+        self.lock = lock
         self.interval = interval
+        self._lock_fd: int | None = None
         self._tables: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        # Two keepers of one instance would append the same journal records twice.
+        self._lock_fd = try_lock(self.lock)
+        if self._lock_fd is None:
+            raise ConfigError(
+                f"another `medshare serve` of instance {self.flusher.store.instance!r} is running on "
+                f"this host (it holds {self.lock}); give this one its own MEDSHARE_API_INSTANCE"
+            )
         self.flusher.start()
         self._thread = threading.Thread(target=self._run, name="keeper-watch", daemon=True)
         self._thread.start()
@@ -76,8 +89,11 @@ class Keeper:
             self._thread.join(timeout=30)
         self.flusher.stop()
         self._write(self._tables)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
 
     def _run(self) -> None:
+        lower_thread_priority()
         while not self._stop.is_set():
             started = time.monotonic()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +130,11 @@ def audit_store(platform: Settings, api: ApiSettings, topology: Topology) -> Aud
     )
 
 
-def table_uris(platform: Settings, api: ApiSettings, topology: Topology) -> dict[str, str]:
+def table_uris(
+    platform: Settings, api: ApiSettings, topology: Topology, views: Iterable[str]
+) -> dict[str, str]:
     root = tables_root(platform, api, topology)
-    return {name: f"{root}/{name}" for name in catalog(load_contracts(platform.platform_dir))}
+    return {name: f"{root}/{name}" for name in views}
 
 
 def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
@@ -145,10 +148,11 @@ def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
             batch_rows=api.audit_batch_rows,
         ),
         watch=TableWatch(
-            table_uris(platform, api, topology),
+            table_uris(platform, api, topology, catalog(load_contracts(platform.platform_dir))),
             delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE)),
         ),
         status=api.keeper_status(platform),
+        lock=api.keeper_status(platform).with_suffix(".lock"),
         interval=api.refresh_seconds,
     )
 
@@ -164,7 +168,6 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     views = catalog(load_contracts(platform.platform_dir))
     db = Database(api.db_path(platform))
     options = delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE))
-    root = tables_root(platform, api, topology)
     path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
     grants = GrantBook(api.grants_path(platform), topology, views)
     consents = Consents(db)
@@ -183,7 +186,7 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
         identities=Identities(db, topology),
         consents=consents,
         lake=LakeView(
-            table_uris={name: f"{root}/{name}" for name in views},
+            table_uris=table_uris(platform, api, topology, views),
             views=views,
             topology=topology,
             storage_options=options,
