@@ -453,8 +453,9 @@ class AuditFlusher:
         for reader, app_id, last in done:
             self._watermarks[app_id] = last
             self._trim(reader, last)
-        self.flushed += batch.num_rows
-        return batch.num_rows
+        appended = int(batch.num_rows)
+        self.flushed += appended
+        return appended
 
 
 @dataclass(frozen=True, kw_only=True)
