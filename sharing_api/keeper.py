@@ -120,9 +120,8 @@ def read_status(path: Path, *, max_age: float) -> dict[str, Any] | None:
     """The keeper's last status, or None when there is none as recent as `max_age` seconds (no
     keeper running: the caller does the work itself)."""
     try:
-        body: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
+        body = json.loads(path.read_text())
+        fresh = isinstance(body, dict) and time.time() - float(body.get("updated", 0)) <= max_age
+    except (OSError, ValueError, TypeError):  # a half-written or foreign file is no status
         return None
-    if not isinstance(body, dict) or time.time() - float(body.get("updated", 0)) > max_age:
-        return None
-    return body
+    return body if fresh else None

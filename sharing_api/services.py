@@ -140,7 +140,6 @@ def table_uris(
 def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
     """The instance's background work, for the process that supervises its workers."""
     topology = load_topology(platform.platform_dir)
-    api.state_path(platform).mkdir(parents=True, exist_ok=True)
     return Keeper(
         flusher=AuditFlusher(
             audit_store(platform, api, topology),

@@ -326,7 +326,7 @@ class Publisher:
                         value=json.dumps(
                             {"version": unit.version, "rows": rows, "published_ms": int(time.time() * 1000)}
                         ).encode(),
-                        partition=self.layout.partition_of(self.city, "replication-progress"),
+                        partition=self._progress_partition().partition,
                     )
                 )
                 producer.flush(timeout=60)

@@ -4,8 +4,8 @@ trust or ignore, and a read model that reloads only when the keeper saw a new ve
 from __future__ import annotations
 
 import json
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,9 @@ def test_an_old_or_broken_status_is_no_status(tmp_path: Path) -> None:
     assert read_status(path, max_age=60) is None  # its keeper has stopped writing
     path.write_text("{not json")
     assert read_status(path, max_age=60) is None
+    for updated in ('"soon"', "null", "[1]"):  # readable JSON, no time in it: not a crash either
+        path.write_text(f'{{"updated": {updated}, "tables": {{}}}}')
+        assert read_status(path, max_age=60) is None
     path.write_text(json.dumps({"updated": time.time(), "tables": {"encounters": 3}}))
     assert read_status(path, max_age=60) == {
         "updated": pytest.approx(time.time(), abs=5),
@@ -63,53 +66,53 @@ def test_an_old_or_broken_status_is_no_status(tmp_path: Path) -> None:
     }
 
 
-def test_read_model_reloads_only_when_the_keeper_saw_a_change(tmp_path: Path) -> None:
-    versions: dict[str, object] = {"encounters": 1}
+def _view_counting_passes(versions: Callable[[], object | None]) -> tuple[LakeView, list[object]]:
+    """A read model over no tables whose refresh passes are recorded (with the versions then)."""
     view = LakeView(
         table_uris={},
         views={},
         topology=load_topology(get_settings().platform_dir),
         storage_options={},
         refresh_seconds=0.01,
-        versions=lambda: dict(versions),
+        versions=versions,
     )
-    passes = []
+    passes: list[object] = []
     refresh = view.refresh
 
     def counted() -> bool:
-        passes.append(dict(versions))
+        passes.append(versions())
         return refresh()
 
     view.refresh = counted  # type: ignore[method-assign]
+    return view, passes
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_read_model_reloads_only_when_the_keeper_saw_a_change() -> None:
+    versions: dict[str, object] = {"encounters": 1}
+    view, passes = _view_counting_passes(lambda: dict(versions))
     view.start()
     try:
-        time.sleep(0.3)
+        assert _until(lambda: len(passes) >= 1)
+        time.sleep(0.3)  # ~30 more passes of the loop
         assert passes == [{"encounters": 1}]  # the first load, then nothing while nothing changes
         versions["encounters"] = 2
+        assert _until(lambda: len(passes) >= 2)
         time.sleep(0.3)
         assert passes == [{"encounters": 1}, {"encounters": 2}]
     finally:
         view.stop()
 
-    no_keeper = LakeView(
-        table_uris={},
-        views={},
-        topology=load_topology(get_settings().platform_dir),
-        storage_options={},
-        refresh_seconds=0.01,
-        versions=lambda: None,
-    )
-    calls = threading.Semaphore(0)
-    base = no_keeper.refresh
-
-    def count() -> bool:
-        calls.release()
-        return base()
-
-    no_keeper.refresh = count  # type: ignore[method-assign]
+    no_keeper, asked = _view_counting_passes(lambda: None)
     no_keeper.start()
     try:
-        for _ in range(3):  # without a keeper it asks the tables itself, pass after pass
-            assert calls.acquire(timeout=5)
+        # Without a keeper it asks the tables itself, pass after pass.
+        assert _until(lambda: len(asked) >= 3)
     finally:
         no_keeper.stop()
