@@ -50,7 +50,7 @@ RECORD = {
 
 def _journal_class(module: str) -> Any:
     if module == "current":
-        from sharing_api.audit import Journal
+        from sharing_api.journal import Journal
 
         return Journal
     spec = importlib.util.spec_from_file_location("journal_under_test", module)

@@ -2,7 +2,7 @@
 which hospital, for what purpose, which dataset or patient, the decision and the grant behind it,
 rows returned, when, from where).
 
-Durability before the response: the middleware hands the record to the journal (SQLite,
+Durability before the response: the middleware hands the record to the journal (`journal`: SQLite,
 synchronous=FULL) and waits for the fsync; concurrent requests share one commit (group commit),
 so the wait stays short under load. Each request worker writes its own journal file; one flusher
 per instance, outside the request workers (see `keeper`), appends every journal of the instance
@@ -16,7 +16,6 @@ mistaken for records already flushed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import fcntl
@@ -27,7 +26,6 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from sharing_api.background import lower_thread_priority
+from sharing_api.journal import AuditUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +114,6 @@ class AuditRecord:
         return row
 
 
-class AuditUnavailable(Exception):
-    """The journal could not make a record durable; the request must not be answered with data."""
-
-
 def claim_journal(lock_path: Callable[[int], Path], *, slots: int = 64) -> tuple[Path, int]:
     """The journal file of the first free slot, and the lock that holds it for this process.
 
@@ -145,103 +140,6 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-class Journal:
-    """Append-only local journal with group commit on a writer thread, built around the GIL.
-
-    The event loop and this thread share the GIL, and each time the thread leaves and re-enters
-    Python while the loop is busy it waits for the loop to let go — up to the 5 ms switch
-    interval. A first version did that per record (an `execute` per insert, a wake-up per
-    answered request): at 150 requests/s per worker the wait for the journal was p50 3–11 ms,
-    p99 52–92 ms, for an fsync of ~0.3 ms. So a batch costs three hand-overs whatever its size:
-    the wake-up, one statement that inserts every record and commits (autocommit: the fsync is
-    inside it), and one call back into the loop. The records are made JSON on the loop. The
-    commit stays off the loop so a slow fsync delays only the answers waiting for it.
-    """
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # every commit is fsynced: durable before we answer
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)"
-        )
-        self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex[:16],))
-        self.id: str = self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
-        self._lock = threading.Lock()  # one statement at a time: the thread's and append_sync's
-        self._pending: list[tuple[str, asyncio.Future[int]]] = []
-        self._wake = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="audit-journal", daemon=True)
-        self._thread.start()
-        self.commits = 0
-
-    async def append(self, record: dict[str, Any]) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        text = _dumps(record)
-        with self._wake:
-            self._pending.append((text, future))
-            if len(self._pending) == 1:
-                self._wake.notify()
-        return await future
-
-    def append_sync(self, record: dict[str, Any]) -> int:
-        """For callers outside the event loop (tests, the CLI)."""
-        return self._write([_dumps(record)])[0]
-
-    def _write(self, texts: list[str]) -> list[int]:
-        """One statement: every record inserted and committed (fsynced), or none."""
-        with self._lock:
-            cur = self._conn.execute(
-                "INSERT INTO journal (record) SELECT value FROM json_each(?) ORDER BY key",
-                (json.dumps(texts),),
-            )
-            last = int(cur.lastrowid or 0)
-            self.commits += 1
-        # One writer at a time and AUTOINCREMENT: the statement's rows have consecutive seqs.
-        return list(range(last - len(texts) + 1, last + 1))
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending and not self._closing:
-                    self._wake.wait()
-                batch, self._pending = self._pending, []
-                if not batch:
-                    return  # closing, nothing left
-            try:
-                seqs: list[int] | AuditUnavailable = self._write([text for text, _ in batch])
-            except sqlite3.Error as exc:
-                log.error("audit journal write failed: %s", exc)
-                seqs = AuditUnavailable(str(exc))
-            # One call back per event loop (there is one, but for tests that run several).
-            loops: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
-            for i, (_, future) in enumerate(batch):
-                loops.setdefault(future.get_loop(), []).append((i, future))
-            for loop, futures in loops.items():
-                # RuntimeError: the loop is closed, nobody waits for these answers any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_settle, futures, seqs)
-
-    def close(self) -> None:
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
-
-
-def _settle(futures: list[tuple[int, asyncio.Future[int]]], seqs: list[int] | AuditUnavailable) -> None:
-    for i, future in futures:
-        if future.done():
-            continue
-        if isinstance(seqs, AuditUnavailable):
-            future.set_exception(seqs)
-        else:
-            future.set_result(seqs[i])
 
 
 class JournalReader:
@@ -288,10 +186,6 @@ class JournalReader:
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), default=str)
 
 
 def to_arrow(instance: str, journal: str, rows: list[tuple[int, dict[str, Any]]]) -> pa.Table:

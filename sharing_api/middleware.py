@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sharing_api.audit import AuditRecord, AuditUnavailable, Journal
+from sharing_api.audit import AuditRecord
+from sharing_api.journal import AuditUnavailable, Journal
 
 log = logging.getLogger("medshare.api.access")
 AUDITED = ("/v1/", "/oauth/", "/delta-sharing/")

@@ -20,13 +20,14 @@ from lakehouse.storage import (
     site_credentials,
 )
 from lakehouse.topology import Topology, load_topology
-from sharing_api.audit import AuditFlusher, AuditStore, Journal, claim_journal
+from sharing_api.audit import AuditFlusher, AuditStore, claim_journal
 from sharing_api.catalog import DatasetView, catalog
 from sharing_api.consent import Consents
 from sharing_api.copies import CopySync, CopyWriter
 from sharing_api.db import Database
 from sharing_api.grants import GrantBook
 from sharing_api.identities import Identities
+from sharing_api.journal import Journal
 from sharing_api.keeper import Keeper, TableWatch, read_status
 from sharing_api.lakeview import LakeView
 from sharing_api.masking import Masker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import signal
 import time
 from pathlib import Path
 
@@ -16,8 +17,6 @@ from sharing_api.audit import (
     AuditFlusher,
     AuditQuery,
     AuditStore,
-    AuditUnavailable,
-    Journal,
     JournalReader,
     read_audit,
     to_arrow,
@@ -27,6 +26,7 @@ from sharing_api.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from sharing_api.filters import Filter, expression
 from sharing_api.grants import ColumnPolicy
 from sharing_api.identities import Identities
+from sharing_api.journal import AuditUnavailable, Journal
 from sharing_api.masking import Masker
 from sharing_api.paging import decode_cursor, encode_cursor
 from sharing_api.ratelimit import RateLimiter
@@ -219,14 +219,43 @@ def test_journal_fails_closed(tmp_path: Path) -> None:
     """A record the journal cannot make durable fails every request of its commit (the
     middleware then answers 503 instead of the data)."""
     journal = Journal(tmp_path / "audit.db")
-    journal._conn.execute("PRAGMA query_only=1")  # as a full or read-only disk would refuse
+    refuse = "CREATE TRIGGER refuse BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    journal._file._conn.execute(refuse)  # as a full or read-only disk would refuse the writer
 
     async def two() -> list[int | BaseException]:
         return await asyncio.gather(
             *(journal.append({"time": time.time(), "n": i}) for i in range(2)), return_exceptions=True
         )
 
-    assert all(isinstance(r, AuditUnavailable) for r in asyncio.run(two()))
-    journal._conn.execute("PRAGMA query_only=0")
+    failed = asyncio.run(two())
+    assert all(isinstance(r, AuditUnavailable) and "disk full" in str(r) for r in failed), failed
+    journal._file._conn.execute("DROP TRIGGER refuse")
     assert asyncio.run(journal.append({"time": time.time()})) == 1  # nothing half-written before
+    journal.close()
+
+
+def test_journal_writer_killed(tmp_path: Path) -> None:
+    """A writer process that dies fails the requests waiting for it (none is told its record is
+    durable); the next record starts another writer, and the sequence goes on."""
+    journal = Journal(tmp_path / "audit.db")
+
+    async def scenario() -> tuple[list[int | BaseException], int]:
+        assert await journal.append({"time": time.time()}) == 1
+        assert journal._writer is not None
+        writer = journal._writer[0]
+        writer.send_signal(signal.SIGSTOP)  # records wait in its socket ...
+        waiting = [asyncio.ensure_future(journal.append({"time": time.time(), "n": i})) for i in range(3)]
+        await asyncio.sleep(0.2)
+        assert not any(f.done() for f in waiting)
+        writer.kill()  # ... and it dies before committing them
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        return outcomes, await journal.append({"time": time.time(), "n": 3})
+
+    outcomes, seq = asyncio.run(scenario())
+    assert all(isinstance(o, AuditUnavailable) for o in outcomes), outcomes
+    reader = JournalReader.open(journal.path)
+    assert reader is not None
+    rows = reader.pending(0, 100)
+    assert [r.get("n") for _, r in rows] == [None, 3] and rows[-1][0] == seq
+    reader.close()
     journal.close()
