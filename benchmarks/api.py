@@ -100,15 +100,17 @@ def code_version() -> str:
 
 
 def family(pid: int) -> list[int]:
-    """The process and its children (uvicorn's worker processes when there are several)."""
-    pids = [pid]
+    """The process and its descendants (uvicorn's workers, their audit journal writers)."""
+    parent_of: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    pids.append(int(proc.name))
+                parent_of[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
+    pids = [pid]
+    for member in pids:  # grows while it is walked: breadth first
+        pids.extend(child for child, parent in parent_of.items() if parent == member)
     return pids
 
 
@@ -129,6 +131,13 @@ def cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def _is_journal_writer(pid: int) -> bool:
+    try:
+        return b"sharing_api.journal" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
@@ -545,6 +554,8 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         used = seconds - threads0.get(tid, (name, 0.0))[1]
         if tid == server_pid:
             label = "supervisor main"
+        elif tid in processes and _is_journal_writer(tid):
+            label = "journal writers"
         elif tid in processes:
             label = f"worker {tid} event loop"
         else:
