@@ -33,9 +33,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class _Link(asyncio.Protocol):
         self._buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio's: no isinstance check here.
+        self.transport = cast(asyncio.WriteTransport, transport)
 
     def send(self, line: bytes) -> asyncio.Future[int]:
         assert self.transport is not None
@@ -135,6 +136,7 @@ class Journal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Link] | None = None
         self._retired_commits = 0
+        self._last_connect = -1.0
 
     @property
     def commits(self) -> int:
@@ -167,7 +169,12 @@ class Journal:
     async def _connect(self) -> _Link:
         loop = asyncio.get_running_loop()
         if self._link is not None:  # its writer stopped, or it belongs to another (test) loop
+            # At most one new writer a second: whatever stops them must not cost a process a request.
+            wait = self._last_connect + 1.0 - time.monotonic()
+            if self._link.transport is None and wait > 0:
+                raise AuditUnavailable(f"the audit journal's writer stopped; another starts in {wait:.1f} s")
             self._retire()
+        self._last_connect = time.monotonic()
         if self._writer is not None and self._writer[0].poll() is not None:
             code = self._writer[0].returncode
             log.warning("audit journal writer of %s exited (%s); starting another", self.path, code)
@@ -180,6 +187,8 @@ class Journal:
         except OSError as exc:
             raise AuditUnavailable(f"cannot start the audit journal's writer: {exc}") from exc
         self._link, self._loop = link, loop
+        if link.transport is None:
+            raise AuditUnavailable("the audit journal's writer did not take the connection")
         return link
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], socket.socket]:

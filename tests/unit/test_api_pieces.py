@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import uvloop
 
 from lakehouse.topology import Topology
 from sharing_api.audit import (
@@ -145,13 +146,15 @@ def test_credentials(tmp_path: Path, topology: Topology) -> None:
             store.authenticate(token)
 
 
-def test_journal_group_commit_and_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # the server runs uvloop
+def test_journal_group_commit_and_order(tmp_path: Path, loop: str) -> None:
     journal = Journal(tmp_path / "audit.db")
 
     async def many() -> list[int]:
         return await asyncio.gather(*(journal.append({"time": time.time(), "n": i}) for i in range(200)))
 
-    seqs = asyncio.run(many())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
+        seqs = runner.run(many())
     assert sorted(seqs) == list(range(1, 201))
     assert journal.commits < 200  # concurrent records shared commits
     reader = JournalReader.open(journal.path)  # as the instance's flusher reads it
@@ -249,6 +252,9 @@ def test_journal_writer_killed(tmp_path: Path) -> None:
         assert not any(f.done() for f in waiting)
         writer.kill()  # ... and it dies before committing them
         outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        with pytest.raises(AuditUnavailable, match="another starts in"):  # not a process a request
+            await journal.append({"time": time.time()})
+        await asyncio.sleep(1.0)
         return outcomes, await journal.append({"time": time.time(), "n": 3})
 
     outcomes, seq = asyncio.run(scenario())
