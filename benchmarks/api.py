@@ -141,7 +141,7 @@ def _is_journal_writer(pid: int) -> bool:
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds of every thread of a process and its children: tid → (name, seconds)."""
+    """CPU seconds of every thread of a process and its descendants: tid → (name, seconds)."""
     out: dict[int, tuple[str, float]] = {}
     tasks = [t for member in family(pid) for t in Path(f"/proc/{member}/task").iterdir()]
     for task in tasks:

@@ -100,8 +100,16 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            head, count, *reason = line.split(b" ", 2)
-            futures = [self.waiting.popleft() for _ in range(int(count))]
+            try:
+                head, count, *reason = line.split(b" ", 2)
+                futures = [self.waiting.popleft() for _ in range(int(count))]
+            except (ValueError, IndexError):
+                # Not our writer's answer: close, so every waiting request fails (connection_lost)
+                # instead of waiting for ever.
+                log.error("audit journal writer answered %r; closing the link", line[:100])
+                if self.transport is not None:
+                    self.transport.close()
+                return
             self.commits += 1
             if head == b"!":
                 error = AuditUnavailable(reason[0].decode(errors="replace") if reason else "write failed")
@@ -192,6 +200,8 @@ class Journal:
         return link
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        # The writer gets SIGKILL when the *thread* that started it ends (PR_SET_PDEATHSIG): start
+        # it from one that lives as long as the journal — the worker's main thread, its loop's.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         paths = [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         args = [str(self.path), str(theirs.fileno()), str(os.getpid())]
