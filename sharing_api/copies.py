@@ -134,14 +134,22 @@ def copy_state(table: DeltaTable) -> CopyState:
     of the copy's last rebuild forward."""
     history = table.history(1)
     newest = _meta(history[0]) if history else None
-    if newest is None:
-        raise DeltaError(f"{table.table_uri} has no medshare commit information")
-    return CopyState(
-        version=table.version(),
-        source_version=int(str(newest["source_version"])),
-        fingerprint=str(newest["fingerprint"]),
-        first_servable=int(str(newest["first_servable"])),
-    )
+    try:
+        if newest is None:
+            raise KeyError("commit information")
+        return CopyState(
+            version=table.version(),
+            source_version=int(str(newest["source_version"])),
+            fingerprint=str(newest["fingerprint"]),
+            first_servable=int(str(newest["first_servable"])),
+        )
+    except (KeyError, ValueError) as exc:
+        # E.g. a copy written before commits carried `first_servable`: the sync rebuilds it.
+        raise IncompleteCopy(f"{table.table_uri}: its newest commit lacks medshare's {exc}") from exc
+
+
+class IncompleteCopy(DeltaError):
+    """A copy whose newest commit does not say what medshare needs to serve or update it."""
 
 
 def _meta(commit: Mapping[str, object]) -> dict[str, object] | None:
@@ -182,7 +190,11 @@ class CopyWriter:
             copy: DeltaTable | None = DeltaTable(spec.uri, storage_options=self.storage_options)
         except TableNotFoundError:
             copy = None
-        state = copy_state(copy) if copy is not None else None
+        try:
+            state = copy_state(copy) if copy is not None else None
+        except IncompleteCopy as exc:
+            log.warning("copy %s: %s; rebuilding", spec.uri, exc)
+            state = None
         if copy is None or state is None or state.fingerprint != fingerprint:
             first = 0 if copy is None else copy.version() + 1  # this rebuild's version
             rows = self._write(spec, source, opted_out, None, first, fingerprint)

@@ -13,14 +13,23 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from pydantic import SecretStr
 
 from lakehouse.contracts import load_contracts
 from lakehouse.settings import Settings
 from lakehouse.storage import Credentials
 from sharing_api.catalog import catalog
-from sharing_api.copies import CopySpec, CopyWriter, _parts_sql, copy_specs, copy_state, unservable_reason
+from sharing_api.copies import (
+    _META,
+    CopySpec,
+    CopyWriter,
+    IncompleteCopy,
+    _parts_sql,
+    copy_specs,
+    copy_state,
+    unservable_reason,
+)
 from sharing_api.errors import BadRequest
 from sharing_api.grants import ColumnPolicy, Grant, GrantFile, Recipient
 from sharing_api.identities import IssuedToken
@@ -191,3 +200,20 @@ def test_a_copy_is_built_then_updated_part_by_part(tmp_path: Path, views) -> Non
     assert rebuilt.action == "rebuilt"
     state = copy_state(DeltaTable(spec.uri))
     assert (state.version, state.first_servable) == (2, 2)
+
+    # A copy whose newest commit lacks medshare's fields (an older medshare wrote it) is rebuilt
+    # by the next pass, not a failed pass every time; serving treats it as not ready.
+    copy = DeltaTable(spec.uri)
+    older = {"source_version": 1, "fingerprint": "f"}  # no first_servable yet
+    write_deltalake(
+        spec.uri,
+        copy.to_pyarrow_table().slice(0, 1),
+        mode="append",
+        commit_properties=CommitProperties(custom_metadata={_META: json.dumps(older)}),
+    )
+    with pytest.raises(IncompleteCopy, match="first_servable"):
+        copy_state(DeltaTable(spec.uri))
+    again = writer.sync(spec, opted_out | {f"{1:064x}"})
+    assert again.action == "rebuilt"
+    state = copy_state(DeltaTable(spec.uri))
+    assert (state.version, state.first_servable) == (4, 4)
