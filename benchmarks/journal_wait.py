@@ -1,14 +1,15 @@
 """How long a request waits for its audit record to be durable while the event loop is busy.
 
     ~/.cache/medshare/venv/bin/python benchmarks/journal_wait.py [--rate 150] [--seconds 15]
-        [--busy-ms 3] [--module path/to/audit.py ...]
+        [--busy-ms 3] [--module path/to/journal.py ...]
 
 One asyncio loop, as in an API worker: requests arrive at `--rate` a second (Poisson), each
 holds the loop for `--busy-ms` of Python (a lookup's CPU), then awaits `Journal.append` — the
 wait that the audit middleware puts between a response and its first byte. Reported: that wait
 and the request's latency from its arrival, per journal implementation. `--module` loads
-`Journal` from other files (e.g. `git show <rev>:sharing_api/audit.py > /tmp/old.py`) to compare
-designs side by side; the runs alternate, `--repeats` times each. The journals are written under
+`Journal` from other files (`git show <rev>:sharing_api/journal.py > /tmp/old.py`; before c8448a4
+it lived in `sharing_api/audit.py`) to compare designs side by side; the runs alternate,
+`--repeats` times each. The journals are written under
 the platform's state folder (the disk the API uses), in a temporary folder removed afterwards.
 """
 

@@ -134,9 +134,9 @@ def copy_state(table: DeltaTable) -> CopyState:
     of the copy's last rebuild forward."""
     history = table.history(1)
     newest = _meta(history[0]) if history else None
+    if newest is None:
+        raise IncompleteCopy(f"{table.table_uri} has no medshare commit information")
     try:
-        if newest is None:
-            raise KeyError("commit information")
         return CopyState(
             version=table.version(),
             source_version=int(str(newest["source_version"])),
