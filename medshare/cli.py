@@ -82,11 +82,12 @@ def _print_status() -> bool:
 @app.command()
 def status() -> None:
     """Show each service, its ports, pid and health, then how far the province's replicas are
-    behind each city; exit 1 unless all services are healthy."""
+    behind each city and what each replicator is doing; exit 1 unless all services are healthy
+    and no replicator is stalled."""
     try:
         healthy = _print_status()
         if healthy:
-            replication_cli.print_lag(get_settings())
+            healthy = replication_cli.print_replication(get_settings())
     except MedshareError as exc:
         _fail(exc)
     if not healthy:

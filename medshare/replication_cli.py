@@ -191,28 +191,59 @@ def verify(
     raise typer.Exit(1)
 
 
-def print_lag(settings: Settings, namespace: str = "") -> None:
-    """The replication table of `medshare status`: how far the province is behind each city."""
+def print_replication(settings: Settings, namespace: str = "") -> bool:
+    """The replication part of `medshare status`: how far the province is behind each city, and
+    what each replicator on this machine is doing; False when one cannot make progress."""
     from lakehouse.contracts import load_contracts
+    from lakehouse.replication.health import STALL_SECONDS, read_statuses
     from lakehouse.replication.status import replication_lag
 
     rows = replication_lag(settings, _layout(settings, namespace), load_contracts(settings.platform_dir))
     table = Table("city", "dataset", "city version", "province reflects", "behind", "lag")
     for r in rows:
         lag = "-" if r.lag_seconds is None else f"{r.lag_seconds:.1f} s"
-        style = "green" if r.behind == 0 else "yellow"
+        late = r.behind and (r.lag_seconds is None or r.lag_seconds >= STALL_SECONDS)
+        style = "green" if r.behind == 0 else "red" if late else "yellow"
         table.add_row(
             r.city,
             r.dataset,
             str(r.city_version),
             str(r.applied_version),
             f"[{style}]{r.behind}[/{style}]",
-            lag,
+            f"[{style}]{lag}[/{style}]" if late else lag,
         )
     if rows:
         Console().print(table)
     else:
         console.print("replication: no curated tables yet")
+    statuses = read_statuses(settings.state_dir / "replication", namespace)
+    healthy = True
+    if statuses:
+        workers = Table(
+            "replicator", "partitions", "units done", "last progress", "doing", title="replicators"
+        )
+        now = time.time()
+        for st in statuses:
+            stalls = st.stalls(now)
+            healthy = healthy and not stalls
+            doing = "; ".join(stalls) if stalls else (st.busy.what if st.busy else "waiting for messages")
+            workers.add_row(
+                f"pid {st.pid}",
+                str(len(st.partitions)),
+                str(st.units_done),
+                f"{now - st.last_progress:.0f} s ago",
+                f"[red]STALLED: {doing}[/red]" if stalls else doing,
+            )
+        Console().print(workers)
+    behind = sum(r.behind for r in rows)
+    if behind and not statuses:
+        console.print(
+            f"[yellow]the province is {behind} city version(s) behind and no replicator runs on this "
+            "machine[/yellow] (`medshare replicator`)"
+        )
+    if not healthy:
+        console.print("[red]a replicator cannot make progress[/red]: see its log and the reason above")
+    return healthy
 
 
 def register(app: typer.Typer) -> None:

@@ -1,48 +1,64 @@
-"""Fixtures shared by all tests. Integration tests use the real stack, started once per run:
-if it was already up (a developer's `make up`), it is left running; otherwise it is stopped at
-the end, so CI leaves no process behind."""
+"""Fixtures shared by all tests.
+
+Tests never touch a user's stack: before anything reads the settings, this module points every
+MEDSHARE_* endpoint and the state folder at a stack of the test run's own — MinIO and Kafka on
+free loopback ports, their data in a temporary folder — which integration tests start once and
+which is stopped and deleted at the end of the run (tests/utils/stack_env.py). Processes the
+tests start (`medshare …`) inherit the same environment.
+"""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
-from lakehouse.settings import Settings, get_settings
-from lakehouse.storage import site_credentials
-from lakehouse.topology import Topology, load_topology
+from tests.utils.stack_env import TEST_STATE_DIR
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from lakehouse.settings import Settings
+    from lakehouse.topology import Topology
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(TEST_STATE_DIR, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
+    from lakehouse.settings import get_settings
+
     return get_settings()
 
 
 @pytest.fixture(scope="session")
 def topology(settings: Settings) -> Topology:
+    from lakehouse.topology import load_topology
+
     return load_topology(settings.platform_dir)
 
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings, topology: Topology) -> Iterator[Settings]:
+    """The test run's own MinIO and Kafka, started once, stopped (and deleted) at the end."""
     from infra import stack as stack_mod
 
-    was_up = stack_mod.is_up(settings)
+    assert settings.state_dir == TEST_STATE_DIR, "tests must run on their own stack"
     stack_mod.up(settings, topology)
     yield settings
-    if not was_up:
-        stack_mod.down(settings)
+    stack_mod.down(settings)
 
 
 @pytest.fixture(scope="session")
 def spark(stack: Settings) -> Iterator[SparkSession]:
     """A Spark session with the Zhengzhou sub-centre's object-store identity."""
     from lakehouse.spark import build_spark_session
+    from lakehouse.storage import site_credentials
 
     session = build_spark_session(stack, site_credentials(stack, "zhengzhou"), app_name="medshare-tests")
     yield session

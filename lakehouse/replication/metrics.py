@@ -68,6 +68,39 @@ class ReplicationMetrics:
             registry=self.registry,
         )
 
+        self.restarted = Counter(
+            "medshare_replication_units_restarted",
+            "Half-received units dropped by a consumer-group rebalance; read again from their first message.",
+            labels,
+            registry=self.registry,
+        )
+        # Whether the replicator is making progress (exported by lakehouse.replication.health).
+        self.stalled = Gauge(
+            "medshare_replication_stalled",
+            "1 while a retry, a failing poll or a half-received unit has lasted over a minute.",
+            registry=self.registry,
+        )
+        self.failing_seconds = Gauge(
+            "medshare_replication_failing_seconds",
+            "How long the current retry of an apply or poll has been failing; 0 when none is.",
+            registry=self.registry,
+        )
+        self.pending_units = Gauge(
+            "medshare_replication_pending_units",
+            "Units received in part or being applied.",
+            registry=self.registry,
+        )
+        self.assigned_partitions = Gauge(
+            "medshare_replication_assigned_partitions",
+            "Topic partitions this replicator holds in its consumer group.",
+            registry=self.registry,
+        )
+        self.last_progress = Gauge(
+            "medshare_replication_last_progress_timestamp_seconds",
+            "When this replicator last finished a unit (applied or skipped), or started.",
+            registry=self.registry,
+        )
+
     def text(self) -> str:
         return generate_latest(self.registry).decode("utf-8")
 

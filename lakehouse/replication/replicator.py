@@ -47,6 +47,7 @@ from kafka.structs import OffsetAndMetadata
 from lakehouse import kafka
 from lakehouse.contracts import Contract
 from lakehouse.errors import MedshareError
+from lakehouse.replication.health import Health
 from lakehouse.replication.layout import CITY, HOSPITAL, MONTH, PROVINCE_PARTITIONS, ReplicationLayout
 from lakehouse.replication.metrics import ReplicationMetrics
 from lakehouse.replication.wire import FULL, Header, MalformedMessage, decode_chunk
@@ -100,6 +101,10 @@ class Stopping(Exception):
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, CommitFailedError | OSError):
         return True
+    # A panic inside delta-rs (seen in object_store's writer while the store went away) reaches
+    # Python as pyo3's PanicException, a BaseException: retried like the failure that caused it.
+    if type(exc).__name__ == "PanicException":
+        return True
     return isinstance(exc, DeltaError) and any(marker in str(exc) for marker in _TRANSIENT)
 
 
@@ -129,6 +134,10 @@ class Spool:
     @property
     def next_chunk(self) -> int:
         return len(self.messages)
+
+    @property
+    def label(self) -> str:
+        return f"{self.header.city}/{self.header.dataset} v{self.header.version}"
 
     def append(self, record: ConsumerRecord, value: bytes) -> None:
         if not self.skip:
@@ -175,6 +184,7 @@ class Replicator:
         spool_dir: Path | None = None,
         on_applied: Callable[[Header, int], None] = lambda *_: None,
         group_id: str | None = None,
+        status_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.layout = layout
@@ -194,6 +204,12 @@ class Replicator:
         self.stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._last_commit = 0.0
+        self.health = Health(
+            self.metrics,
+            status_dir=status_dir or settings.state_dir / "replication",
+            namespace=layout.namespace,
+            group=self.group_id,
+        )
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, *, idle_timeout: float | None = None) -> None:
@@ -215,15 +231,18 @@ class Replicator:
         )
         self._consumer = consumer
         consumer.subscribe(sorted(self.topics), listener=_Rebalance(self))
+        self.health.start()
         idle_since = time.monotonic()
         try:
             while not self.stop.is_set():
                 try:
                     batches = consumer.poll(timeout_ms=500)
                 except KafkaError as exc:
+                    self.health.failed("poll the broker", exc, kind="polling")
                     log.warning("poll failed (%s); retrying", exc)
                     self.stop.wait(1.0)
                     continue
+                self.health.succeeded(kind="polling")
                 for records in batches.values():
                     for record in records:
                         self.handle(record)
@@ -243,15 +262,22 @@ class Replicator:
                 spool.discard()
             self.spools.clear()
             shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self.health.stop()
+
+    def _safe_offsets(self, partitions: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Per partition, the first message not yet done with: the next one after what was
+        handled, or the first message of a unit still being received (it is needed again)."""
+        safe = dict(self.done)
+        for spool in self.spools.values():
+            tp = spool.first
+            safe[tp] = min(safe.get(tp, spool.first_offset), spool.first_offset)
+        return {tp: o for tp, o in safe.items() if partitions is None or tp in partitions}
 
     def commit_offsets(self) -> None:
         """Commit, per partition, up to the first message of any unit still being received."""
         if self._consumer is None:
             return
-        safe = dict(self.done)
-        for spool in self.spools.values():
-            tp = spool.first
-            safe[tp] = min(safe.get(tp, spool.first_offset), spool.first_offset)
+        safe = self._safe_offsets()
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in safe.items() if self.committed.get(tp) != o}
         if not offsets:
             return
@@ -263,14 +289,55 @@ class Replicator:
         self.committed.update({tp: m.offset for tp, m in offsets.items()})
         self._last_commit = time.monotonic()
 
-    def forget(self, partitions: list[TopicPartition]) -> None:
-        """Partitions moved to another replicator: drop their half-received units."""
-        lost = set(partitions)
+    # -- consumer-group rebalances -----------------------------------------------------------
+    # These run on kafka-python's IO thread, inside poll(): a blocking consumer call there
+    # (commit, committed) raises RuntimeError, so only non-blocking ones are made.
+    def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Still a member: record how far we got, so a new owner re-reads as little as possible."""
+        offsets = self._safe_offsets(revoked)
+        if self._consumer is not None and offsets:
+            self._consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group (e.g. the session expired): another member may have applied and
+        committed past our state, so it is dropped and the consumer restarts these partitions
+        from the committed offsets."""
+        self._drop(lost, "the consumer lost its group membership")
+
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Partitions kept across a rebalance restart from the first message not done with.
+
+        kafka-python 3 keeps a retained partition's fetch position while the Java client resets
+        it to the committed offset; either way the half-received units dropped here must be read
+        again from their first chunk, so the position is set explicitly."""
+        consumer = self._consumer
+        owned = set(consumer.assignment()) if consumer is not None else set(assigned)
+        held = set(self.done) | {s.first for s in self.spools.values()}
+        resume = self._safe_offsets(owned & held)
+        self._drop(held, "a consumer-group rebalance")
+        for tp, offset in resume.items():
+            if consumer is not None:
+                consumer.seek(tp, offset)
+        names = [f"{tp.topic}[{tp.partition}]" for tp in sorted(owned)]
+        self.health.assigned(names)
+        log.info("assigned %d partition(s): %s", len(names), ", ".join(names) or "none")
+
+    def _drop(self, partitions: set[TopicPartition], why: str) -> None:
+        """Forget the state of `partitions`: their half-received units and handled offsets."""
         for key, spool in list(self.spools.items()):
-            if spool.first in lost:
+            if spool.first in partitions:
+                log.warning(
+                    "%s: dropped half-received %s (%d chunk(s)); it is read again from offset %d",
+                    why,
+                    spool.label,
+                    len(spool.messages),
+                    spool.first_offset,
+                )
+                self.metrics.restarted.labels(spool.header.city, spool.header.dataset).inc()
+                self.health.unit_ended(spool.label, progress=False)
                 spool.discard()
                 del self.spools[key]
-        for tp in lost:
+        for tp in partitions:
             self.done.pop(tp, None)
             self.committed.pop(tp, None)
 
@@ -288,7 +355,9 @@ class Replicator:
         key = (header.city, header.dataset)
         spool = self.spools.get(key)
         if header.chunk == 0:
-            if spool is not None:  # an earlier unit cut short by a rebalance; it comes again
+            if spool is not None:  # an unfinished unit of an aborted transaction: never applied
+                log.warning("%s: a new unit began before its last chunk; it is dropped", spool.label)
+                self.health.unit_ended(spool.label, progress=False)
                 spool.discard()
             applied = self.applied_version(header.city, header.dataset)
             spool = Spool(
@@ -299,6 +368,7 @@ class Replicator:
                 skip=applied is not None and applied >= header.version,
             )
             self.spools[key] = spool
+            self.health.unit_started(spool.label)
         elif spool is None or spool.header.version != header.version or header.chunk != spool.next_chunk:
             expected = "chunk 0" if spool is None else f"v{spool.header.version} chunk {spool.next_chunk}"
             reason = f"chunk {header.chunk} of v{header.version} out of sequence (expected {expected})"
@@ -308,8 +378,13 @@ class Replicator:
         spool.append(record, record.value or b"")
         if header.last:
             # Registered until applied: a shutdown or crash mid-apply commits no offset past it.
-            self.apply(spool)
+            self.health.busy(f"apply {spool.label}")
+            try:
+                self.apply(spool)
+            finally:
+                self.health.busy(None)
             del self.spools[key]
+            self.health.unit_ended(spool.label, progress=True)
             spool.discard()
         self.done[tp] = record.offset + 1
         if header.last:
@@ -351,18 +426,30 @@ class Replicator:
         raise AssertionError("unreachable")
 
     def _attempts(self, action: str, labels: tuple[str, str] | None = None) -> Iterator[_Attempt]:
-        """Retry transient failures with backoff until they pass or shutdown is requested."""
+        """Retry transient failures with backoff until they pass or shutdown is requested; each
+        failure is reported to the health record (a long one becomes a stall, said loudly)."""
         delay = 0.5
+        failures = 0
         while True:
             attempt = _Attempt()
             yield attempt
             if attempt.error is None:
+                if failures:
+                    self.health.succeeded()
                 return
+            failures += 1
+            self.health.failed(action, attempt.error)
             if self.stop.is_set():
                 raise Stopping
             if labels is not None:
                 self.metrics.retries.labels(*labels).inc()
-            log.warning("%s failed (%s); retrying in %.1f s", action, attempt.error, delay)
+            log.warning(
+                "%s failed (attempt %d: %s); retrying in %.1f s",
+                action,
+                failures,
+                _first_line(attempt.error),
+                delay,
+            )
             self.stop.wait(delay)
             delay = min(delay * 2, 10.0)
 
@@ -521,6 +608,12 @@ class Replicator:
             self.metrics.dead_letters.labels(_reason_kind(d.reason)).inc()
 
 
+def _first_line(exc: BaseException) -> str:
+    """delta-rs error chains span many coloured lines; the first says what failed."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _headers_json(headers: list[tuple[str, bytes]]) -> str:
     return json.dumps({k: (v or b"").decode("utf-8", "replace") for k, v in headers}, ensure_ascii=False)
 
@@ -567,9 +660,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, replicator: Replicator) -> None:
         self.replicator = replicator
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.replicator.commit_offsets()
-        self.replicator.forget(list(revoked))
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.replicator.partitions_revoked(set(revoked))
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.replicator.partitions_lost(set(lost))
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.replicator.partitions_assigned(set(assigned))

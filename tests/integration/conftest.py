@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,22 @@ from lakehouse.settings import Settings
 from lakehouse.topology import Topology
 from tests.utils.province import Province
 from tests.utils.replication import make_topics
+from tests.utils.user_stack import snapshot, user_settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_stack_untouched() -> Iterator[None]:
+    """A stack the user runs on the default endpoints (a `make demo`, say) holds the same buckets,
+    objects and topics after each test module as before it: tests work on their own stack."""
+    user = user_settings()
+    before = snapshot(user)
+    yield
+    if before is None:
+        return
+    after = snapshot(user)
+    assert after is not None, f"the user's stack at {user.s3_endpoint} stopped during the module"
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    assert not added and not removed, f"the user's stack changed: added {added[:10]}, removed {removed[:10]}"
 
 
 @pytest.fixture

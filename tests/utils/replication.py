@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
 from kafka import TopicPartition
+from prometheus_client import Counter, Gauge
 
 from lakehouse import kafka
 from lakehouse.contracts import Contract
@@ -148,9 +150,14 @@ def make_topics(settings: Settings, layout: ReplicationLayout) -> None:
 
 @contextmanager
 def replicator_thread(
-    settings: Settings, layout: ReplicationLayout, contracts: Mapping[str, Contract]
+    settings: Settings,
+    layout: ReplicationLayout,
+    contracts: Mapping[str, Contract],
+    *,
+    worker: Replicator | None = None,
 ) -> Iterator[Replicator]:
-    worker = Replicator(settings, layout, contracts)
+    """A replicator (a new one, or `worker`) running on a thread for the block's duration."""
+    worker = worker or Replicator(settings, layout, contracts)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -224,6 +231,21 @@ def units_on_topic(settings: Settings, layout: ReplicationLayout, dataset: str) 
         return [h for h in headers if h.chunk == 0]
     finally:
         consumer.close()
+
+
+def dead_letters(settings: Settings, layout: ReplicationLayout) -> list[dict[str, object]]:
+    """The rows of the layout's dead-letter table (none when it was never created)."""
+    options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+    try:
+        table = DeltaTable(layout.dead_letter_table().uri, storage_options=options)
+    except TableNotFoundError:
+        return []
+    return read_all(table).to_pylist()
+
+
+def metric_value(metric: Counter | Gauge, *labels: str) -> float:
+    """The current value of one labelled sample of a Prometheus counter or gauge."""
+    return float(metric.labels(*labels)._value.get())
 
 
 def medshare(log: Path, *args: str) -> subprocess.Popen[bytes]:
