@@ -58,16 +58,21 @@ class ReplicatorStatus:
     polling: Wait | None = None
     last_progress: float = 0.0
     units_done: int = 0
+    # Failed attempts of storage or broker calls since the start, and stalls said.
+    failures: int = 0
+    stalls_reported: int = 0
+    stall_seconds: float = STALL_SECONDS
 
     def stalls(self, now: float | None = None) -> list[str]:
         """Why this replicator is not making progress; empty when it is."""
         now = time.time() if now is None else now
+        limit = self.stall_seconds
         out = []
         for kind, wait in (("retrying", self.retrying), ("poll failing", self.polling)):
-            if wait is not None and now - wait.since >= STALL_SECONDS:
+            if wait is not None and now - wait.since >= limit:
                 out.append(f"{kind} for {now - wait.since:.0f} s: {wait.what} ({wait.error})")
         for unit, since in sorted(self.pending.items()):
-            if now - since >= STALL_SECONDS and (self.busy is None or unit not in self.busy.what):
+            if now - since >= limit and (self.busy is None or unit not in self.busy.what):
                 out.append(f"{unit} half received for {now - since:.0f} s")
         if now - self.updated > STATUS_MAX_AGE:
             out.append(f"status not updated for {now - self.updated:.0f} s")
@@ -92,6 +97,7 @@ class Health:
         status_dir: Path | None,
         namespace: str,
         group: str,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         self.metrics = metrics
         now = time.time()
@@ -103,6 +109,7 @@ class Health:
             updated=now,
             started=now,
             last_progress=now,
+            stall_seconds=stall_seconds,
         )
         name = f"replicator-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         self._path = None if status_dir is None else status_dir / name
@@ -140,14 +147,16 @@ class Health:
                 wait = Wait(what, time.time())
                 setattr(self._status, kind, wait)
             wait.attempts += 1
+            self._status.failures += 1
             wait.error = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
 
-    def succeeded(self, *, kind: str = "retrying") -> None:
+    def recovered(self, *, kind: str = "retrying") -> None:
+        """The retried call passed (or was given up): nothing is failing any more."""
         with self._lock:
             wait = getattr(self._status, kind)
             if wait is not None:
                 log.info(
-                    "%s succeeded after %d failed attempt(s) over %.0f s",
+                    "%s: no longer failing, after %d failed attempt(s) over %.0f s",
                     wait.what,
                     wait.attempts,
                     time.time() - wait.since,
@@ -176,6 +185,9 @@ class Health:
             if key not in self._said:
                 log.error("replicator stalled: %s", stall)
                 self._said.add(key)
+                with self._lock:
+                    self._status.stalls_reported += 1
+                status.stalls_reported += 1
         if not stalls and self._said:
             log.info("replicator making progress again")
             self._said.clear()

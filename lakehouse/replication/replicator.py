@@ -47,7 +47,7 @@ from kafka.structs import OffsetAndMetadata
 from lakehouse import kafka
 from lakehouse.contracts import Contract
 from lakehouse.errors import MedshareError
-from lakehouse.replication.health import Health
+from lakehouse.replication.health import STALL_SECONDS, Health
 from lakehouse.replication.layout import CITY, HOSPITAL, MONTH, PROVINCE_PARTITIONS, ReplicationLayout
 from lakehouse.replication.metrics import ReplicationMetrics
 from lakehouse.replication.wire import FULL, Header, MalformedMessage, decode_chunk
@@ -185,6 +185,7 @@ class Replicator:
         on_applied: Callable[[Header, int], None] = lambda *_: None,
         group_id: str | None = None,
         status_dir: Path | None = None,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         self.settings = settings
         self.layout = layout
@@ -209,6 +210,7 @@ class Replicator:
             status_dir=status_dir or settings.state_dir / "replication",
             namespace=layout.namespace,
             group=self.group_id,
+            stall_seconds=stall_seconds,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -242,7 +244,7 @@ class Replicator:
                     log.warning("poll failed (%s); retrying", exc)
                     self.stop.wait(1.0)
                     continue
-                self.health.succeeded(kind="polling")
+                self.health.recovered(kind="polling")
                 for records in batches.values():
                     for record in records:
                         self.handle(record)
@@ -430,28 +432,31 @@ class Replicator:
         failure is reported to the health record (a long one becomes a stall, said loudly)."""
         delay = 0.5
         failures = 0
-        while True:
-            attempt = _Attempt()
-            yield attempt
-            if attempt.error is None:
-                if failures:
-                    self.health.succeeded()
-                return
-            failures += 1
-            self.health.failed(action, attempt.error)
-            if self.stop.is_set():
-                raise Stopping
-            if labels is not None:
-                self.metrics.retries.labels(*labels).inc()
-            log.warning(
-                "%s failed (attempt %d: %s); retrying in %.1f s",
-                action,
-                failures,
-                _first_line(attempt.error),
-                delay,
-            )
-            self.stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+        try:
+            while True:
+                attempt = _Attempt()
+                # A caller that returns from inside its attempt closes this generator here.
+                yield attempt
+                if attempt.error is None:
+                    return
+                failures += 1
+                self.health.failed(action, attempt.error)
+                if self.stop.is_set():
+                    raise Stopping
+                if labels is not None:
+                    self.metrics.retries.labels(*labels).inc()
+                log.warning(
+                    "%s failed (attempt %d: %s); retrying in %.1f s",
+                    action,
+                    failures,
+                    _first_line(attempt.error),
+                    delay,
+                )
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        finally:
+            if failures:
+                self.health.recovered()
 
     def apply(self, spool: Spool) -> None:
         header = spool.header

@@ -23,9 +23,11 @@ from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.replication.publisher import Publisher
+from lakehouse.replication.replicator import Replicator
 from lakehouse.settings import Settings
 from tests.utils.replication import (
     CITIES,
+    assert_province_holds_the_cities,
     curated_rows,
     hospitals,
     medshare,
@@ -40,10 +42,13 @@ pytestmark = pytest.mark.faults
 REPEATS = range(int(os.environ.get("MEDSHARE_FAULT_REPEATS", "1")))
 
 
+DATASETS = ("encounters", "diagnoses", "patients")
+
+
 def seed(settings: Settings, layout: ReplicationLayout, contracts: dict[str, Contract], rows: int) -> None:
     for n, city in enumerate(CITIES):
         hs = hospitals(layout.topology, city)
-        for name in ("encounters", "diagnoses", "patients"):
+        for name in DATASETS:
             table = curated_rows(contracts[name], hs, rows, months=6, salt=city, seed=n)
             write_city(settings, layout, city, contracts[name], table)
 
@@ -65,22 +70,28 @@ def test_replicator_killed_mid_apply(
     seed(stack, layout, contracts, 40_000)
     for city in CITIES:
         publish(stack, layout, city, contracts, key)
-    log = tmp_path / "replicator.log"
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     args = ("replicator", "--namespace", layout.namespace, "--metrics-port", "0")
-    first = medshare(log, *args)
+    first = medshare(first_log, *args)
     # Mid-stream: once the first unit is in, at a random point among the others (9 units, ~1 s each).
     deadline = time.monotonic() + 120
-    while " applied " not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while " applied " not in first_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(random.uniform(0.0, 3.0))
     kill9(first)
-    second = medshare(log, *args)
+    applied_before = first_log.read_text().count(" applied ")
+    second = medshare(second_log, *args)
     try:
         wait_verified(stack, layout, contracts, key, timeout=180)
     finally:
         second.send_signal(signal.SIGTERM)
         code = second.wait(60)
-    assert code == 0, log.read_text()[-3000:]
+    assert code == 0, second_log.read_text()[-3000:]
+    # The kill left units unapplied, and the restarted process applied them.
+    units = len(CITIES) * len(DATASETS)
+    assert 1 <= applied_before < units, first_log.read_text()[-3000:]
+    assert second_log.read_text().count(" applied ") >= units - applied_before - 1
+    assert_province_holds_the_cities(stack, layout, contracts, key, DATASETS)
 
 
 @pytest.mark.parametrize("round_", REPEATS)
@@ -95,16 +106,26 @@ def test_publisher_killed_mid_publish(
     seed(stack, layout, contracts, 60_000)
     log = tmp_path / "publisher.log"
     first = medshare(log, "publish", "--city", "luoyang", "--namespace", layout.namespace)
-    time.sleep(random.uniform(3.0, 8.0))
+    # Once its first unit (diagnoses) is on the topic, at a random point of the other two.
+    deadline = time.monotonic() + 120
+    while not units_on_topic(stack, layout, "diagnoses") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(random.uniform(0.0, 1.0))
+    assert first.poll() is None, log.read_text()[-3000:]
     kill9(first)
+    published_before = sum(
+        u.city == "luoyang" for name in DATASETS for u in units_on_topic(stack, layout, name)
+    )
+    assert published_before < len(DATASETS)
     second = medshare(log, "publish", "--city", "luoyang", "--namespace", layout.namespace)
     assert second.wait(300) == 0, log.read_text()[-3000:]
     with replicator_thread(stack, layout, contracts):
         wait_verified(stack, layout, contracts, key, cities=["luoyang"], timeout=180)
     # Whatever the kill point, each published version is on the topic exactly once.
-    for name in ("encounters", "diagnoses", "patients"):
+    for name in DATASETS:
         versions = [u.version for u in units_on_topic(stack, layout, name) if u.city == "luoyang"]
         assert versions == [0], (name, versions)
+    assert_province_holds_the_cities(stack, layout, contracts, key, DATASETS, ["luoyang"])
 
 
 @contextmanager
@@ -161,12 +182,16 @@ def test_broker_restart_during_a_stream(
             with city_writer(stack, layout, contracts) as commits:
                 time.sleep(random.uniform(3.0, 8.0))
                 process.stop(spec)
+                during = len(commits)
                 time.sleep(3.0)
                 prepare_kafka(stack)
                 process.start(spec)
+                after = len(commits)
                 time.sleep(random.uniform(2.0, 5.0))
-            assert len(commits) > 10
+            # Cities committed while the broker was down: those versions had to wait for it.
+            assert after > during > 5
             wait_verified(stack, layout, contracts, key, timeout=240)
+            assert_province_holds_the_cities(stack, layout, contracts, key, ["encounters"])
     finally:
         if not process.status(spec).healthy:
             prepare_kafka(stack)
@@ -191,13 +216,28 @@ def test_object_store_outage_during_an_apply(
         publisher.run_once()
         publisher.close()
     spec = minio_spec(stack)
+    worker = Replicator(stack, layout, contracts, stall_seconds=2.0)
     try:
-        with replicator_thread(stack, layout, contracts):
-            time.sleep(random.uniform(1.0, 4.0))
+        with replicator_thread(stack, layout, contracts, worker=worker):
+            # While a unit is being applied (9 units, ~1 s each), at a random point of the stream.
+            deadline, done_first = time.monotonic() + 120, random.randint(0, 4)
+            while worker.health.snapshot().units_done < done_first and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while worker.health.snapshot().busy is None and time.monotonic() < deadline:
+                time.sleep(0.01)
             process.stop(spec)
-            time.sleep(random.uniform(3.0, 6.0))
+            # Down until the replicator has failed and said it is stalled, then a little longer.
+            while not worker.health.snapshot().stalls_reported and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(random.uniform(0.0, 3.0))
             process.start(spec)
             wait_verified(stack, layout, contracts, key, timeout=240)
+            status = worker.health.export()
     finally:
         if not process.status(spec).healthy:
             process.start(spec)
+    # The outage met units not yet applied: the replicator retried them, said it was stalled
+    # (here after 2 s), and applied every one afterwards.
+    assert status.failures > 0 and status.stalls_reported > 0
+    assert status.units_done == len(CITIES) * len(DATASETS) and not status.stalls()
+    assert_province_holds_the_cities(stack, layout, contracts, key, DATASETS)

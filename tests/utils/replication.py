@@ -9,28 +9,29 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import prometheus_client
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from kafka import TopicPartition
-from prometheus_client import Counter, Gauge
 
 from lakehouse import kafka
 from lakehouse.contracts import Contract
-from lakehouse.pseudonyms import ProvinceKey
+from lakehouse.pseudonyms import ProvinceKey, person_key
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.replication.publisher import Publisher
 from lakehouse.replication.replicator import Replicator
 from lakehouse.replication.verify import VerifyReport, verify
 from lakehouse.replication.wire import Header
 from lakehouse.settings import Settings
-from lakehouse.shareable import ARROW_TYPES
+from lakehouse.shareable import ARROW_TYPES, shareable_schema
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 
@@ -200,6 +201,53 @@ def wait_verified(
         time.sleep(1.0)
 
 
+def row_ids(
+    table: pa.Table, contract: Contract, *, city: str | None = None, key: ProvinceKey | None = None
+) -> Counter[tuple[str, ...]]:
+    """Each row as (city, business key columns that survive pseudonymisation, person key, month),
+    counted. Province rows carry `city` and `person_key`; a city's rows are given `city` and their
+    person key is computed here from the resident ID with `key`."""
+    shareable = set(shareable_schema(contract).names)
+    kept = [c for c in contract.business_key if c in shareable]
+    resident = next((c.name for c in contract.columns if c.identifier == "resident_id"), None)
+    columns = [table[c].to_pylist() for c in kept]
+    if resident is not None:
+        if city is None:
+            columns.append(table["person_key"].to_pylist())
+        else:
+            assert key is not None
+            columns.append([None if r is None else person_key(key, r) for r in table[resident].to_pylist()])
+    columns.append(table["month"].to_pylist())
+    cities = table["city"].to_pylist() if city is None else [city] * table.num_rows
+    return Counter(tuple(map(str, row)) for row in zip(cities, *columns, strict=True))
+
+
+def assert_province_holds_the_cities(
+    settings: Settings,
+    layout: ReplicationLayout,
+    contracts: Mapping[str, Contract],
+    key: ProvinceKey,
+    datasets: Sequence[str],
+    cities: Sequence[str] = CITIES,
+) -> None:
+    """Independently of `verify`: the provincial table holds each city row exactly as often as the
+    city does (by business key and person key), nothing else, and each city's newest version."""
+    for name in datasets:
+        expected: Counter[tuple[str, ...]] = Counter()
+        for city in cities:
+            rows = read_all(city_table(settings, layout, city, name))
+            expected += row_ids(rows, contracts[name], city=city, key=key)
+        table = province_table(settings, layout, name)
+        got = row_ids(read_all(table), contracts[name])
+        assert got == expected, (
+            f"{name}: {sum((got - expected).values())} province row(s) too many, "
+            f"{sum((expected - got).values())} missing"
+        )
+        for city in cities:
+            version = city_table(settings, layout, city, name).version()
+            assert table.transaction_version(layout.app_id(city, name)) == version, (name, city)
+
+
 def publish(
     settings: Settings,
     layout: ReplicationLayout,
@@ -243,7 +291,7 @@ def dead_letters(settings: Settings, layout: ReplicationLayout) -> list[dict[str
     return read_all(table).to_pylist()
 
 
-def metric_value(metric: Counter | Gauge, *labels: str) -> float:
+def metric_value(metric: prometheus_client.Counter | prometheus_client.Gauge, *labels: str) -> float:
     """The current value of one labelled sample of a Prometheus counter or gauge."""
     return float(metric.labels(*labels)._value.get())
 
