@@ -37,7 +37,7 @@
 5. Audit completeness: after `stop()` (which flushes the journal), the run's audit Delta table
    must hold one `/v1/patients/history` record per request sent, warm-up included.
 
-Results go to benchmarks/results/api.json.
+Every invocation is appended to benchmarks/results/api.json (`invocations`).
 """
 
 from __future__ import annotations
@@ -586,7 +586,9 @@ def summarise(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
     entries = np.array(raw["entries"])
     wrong = np.array(raw["wrong"], bool)
     rid = np.array(raw["by_resident_id"], bool)
-    measured = (starts >= 0) & (starts + lat <= seconds)  # started and finished in the window
+    # Every request scheduled in the window counts, however late its answer came: dropping the
+    # ones that finish after the window would hide the slowest answers of its last seconds.
+    measured = (starts >= 0) & (starts < seconds)
     m_lat, m_status = lat[measured], status[measured]
     ok = m_status == 200
     per_10s = [
@@ -688,8 +690,8 @@ def main() -> None:
         "--repeats",
         type=int,
         default=1,
-        help="run each load run this many times; the targets are judged on the medians (the machine is "
-        "shared and one run's tail says little)",
+        help="run each load run this many times; latency targets are judged on the worst run, and the "
+        "pooled p99 of all runs is reported beside it",
     )
     parser.add_argument("--resident-share", type=float, default=0.5, help="lookups by X-Resident-Id")
     parser.add_argument("--floor-lookups", type=int, default=300)
@@ -861,21 +863,35 @@ def main() -> None:
         sum(1 for r in raws.values() for s in r["statuses"] if s == 200),
     )
     runs = results["runs"]
-    if args.repeats > 1:
-        results["repeats"] = repeat_summary(runs)
-    throughput = results.get("repeats", {}).get("closed") or runs.get("closed") or next(iter(runs.values()))
-    latency = results.get("repeats", {}).get("paced") or runs.get("paced") or throughput
+    results["repeats"] = repeat_summary(runs, raws, args.seconds)
+    throughput = results["repeats"].get("closed") or next(iter(results["repeats"].values()))
+    latency = results["repeats"].get("paced") or throughput
+    # Latency is judged on the worst run of its kind: a target met "on the median" can still be
+    # missed one run in three.
     results["targets_met"] = {
-        "p50": bool(latency["p50_ms"] <= TARGETS["p50_ms"]),
-        "p99": bool(latency["p99_ms"] <= TARGETS["p99_ms"]),
+        "p50": bool(latency["p50_ms_worst"] <= TARGETS["p50_ms"]),
+        "p99": bool(latency["p99_ms_worst"] <= TARGETS["p99_ms"]),
         # Throughput is the closed loop's; a paced run only does the rate it was given.
         "rps": bool(throughput["rps"] >= TARGETS["rps"]) if "closed" in runs else None,
         "errors": bool(all(r["errors"] == 0 for r in runs.values())),
         "audit_complete": bool(results["audit"]["complete"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    save(args.out, results)
     report(console, results, args)
+
+
+def save(path: Path, results: dict[str, Any]) -> None:
+    """Append this invocation to the results file: every invocation is kept, not only the last."""
+    invocations: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            invocations = old.get("invocations", [old])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"invocations": [*invocations, results]}, indent=1) + "\n")
 
 
 def _run_name(kind: str, rate: float | None, index: int, repeat: int) -> str:
@@ -884,18 +900,32 @@ def _run_name(kind: str, rate: float | None, index: int, repeat: int) -> str:
     return f"{name}#{repeat + 1}" if repeat else name
 
 
-def repeat_summary(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per run kind repeated, the median of each figure over its repeats (and their spread)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for name, r in runs.items():
-        groups.setdefault(name.split("#")[0], []).append(r)
+def repeat_summary(
+    runs: dict[str, dict[str, Any]], raws: dict[str, dict[str, Any]], seconds: float
+) -> dict[str, dict[str, Any]]:
+    """Per run kind: the worst run's figures, the median of the runs, and the latencies of every
+    run pooled (each request scheduled in a measured window once)."""
+    groups: dict[str, list[str]] = {}
+    for name in runs:
+        groups.setdefault(name.split("#")[0], []).append(name)
     out = {}
-    for base, rs in groups.items():
+    for base, names in groups.items():
+        rs = [runs[n] for n in names]
         summary: dict[str, Any] = {"client": rs[0]["client"], "rate": rs[0]["rate"]}
         for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "rps"):
             values = sorted(float(r[key]) for r in rs)
             summary[key] = round(float(np.median(values)), 1)
             summary[f"{key}_all"] = values
+            summary[f"{key}_worst"] = values[0] if key == "rps" else values[-1]
+        pooled = np.concatenate(
+            [
+                np.array(raws[n]["latencies"])[
+                    (np.array(raws[n]["starts"]) >= 0) & (np.array(raws[n]["starts"]) < seconds)
+                ]
+                for n in names
+            ]
+        )
+        summary["p99_ms_pooled"] = ms(pct(pooled, 99))
         summary["errors"] = sum(int(r["errors"]) for r in rs)
         summary["wrong_totals"] = sum(int(r["wrong_totals"]) for r in rs)
         summary["mean_entries"] = round(float(np.mean([r["mean_entries"] for r in rs])), 1)
@@ -952,8 +982,9 @@ def report(console: Any, results: dict[str, Any], args: argparse.Namespace) -> N
     console.print(table)
     for base, r in results.get("repeats", {}).items():
         console.print(
-            f"{base}, median of {r['repeats']}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms "
-            f"(all: {r['p99_ms_all']}), {r['rps']} req/s, {r['errors']} errors"
+            f"{base}, {r['repeats']} run(s): p99 worst {r['p99_ms_worst']} ms, pooled {r['p99_ms_pooled']} "
+            f"ms (all: {r['p99_ms_all']}); p50 worst {r['p50_ms_worst']} ms; {r['rps']} req/s median; "
+            f"{r['errors']} errors"
         )
     met = results["targets_met"]
     console.print(f"targets met: {met}")

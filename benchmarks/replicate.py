@@ -11,6 +11,9 @@
    (`--trickle-rows` rows) about once per `--trickle-interval` seconds for `--trickle-seconds`.
    Each city commit's lag = time of the first provincial commit whose `txn` for that city reaches
    its version − the city commit's time (both from the Delta logs' commitInfo, one clock).
+   A city commit that never reaches the province fails the benchmark.
+3. Each part ends with `medshare verify` over its cities and a row count of the provincial table:
+   a difference fails the benchmark instead of giving figures for data that did not arrive.
 
 Everything lives under a fresh namespace (tables, topics, consumer group), so runs never mix.
 """
@@ -117,6 +120,8 @@ def throughput(
     for p in publishers:
         p.wait(60)
     total = per_city * len(cities)
+    # A throughput counts only if the province then holds exactly what the cities do.
+    checked = check_province(settings, layout, cities, total)
     return {
         "cities": len(cities),
         "rows": total,
@@ -125,7 +130,39 @@ def throughput(
         "rows_per_s": round(total / seconds),
         "publishers_done_s": publish_s,
         "replicator_peak_rss_mb": round(rss),
+        **checked,
     }
+
+
+def check_province(
+    settings: Settings, layout: ReplicationLayout, cities: tuple[str, ...], rows: int
+) -> dict[str, object]:
+    """`verify` over the benchmark's cities and the provincial table's row count; a difference
+    fails the benchmark (its figures would describe data that did not arrive)."""
+    from lakehouse.pseudonyms import ProvinceKey
+    from lakehouse.replication.verify import verify
+    from tests.utils.replication import read_all
+
+    result = verify(
+        settings,
+        layout,
+        load_contracts(settings.platform_dir),
+        ProvinceKey.from_settings(settings),
+        cities=list(cities),
+        datasets=[DATASET],
+    )
+    province_rows = read_all(province_table(settings, layout, DATASET), columns=["city"]).num_rows
+    out = {"verify_differences": len(result.differences), "province_rows": province_rows}
+    if result.differences or province_rows != rows:
+        print(json.dumps(out, indent=1), *result.differences[:20], sep="\n", flush=True)
+        raise SystemExit(f"the province does not hold the {rows:,} rows the cities committed")
+    return out
+
+
+def read_rows(settings: Settings, layout: ReplicationLayout, city: str) -> int:
+    from tests.utils.replication import city_table, read_all
+
+    return int(read_all(city_table(settings, layout, city, DATASET), columns=["hospital_id"]).num_rows)
 
 
 def _commit_times(client, bucket: str, path: str) -> list[tuple[int, int, dict[str, int]]]:  # type: ignore[no-untyped-def]
@@ -189,6 +226,7 @@ def trickle(
         if all(done[c] is not None and done[c] >= target[c] for c in CITIES):  # type: ignore[operator]
             break
         time.sleep(0.5)
+    total_rows = sum(read_rows(settings, layout, c) for c in CITIES)
     rss = peak_rss_mb(replicator.pid)
     stop(replicator)
     codes = [stop(p) for p in publishers]
@@ -198,19 +236,29 @@ def trickle(
         s3_client(settings, site_credentials(settings, PROVINCE_SITE)), province.bucket, province.path
     )
     lags: list[float] = []
+    never: list[str] = []
     for city in CITIES:
         app_id = layout.app_id(city, DATASET)
         location = layout.city_table(city, DATASET)
         for version, ts, _ in _commit_times(
             s3_client(settings, site_credentials(settings, city)), location.bucket, location.path
         ):
+            if version == 0:  # existed before the processes started
+                continue
             reached = [p_ts for _, p_ts, txns in province_commits if txns.get(app_id, -1) >= version]
-            if reached and version > 0:  # version 0 existed before the processes started
+            if reached:
                 lags.append((min(reached) - ts) / 1000)
+            else:
+                never.append(f"{city} v{version}")
     lags.sort()
+    if never or not lags:
+        raise SystemExit(f"{len(never)} city commit(s) never reached the province: {never[:10]}")
+    checked = check_province(settings, layout, CITIES, total_rows)
     return {
         "city_commits": commits,
         "rows_per_commit": rows,
+        "commits_never_applied": len(never),
+        **checked,
         "lags_measured": len(lags),
         "lag_p50_s": round(statistics.median(lags), 3),
         "lag_p99_s": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),

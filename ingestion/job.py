@@ -378,9 +378,7 @@ class CityIngestion:
         files.write.format("delta").mode("append").save(self.tables.bronze_table(LEDGER))
 
     def _store_report(self) -> None:
-        self._put_json(
-            f"{self.options.table_root}{RUNS_PREFIX}/{self.options.run_id}.json", self.report.to_json()
-        )
+        self._put_json(report_key(self.options), self.report.to_json())
 
     def _put_json(self, key: str, text: str) -> None:
         body = text.encode()
@@ -388,6 +386,11 @@ class CityIngestion:
             self.client.put_object(
                 self.tables.bronze, key, io.BytesIO(body), len(body), content_type="application/json"
             )
+
+
+def report_key(options: IngestOptions) -> str:
+    """Where a run's report is stored in the city's bronze bucket."""
+    return f"{options.table_root}{RUNS_PREFIX}/{options.run_id}.json"
 
 
 def run_ingestion(

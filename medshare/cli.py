@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -202,7 +203,7 @@ def ingest(
     """Run the city's Spark ingestion: landing → bronze → curated + quarantine, with a report.
 
     Exits 1 when the run failed or a dataset's row accounting does not balance."""
-    from ingestion.job import IngestOptions, run_ingestion
+    from ingestion.job import IngestOptions, report_key, run_ingestion
     from lakehouse.contracts import load_contracts
     from lakehouse.spark import build_spark_session
     from lakehouse.storage import s3_client, site_credentials
@@ -221,12 +222,13 @@ def ingest(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
+            options = IngestOptions(city=city)
             report = run_ingestion(
                 spark,
                 s3_client(settings, creds),
                 topology,
                 load_contracts(settings.platform_dir),
-                IngestOptions(city=city),
+                options,
                 progress,
             )
     except MedshareError as exc:
@@ -264,10 +266,25 @@ def ingest(
         f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
         f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected"
     )
-    for rejected in report.files_rejected:
-        console.print(f"  [yellow]rejected[/yellow] {rejected['key']}: {rejected['reason']}")
+    stored = f"s3://{topology.city(city).buckets.bronze}/{report_key(options)}"
+    _print_rejected(report.files_rejected, stored)
     if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):
         raise typer.Exit(1)
+
+
+# Rejected files shown on the terminal; the run report stored in the bronze bucket lists them all.
+SHOWN_REJECTIONS = 5
+
+
+def _print_rejected(rejected: list[dict[str, str]], report_uri: str) -> None:
+    for item in rejected[:SHOWN_REJECTIONS]:
+        console.print(f"  [yellow]rejected[/yellow] {item['key']}: {item['reason']}")
+    if len(rejected) > SHOWN_REJECTIONS:
+        reasons = Counter(item["reason"] for item in rejected[SHOWN_REJECTIONS:])
+        common = "; ".join(f"{n} × {reason}" for reason, n in reasons.most_common(3))
+        console.print(f"  … and {len(rejected) - SHOWN_REJECTIONS} more ({common})")
+    if rejected:
+        console.print(f"  every rejected file and its reason: {report_uri}")
 
 
 replication_cli.register(app)

@@ -45,13 +45,25 @@ def _throttle(s: Services, key: str) -> None:
         raise RateLimited(wait)
 
 
+def refuse_guessing(s: Services, audit: AuditRecord) -> None:
+    """An address over its limit of failed logins gets no further verification until it cools."""
+    wait = s.login_failures.wait(f"addr:{audit.client_address}")
+    if wait > 0:
+        raise RateLimited(wait)
+
+
+def count_failed_login(s: Services, audit: AuditRecord) -> None:
+    s.login_failures.take(f"addr:{audit.client_address}")
+
+
 async def authenticate(
     s: ServicesDep,
     audit: AuditDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    refuse_guessing(s, audit)
     if credentials is None:
-        _throttle(s, f"addr:{audit.client_address}")
+        count_failed_login(s, audit)
         raise Unauthorized("send a bearer token: Authorization: Bearer <token>", code="token_missing")
     token = credentials.credentials
     # Only the id part of a well-formed token is ever recorded, never the secret.
@@ -60,8 +72,7 @@ async def authenticate(
     try:
         principal = s.identities.authenticate(token)
     except Unauthorized:
-        # Failed attempts count against the client address: guessing tokens is slowed down.
-        _throttle(s, f"addr:{audit.client_address}")
+        count_failed_login(s, audit)
         raise
     audit.principal_kind = principal.kind
     audit.principal = principal.subject

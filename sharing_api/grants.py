@@ -195,10 +195,13 @@ def dump_grants(grants: GrantFile) -> str:
 
 
 class GrantBook:
-    """The grants in force, re-read when the file changes (checked at most every `check_seconds`)."""
+    """The grants in force, re-read when the file changes.
+
+    The file is checked (one stat) before every decision by default: an edit made through another
+    worker of the instance, or by hand, decides the very next request."""
 
     def __init__(
-        self, path: Path, topology: Topology, views: dict[str, DatasetView], *, check_seconds: float = 0.5
+        self, path: Path, topology: Topology, views: dict[str, DatasetView], *, check_seconds: float = 0.0
     ):
         self.path = path
         self.topology = topology

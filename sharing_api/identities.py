@@ -14,6 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,9 +78,11 @@ def parse_token(token: str) -> tuple[str, str] | None:
 class Identities:
     """The credential store. Every method is one short SQLite statement or transaction."""
 
-    def __init__(self, db: Database, topology: Topology):
+    def __init__(self, db: Database, topology: Topology, *, clock: Callable[[], float] = time.time):
         self.db = db
         self.topology = topology
+        # The wall clock behind issue, expiry and revocation times (tests set it to the past).
+        self.clock = clock
 
     # -- issuing -------------------------------------------------------------------------------
     def issue(self, kind: Kind, subject: str, *, days: float, label: str = "") -> IssuedToken:
@@ -101,7 +104,7 @@ class Identities:
     ) -> IssuedToken:
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
-        now = time.time()
+        now = self.clock()
         self.db.connect().execute(
             "INSERT INTO credentials (token_id, kind, subject, secret_hash, created_at, expires_at,"
             " parent_id, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -118,7 +121,7 @@ class Identities:
     def revoke(self, token_id: str) -> CredentialInfo:
         """Revoke a credential and every access token obtained with it."""
         conn = self.db.connect()
-        now = time.time()
+        now = self.clock()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             cur = conn.execute(
@@ -141,7 +144,7 @@ class Identities:
         if old.revoked_at is not None:
             raise Unprocessable(f"credential {token_id} is revoked; issue a new one instead")
         new = self._insert(old.kind, old.subject, lifetime=days * 86400, label=old.label, parent_id=None)
-        cutoff = time.time() + grace_hours * 3600
+        cutoff = self.clock() + grace_hours * 3600
         self.db.connect().execute(
             "UPDATE credentials SET expires_at = MIN(expires_at, ?) WHERE token_id = ?", (cutoff, token_id)
         )
@@ -187,7 +190,7 @@ class Identities:
             parent = None if parent_row is None else _info(parent_row)
             if parent is None or parent.revoked_at is not None:
                 raise Unauthorized("the client credential behind this token is revoked", code="token_revoked")
-            if parent.expires_at <= time.time():
+            if parent.expires_at <= self.clock():
                 raise Unauthorized(
                     "the client credential behind this token has expired", code="token_expired"
                 )
@@ -212,7 +215,7 @@ class Identities:
             raise Unauthorized("an access token cannot obtain another one", code="token_invalid")
         if stored.revoked_at is not None:
             raise Unauthorized("this credential has been revoked", code="token_revoked")
-        if stored.expires_at <= time.time():
+        if stored.expires_at <= self.clock():
             raise Unauthorized("this credential has expired", code="token_expired")
         return stored
 

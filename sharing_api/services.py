@@ -51,6 +51,7 @@ class Services:
     audit: AuditStore
     masker: Masker
     limiter: RateLimiter
+    login_failures: RateLimiter
     key: ProvinceKey
     shares: Shares
 
@@ -197,7 +198,15 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
         journal=Journal(path),
         audit=audit_store(platform, api, topology),
         masker=masker,
-        limiter=RateLimiter(rate=api.rate_per_second, burst=api.rate_burst),
+        limiter=RateLimiter(
+            api.rate_limit_path(platform), name="requests", rate=api.rate_per_second, burst=api.rate_burst
+        ),
+        login_failures=RateLimiter(
+            api.rate_limit_path(platform),
+            name="login_failures",
+            rate=api.login_failures_per_minute / 60,
+            burst=api.login_failure_burst,
+        ),
         key=ProvinceKey.from_settings(platform),
         shares=build_shares(platform, api, topology, grants=grants, consents=consents, masker=masker),
     )

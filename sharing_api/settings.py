@@ -44,6 +44,10 @@ class ApiSettings(BaseSettings):
 
     rate_per_second: float = Field(default=100.0, gt=0)
     rate_burst: int = Field(default=200, ge=1)
+    # Failed logins (a bad or missing token, a wrong client secret) per client address: over the
+    # limit, attempts are refused before any token is verified.
+    login_failures_per_minute: float = Field(default=10.0, gt=0)
+    login_failure_burst: int = Field(default=20, ge=1)
 
     # How often the instance's keeper asks the provincial Delta tables for a new version (each
     # worker reloads only then), and how often it appends the audit journals to the audit table.
@@ -77,6 +81,10 @@ class ApiSettings(BaseSettings):
 
     def db_path(self, platform: Settings) -> Path:
         return self.state_path(platform) / "sharing.db"
+
+    def rate_limit_path(self, platform: Settings) -> Path:
+        """The rate-limit buckets every worker of this instance shares."""
+        return self.state_path(platform) / f"ratelimit-{self.instance}.db"
 
     def sharing_endpoint(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/") + "/delta-sharing/"

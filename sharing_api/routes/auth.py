@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Header, Response
 
-from sharing_api.deps import AuditDep, CurrentPrincipal, ServicesDep
-from sharing_api.errors import BadRequest, RateLimited, Unauthorized
+from sharing_api.deps import AuditDep, CurrentPrincipal, ServicesDep, count_failed_login, refuse_guessing
+from sharing_api.errors import BadRequest, Unauthorized
 from sharing_api.models import ErrorBody, Me, TokenResponse
 from sharing_api.responses import json_response
 
@@ -48,10 +48,12 @@ async def token(
     if not client_id or not client_secret:
         raise Unauthorized("client_id and client_secret are required", code="invalid_client")
     audit.token_id = client_id[:16]
-    wait = s.limiter.take(f"addr:{audit.client_address}")
-    if wait > 0:
-        raise RateLimited(wait)
-    issued = s.identities.access_token(client_id, client_secret, minutes=s.api.access_token_minutes)
+    refuse_guessing(s, audit)
+    try:
+        issued = s.identities.access_token(client_id, client_secret, minutes=s.api.access_token_minutes)
+    except Unauthorized:
+        count_failed_login(s, audit)
+        raise
     audit.principal = issued.subject
     audit.detail = f"issued access token {issued.token_id}"
     return json_response(

@@ -71,6 +71,16 @@ def _history_rows(frames: dict[str, pd.DataFrame], person_key: str) -> dict[str,
     return {d: frames[d][frames[d].person_key == person_key] for d in HISTORY}
 
 
+def _patient_at(frames: dict[str, pd.DataFrame], hospital: str, *, cities: int = 1) -> str:
+    """A patient with encounters at `hospital` (and in at least `cities` cities)."""
+    e = frames["encounters"]
+    spread = e.groupby("person_key").city.nunique()
+    here = set(e.person_key[e.hospital_id == hospital])
+    found = sorted(p for p in here if spread[p] >= cities)
+    assert found, f"the test province has no patient at {hospital} in {cities} cities"
+    return str(found[0])
+
+
 def _multi_city_patient(frames: dict[str, pd.DataFrame], *, skip: int = 0) -> str:
     cities = frames["encounters"].groupby("person_key").city.nunique()
     return str(cities[cities >= 2].index[skip])
@@ -147,7 +157,7 @@ def test_dataset_scopes_and_masks(api_server, frames, grants, topology: Topology
     hospital = topology.hospital("ny-dz-county")
     grant = grants_oracle.expected_grant(grants, hospital, "lab_results", "treatment")
     assert grant is not None and grant["scope"] == "under_care"
-    care = _care_set(frames, hospital.id, grant.get("care_window_days", 365))
+    care = _care_set(frames, hospital.id, int(grant.get("care_window_days", 365)))
     rows, _ = query_all(api_server.issue(hospital.id), "lab_results", {"purpose": "treatment"})
     labs = frames["lab_results"]
     assert len(rows) == int(labs.person_key.isin(care).sum()) > 0
@@ -212,12 +222,25 @@ def test_history_scopes(api_server, frames, grants, topology: Topology) -> None:
         counts = pd.Series([e["type"] for e in body["entries"]]).value_counts().to_dict()
         assert counts == {d: len(v) for d, v in expected.items() if len(v)}
 
-        # own_hospital: only this hospital's rows.
-        r = c.get("/v1/patients/history", params={"purpose": "operations", "person_key": person})
-        if r.status_code == 200:
-            assert {e["hospitalId"] for e in r.json()["entries"]} <= {hospital.id}
-        else:
-            assert r.status_code == 404
+        # own_hospital: exactly the patient's rows at this hospital; a patient with none here is 404.
+        local = _patient_at(frames, hospital.id)
+        here = {d: v[v.hospital_id == hospital.id] for d, v in _history_rows(frames, local).items()}
+        r = c.get(
+            "/v1/patients/history", params={"purpose": "operations", "person_key": local, "limit": 1000}
+        )
+        assert r.status_code == 200, r.text
+        entries = r.json()["entries"]
+        assert {e["hospitalId"] for e in entries} == {hospital.id}
+        counts = pd.Series([e["type"] for e in entries]).value_counts().to_dict()
+        assert counts == {d: len(v) for d, v in here.items() if len(v)}
+        assert r.json()["total"] == sum(len(v) for v in here.values())
+        elsewhere = next(
+            p
+            for p in frames["encounters"].person_key.unique()
+            if not any(len(v[v.hospital_id == hospital.id]) for v in _history_rows(frames, p).values())
+        )
+        r = c.get("/v1/patients/history", params={"purpose": "operations", "person_key": elsewhere})
+        assert r.status_code == 404 and r.json()["errorCode"] == "patient_not_found"
 
         # under_care: a patient never seen here is withheld; one treated here is served in full.
         care = _care_set(frames, hospital.id, 730)
@@ -302,20 +325,41 @@ def test_resident_id_lookup_is_hashed_and_never_logged(api_server, province_data
     assert resident_id not in str(_audit(api_server, operator))
 
 
+def _operations_rows(c, dataset: str) -> list[dict]:
+    """Every row an operations query of `dataset` returns (own hospital), all pages."""
+    rows: list[dict] = []
+    cursor = None
+    while True:
+        body = {"purpose": "operations", "limit": 1000, **({"cursor": cursor} if cursor else {})}
+        r = c.post(f"/v1/datasets/{dataset}/query", json=body)
+        assert r.status_code == 200, r.text
+        rows += r.json()["rows"]
+        cursor = r.json()["nextCursor"]
+        if cursor is None:
+            return rows
+
+
 def test_consent_opt_out_and_break_glass(api_server, frames, operator, topology: Topology) -> None:
-    person = _multi_city_patient(frames, skip=1)
     hospital = topology.hospital("ly-haust")
+    person = _patient_at(frames, hospital.id, cities=2)
+    enc = frames["encounters"]
+    theirs = int(((enc.person_key == person) & (enc.hospital_id == hospital.id)).sum())
     token = api_server.issue(hospital.id)
     with api_server.client(operator) as admin, api_server.client(token) as c:
+        # Before the opt-out the hospital's own rows include the patient's.
+        before = _operations_rows(c, "encounters")
+        assert sum(row["person_key"] == person for row in before) == theirs > 0
+
         r = admin.post("/v1/admin/consents", json={"person_key": person, "note": "patient asked in clinic"})
         assert r.status_code == 201, r.text
         consent_id = r.json()["consent_id"]
 
         r = c.get("/v1/patients/history", params={"purpose": "emergency", "person_key": person})
         assert r.status_code == 403 and r.json()["errorCode"] == "consent_denied"
-        # The dataset query leaves the patient's rows out as well.
-        r = c.post("/v1/datasets/encounters/query", json={"purpose": "operations", "limit": 10_000})
-        assert person not in {row["person_key"] for row in r.json()["rows"]}
+        # The dataset query leaves exactly the patient's rows out as well.
+        during = _operations_rows(c, "encounters")
+        assert person not in {row["person_key"] for row in during}
+        assert len(during) == len(before) - theirs
 
         reason = f"unconscious on arrival, allergies unknown {uuid.uuid4().hex[:6]}"
         r = c.get(
@@ -338,8 +382,13 @@ def test_consent_opt_out_and_break_glass(api_server, frames, operator, topology:
         denied = _audit(api_server, operator, person_key=person, decision="deny")
         assert any(rec["error_code"] == "consent_denied" for rec in denied)
 
-        # An opt-out from research only leaves emergencies alone.
+        # Revoked: the patient's rows are back.
         assert admin.delete(f"/v1/admin/consents/{consent_id}").status_code == 200
+        again = _operations_rows(c, "encounters")
+        assert sum(row["person_key"] == person for row in again) == theirs
+        assert len(again) == len(before)
+
+        # An opt-out from research only leaves emergencies alone.
         r = admin.post("/v1/admin/consents", json={"person_key": person, "purpose": "research"})
         assert r.status_code == 201
         r = c.get("/v1/patients/history", params={"purpose": "emergency", "person_key": person})

@@ -78,13 +78,14 @@ def test_expiry_rotation_and_client_credentials(api_server) -> None:
     from lakehouse.topology import load_topology
     from sharing_api.db import Database
 
-    store = Identities(
-        Database(api_server.api_settings().db_path(api_server.settings)),
-        load_topology(api_server.settings.platform_dir),
-    )
-    short = store.issue("hospital", "ny-fc-bowang", days=2 / 86400)
-    assert _me(api_server, short.token).status_code == 200
-    time.sleep(2.5)
+    db = Database(api_server.api_settings().db_path(api_server.settings))
+    topology = load_topology(api_server.settings.platform_dir)
+    store = Identities(db, topology)
+    # Issued two days ago for one day, and one issued now: the server's clock tells them apart.
+    issued_before = Identities(db, topology, clock=lambda: time.time() - 2 * 86400)
+    short = issued_before.issue("hospital", "ny-fc-bowang", days=1)
+    valid = store.issue("hospital", "ny-fc-bowang", days=1)
+    assert _me(api_server, valid.token).status_code == 200
     r = _me(api_server, short.token)
     assert r.status_code == 401 and r.json()["errorCode"] == "token_expired"
 

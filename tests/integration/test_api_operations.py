@@ -4,6 +4,7 @@ cannot be read, grants changed without a restart, and rate limits."""
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import random
 import signal
 import threading
@@ -21,7 +22,8 @@ from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_client, site_credentials
-from lakehouse.topology import Topology
+from lakehouse.topology import Topology, load_topology
+from tests.utils import grants_oracle
 from tests.utils.api import ApiServer
 from tests.utils.province import build_province, write_province
 
@@ -172,7 +174,14 @@ def limited_server(stack: Settings, province_data, tmp_path_factory: pytest.Temp
         tables_root=province_data.root,
         audit_table=f"{province_data.root}/_audit_admin",
         instance="api-admin",
-        extra_env={"MEDSHARE_API_RATE_PER_SECOND": "2", "MEDSHARE_API_RATE_BURST": "40"},
+        # Two workers: every limit must hold for the instance, not once per worker.
+        extra_env={
+            "MEDSHARE_API_WORKERS": "2",
+            "MEDSHARE_API_RATE_PER_SECOND": "2",
+            "MEDSHARE_API_RATE_BURST": "40",
+            "MEDSHARE_API_LOGIN_FAILURES_PER_MINUTE": "6",
+            "MEDSHARE_API_LOGIN_FAILURE_BURST": "5",
+        },
     )
     server.start()
     yield server
@@ -229,15 +238,99 @@ def test_grants_change_without_restart(limited_server: ApiServer) -> None:
         assert c.post("/v1/datasets/diagnoses/query", json={"purpose": "research"}).status_code == 403
 
 
-def test_rate_limit_per_credential(limited_server: ApiServer) -> None:
+def test_validity_windows_honour_utc_offsets(limited_server: ApiServer) -> None:
+    """A window bound written with an offset is that instant: an hour ago in Beijing time has
+    passed although its clock reading is hours ahead of UTC; the API and the independent oracle
+    (tests/utils/grants_oracle) agree on every grant of the file."""
+    now = dt.datetime.now(dt.UTC)
+    beijing, eastern = dt.timezone(dt.timedelta(hours=8)), dt.timezone(dt.timedelta(hours=-5))
+    hour = dt.timedelta(hours=1)
+    base = {"datasets": ["diagnoses"], "purposes": ["research"], "scope": "own_hospital"}
+    windows = {
+        "zz-zm-county": ("window-ended", {"valid_until": (now - hour).astimezone(beijing).isoformat()}, 403),
+        "zz-xy-county": (
+            "window-open",
+            {
+                "valid_from": (now - hour).astimezone(beijing).isoformat(),
+                "valid_until": (now + hour).astimezone(eastern).isoformat(),
+            },
+            200,
+        ),
+        "ny-dz-county": ("window-ahead", {"valid_from": (now + hour).astimezone(eastern).isoformat()}, 403),
+    }
+    topology = load_topology(limited_server.settings.platform_dir)
+    with limited_server.client(limited_server.issue("windows-admin", operator=True)) as admin:
+        for hospital_id, (grant_id, window, _) in windows.items():
+            grant = {"id": grant_id, "recipient": {"hospitals": [hospital_id]}, **base, **window}
+            assert admin.post("/v1/admin/grants", json=grant).status_code == 201
+        try:
+            grants = grants_oracle.load(limited_server.grants_file)
+            for hospital_id, (grant_id, _, status) in windows.items():
+                with limited_server.client(limited_server.issue(hospital_id)) as c:
+                    r = c.post("/v1/datasets/diagnoses/query", json={"purpose": "research", "limit": 1})
+                assert r.status_code == status, (hospital_id, r.text)
+                expected = grants_oracle.expected_grant(
+                    grants, topology.hospital(hospital_id), "diagnoses", "research"
+                )
+                assert (expected is not None) == (status == 200), hospital_id
+                if status == 200:
+                    assert r.json()["grant"] == expected["id"] == grant_id
+        finally:
+            for grant_id, _, _ in windows.values():
+                assert admin.delete(f"/v1/admin/grants/{grant_id}").status_code == 200
+
+
+def _journals(server: ApiServer, request_ids: set[str]) -> set[str]:
+    """Which workers' journals recorded these requests (one journal per worker process)."""
+    operator = server.issue("limits-auditor", operator=True)
+    with server.client(operator) as admin:
+        records = admin.get("/v1/audit", params={"limit": 1000}).json()["records"]
+    return {r["journal"] for r in records if r["request_id"] in request_ids}
+
+
+def _fresh_connections(server: ApiServer, n: int, token: str, *, source: str = "127.0.0.1") -> list:  # type: ignore[type-arg]
+    """`n` requests to /v1/me, each on a new connection (so both workers get some), from `source`."""
+    out = []
+    for i in range(n):
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(base_url=server.url, transport=transport, timeout=30.0) as c:
+            rid = f"limit-{uuid.uuid4().hex}-{i}"
+            r = c.get("/v1/me", headers={"Authorization": f"Bearer {token}", "X-Request-ID": rid})
+            out.append((rid, r))
+    return out
+
+
+def test_rate_limit_per_credential_holds_across_workers(limited_server: ApiServer) -> None:
     busy, calm = limited_server.issue("ly-c1"), limited_server.issue("ly-c1")
-    with limited_server.client(busy) as c:
-        statuses = [c.get("/v1/me") for _ in range(60)]
-    limited = [r for r in statuses if r.status_code == 429]
-    assert limited, "60 requests at once with a burst of 40 must be limited"
-    assert all(r.status_code in (200, 429) for r in statuses)
-    assert int(limited[0].headers["Retry-After"]) >= 1
-    assert limited[0].json()["errorCode"] == "rate_limited"
+    started = time.monotonic()
+    answers = _fresh_connections(limited_server, 90, busy)
+    elapsed = time.monotonic() - started
+    statuses = [r.status_code for _, r in answers]
+    assert set(statuses) <= {200, 429}
+    # The instance's burst of 40 plus 2 a second — not 40 per worker.
+    allowed = statuses.count(200)
+    assert 40 <= allowed <= 40 + 2 * elapsed + 1, (allowed, elapsed)
+    limited = next(r for _, r in answers if r.status_code == 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["errorCode"] == "rate_limited"
+    # Both workers answered (else this proves nothing about sharing the limit).
+    assert len(_journals(limited_server, {rid for rid, _ in answers})) == 2
     # Another credential of the same hospital is not held back.
     with limited_server.client(calm) as c:
         assert c.get("/v1/me").status_code == 200
+
+
+def test_failed_logins_per_address_are_refused_before_verification(limited_server: ApiServer) -> None:
+    """Guessing from one address: 5 failures (the burst), then 429 without verifying — also for
+    a valid token from that address — while other addresses are unaffected."""
+    guesser = "127.0.0.7"
+    bad = f"mst_{'0' * 16}.{'x' * 43}"
+    answers = _fresh_connections(limited_server, 12, bad, source=guesser)
+    codes = [r.status_code for _, r in answers]
+    assert codes == [401] * 5 + [429] * 7, codes
+    assert len(_journals(limited_server, {rid for rid, _ in answers})) == 2
+    valid = limited_server.issue("ly-c1")
+    ((_, refused),) = _fresh_connections(limited_server, 1, valid, source=guesser)
+    assert refused.status_code == 429 and refused.json()["errorCode"] == "rate_limited"
+    ((_, fine),) = _fresh_connections(limited_server, 1, valid, source="127.0.0.8")
+    assert fine.status_code == 200

@@ -363,12 +363,17 @@ def test_an_opt_out_rebuilds_the_copies_and_retires_older_versions(sharing: Shar
     own = encounters.filter(pc.equal(encounters["hospital_id"], "ny-fc-bowang"))
     counts = pc.value_counts(own["person_key"]).to_pylist()
     patient = str(max(counts, key=lambda c: c["counts"])["values"])
+    theirs = max(c["counts"] for c in counts)
+    # Before the opt-out the hospital's copy holds every one of the patient's rows.
+    got = sharing.load("ny-fc-bowang", "operations.province.encounters")
+    assert got["person_key"].to_pylist().count(patient) == theirs > 0
     old = sharing.copy_version("operations-own", "encounters")
     passes = sharing.synced()
 
     with sharing.server.client(sharing.operator) as c:
         r = c.post("/v1/admin/consents", json={"person_key": patient, "note": "test opt-out"})
         assert r.status_code == 201, r.text
+        consent_id = r.json()["consent_id"]
     sharing.server.wait_for_copies(passes=passes + 2)
 
     for hospital_id, share in (("ny-fc-bowang", "operations"), ("zz-fahzu", "research")):
@@ -389,6 +394,14 @@ def test_an_opt_out_rebuilds_the_copies_and_retires_older_versions(sharing: Shar
             params={"startingVersion": old},
         )
         assert r.status_code == 400 and r.json()["errorCode"] == "version_unavailable"
+
+    # The opt-out revoked: the next copies hold the patient's rows again.
+    passes = sharing.synced()
+    with sharing.server.client(sharing.operator) as c:
+        assert c.delete(f"/v1/admin/consents/{consent_id}").status_code == 200
+    sharing.server.wait_for_copies(passes=passes + 2)
+    got = sharing.load("ny-fc-bowang", "operations.province.encounters")
+    assert got["person_key"].to_pylist().count(patient) == theirs
 
 
 # -- guessing -------------------------------------------------------------------------------------

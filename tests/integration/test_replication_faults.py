@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kafka import TopicPartition
 
 from infra import process
 from infra.services import kafka_spec, minio_spec, prepare_kafka
+from lakehouse import kafka
 from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
@@ -53,6 +55,16 @@ def seed(settings: Settings, layout: ReplicationLayout, contracts: dict[str, Con
             write_city(settings, layout, city, contracts[name], table)
 
 
+def written(settings: Settings, layout: ReplicationLayout, dataset: str, city: str) -> bool:
+    """Whether anything, committed or not, is on the city's partition of the dataset's topic."""
+    tp = TopicPartition(layout.topic(dataset), layout.partition_of(city, dataset))
+    consumer = kafka.consumer(settings, group_id=None, isolation_level="read_uncommitted")
+    try:
+        return bool(consumer.end_offsets([tp])[tp])
+    finally:
+        consumer.close()
+
+
 def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -73,11 +85,13 @@ def test_replicator_killed_mid_apply(
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     args = ("replicator", "--namespace", layout.namespace, "--metrics-port", "0")
     first = medshare(first_log, *args)
-    # Mid-stream: once the first unit is in, at a random point among the others (9 units, ~1 s each).
-    deadline = time.monotonic() + 120
-    while " applied " not in first_log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 3.0))
+    # Mid-stream: after a random number of the 9 units (a few hundred ms each), at a random moment
+    # of the next one.
+    units = len(CITIES) * len(DATASETS)
+    after, deadline = random.randint(1, units - 2), time.monotonic() + 120
+    while first_log.read_text().count(" applied ") < after and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.1))
     kill9(first)
     applied_before = first_log.read_text().count(" applied ")
     second = medshare(second_log, *args)
@@ -88,7 +102,6 @@ def test_replicator_killed_mid_apply(
         code = second.wait(60)
     assert code == 0, second_log.read_text()[-3000:]
     # The kill left units unapplied, and the restarted process applied them.
-    units = len(CITIES) * len(DATASETS)
     assert 1 <= applied_before < units, first_log.read_text()[-3000:]
     assert second_log.read_text().count(" applied ") >= units - applied_before - 1
     assert_province_holds_the_cities(stack, layout, contracts, key, DATASETS)
@@ -106,11 +119,11 @@ def test_publisher_killed_mid_publish(
     seed(stack, layout, contracts, 60_000)
     log = tmp_path / "publisher.log"
     first = medshare(log, "publish", "--city", "luoyang", "--namespace", layout.namespace)
-    # Once its first unit (diagnoses) is on the topic, at a random point of the other two.
+    # While its second unit (encounters, after diagnoses) is being sent: its transaction is open.
     deadline = time.monotonic() + 120
-    while not units_on_topic(stack, layout, "diagnoses") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(random.uniform(0.0, 1.0))
+    while not written(stack, layout, "encounters", "luoyang") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.05))
     assert first.poll() is None, log.read_text()[-3000:]
     kill9(first)
     published_before = sum(

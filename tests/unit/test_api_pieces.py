@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,14 +118,32 @@ def test_cursors() -> None:
             decode_cursor(bad, digest)
 
 
-def test_rate_limiter() -> None:
-    limiter = RateLimiter(rate=10, burst=3)
+def test_rate_limiter(tmp_path: Path) -> None:
+    limiter = RateLimiter(tmp_path / "rl.db", name="requests", rate=10, burst=3)
     assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = limiter.take("a")
     assert 0 < wait <= 0.1
     assert limiter.take("b") == 0.0
     time.sleep(0.15)
     assert limiter.take("a") == 0.0
+
+
+def test_rate_limits_are_shared_by_every_process_of_an_instance(tmp_path: Path) -> None:
+    """Workers are processes: a credential gets the instance's burst, not one per worker."""
+    path = tmp_path / "rl.db"
+    here = RateLimiter(path, name="requests", rate=0.001, burst=10)
+    script = (
+        "import sys; from pathlib import Path; from sharing_api.ratelimit import RateLimiter; "
+        "r = RateLimiter(Path(sys.argv[1]), name='requests', rate=0.001, burst=10); "
+        "print(sum(r.take('cred') == 0.0 for _ in range(8)))"
+    )
+    other = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True)
+    assert other.stdout.strip() == "8", other.stderr
+    assert [here.take("cred") == 0.0 for _ in range(3)] == [True, True, False]
+    # Another limit in the same file keeps its own buckets; `wait` uses no token.
+    failures = RateLimiter(path, name="login_failures", rate=0.001, burst=1)
+    assert failures.wait("cred") == 0.0 and failures.wait("cred") == 0.0
+    assert failures.take("cred") == 0.0 and failures.wait("cred") > 0
 
 
 def test_credentials(tmp_path: Path, topology: Topology) -> None:
