@@ -18,10 +18,10 @@
    until /healthz says ready (the read model loaded); VmRSS/VmHWM after loading and after the run.
 4. Load from a separate process (this file with `--worker load`), uvloop, `--clients` client
    tasks, one connection and one credential each (spread over every hospital), each picking
-   random sample patients with `purpose=emergency` (grant `emergency-all`: every city);
-   `--resident-share` of the lookups send the resident ID in `X-Resident-Id` (hashed by the
-   server), the rest `person_key=`. `--warmup` seconds first (not counted), then `--seconds`
-   measured. Runs (`--runs`), one after the other against the same server:
+   random sample patients in a break-glass lookup (`POST /v1/patients/emergency`, grant
+   `emergency-all`: every city); `--resident-share` of the lookups send the resident ID in the
+   body (hashed by the server), the rest the `person_key`. `--warmup` seconds first (not
+   counted), then `--seconds` measured. Runs (`--runs`), one after the other against the same server:
    - closed: back to back (each client sends its next request when the answer arrives): the
      throughput. Latency there is queueing: by Little's law mean latency = clients / throughput,
      so p50 ≤ 20 ms at 32 such clients would take ≥ 1,600 req/s.
@@ -35,7 +35,7 @@
    expected count is counted as wrong. CPU of the server (per thread), of the client and of the
    rest of the machine is read from /proc over the measured window.
 5. Audit completeness: after `stop()` (which flushes the journal), the run's audit Delta table
-   must hold one `/v1/patients/history` record per request sent, warm-up included.
+   must hold one `/v1/patients/emergency` record per request sent, warm-up included.
 
 Every invocation is appended to benchmarks/results/api.json (`invocations`).
 """
@@ -66,7 +66,8 @@ from benchmarks.machine import machine
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
 HISTORY = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
-ROUTE = "/v1/patients/history"
+ROUTE = "/v1/patients/emergency"  # break-glass lookups: every city, the reason in the body
+REASON = "benchmark: unconscious on arrival, allergies unknown"
 SAMPLE = "_bench_sample"
 # run name → (client, paced at --rate?)
 RUNS = {
@@ -372,8 +373,8 @@ def read_model_worker(spec: dict[str, Any]) -> None:
     entries = 0
     wrong = 0
     for i, (key, want) in enumerate(zip(spec["keys"], spec["expected"], strict=True)):
-        audit = AuditRecord(request_id=f"floor-{i}", method="GET", route=ROUTE, client_address="127.0.0.1")
-        query = HistoryQuery(person_key=key, purpose="emergency")
+        audit = AuditRecord(request_id=f"floor-{i}", method="POST", route=ROUTE, client_address="127.0.0.1")
+        query = HistoryQuery(person_key=key, purpose="emergency", reason=REASON)
         t0 = time.perf_counter()
         body = patient_history(services, hospitals[i % len(hospitals)], query, audit)
         t1 = time.perf_counter()
@@ -412,7 +413,7 @@ def load_worker(spec: dict[str, Any]) -> None:
 
 
 class RawHttp:
-    """A minimal HTTP/1.1 keep-alive client over one asyncio stream: GET, Content-Length bodies.
+    """A minimal HTTP/1.1 keep-alive client over one asyncio stream: POST, Content-Length bodies.
     Light enough that the load generator leaves the 2 cores to the server (httpx spends several
     ms of CPU per request, as much as the server: see the docs)."""
 
@@ -423,12 +424,13 @@ class RawHttp:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def get(self, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def post(self, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode())
+        lines += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(f"POST {target} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode() + body)
         try:
             head = await self.reader.readuntil(b"\r\n\r\n")
             length = 0
@@ -503,17 +505,16 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             sent = time.perf_counter()
             i = rng.randrange(len(keys))
             rid = rng.random() < float(spec["resident_share"])
-            if rid:
-                query, headers = "purpose=emergency", {**auth, "X-Resident-Id": rids[i]}
-            else:
-                query, headers = f"purpose=emergency&person_key={keys[i]}", auth
+            patient = {"resident_id": rids[i]} if rid else {"person_key": keys[i]}
+            request = orjson.dumps({**patient, "reason": REASON, "limit": 50})
             status, got, wrong, body = -1, 0, False, b""
             try:
                 if http is not None:
-                    response = await http.get(f"{ROUTE}?{query}", headers=headers)
+                    headers = {**auth, "Content-Type": "application/json"}
+                    response = await http.post(ROUTE, content=request, headers=headers)
                     status, body = response.status_code, response.content
                 else:
-                    status, body = await asyncio.wait_for(raw.get(f"{ROUTE}?{query}", headers), 30.0)
+                    status, body = await asyncio.wait_for(raw.post(ROUTE, auth, request), 30.0)
             except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
             t1 = time.perf_counter()

@@ -15,7 +15,7 @@ from lakehouse.settings import get_settings
 from medshare.ui import console, fail, service_logging
 
 if TYPE_CHECKING:
-    from sharing_api.identities import Identities, IssuedToken
+    from sharing_api.identities import Identities, IssuedToken, Kind
 
 log = logging.getLogger("medshare.api")
 
@@ -27,6 +27,62 @@ hospitals = typer.Typer(
 
 def _when(ts: float | None) -> str:
     return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+By = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who is doing this: recorded with the credential and in the audit trail "
+        "(default <user>@<host> of this shell).",
+    ),
+]
+
+
+def _who(by: str | None) -> str:
+    import getpass
+    import socket
+
+    return (by or f"{getpass.getuser()}@{socket.gethostname()}")[:64]
+
+
+def _audit(action: str, who: str, detail: str, *, hospital: str | None = None) -> None:
+    """Every credential change made here is in the audit trail beside the API's own records."""
+    import socket
+    import uuid
+
+    from sharing_api.audit import AuditRecord, record_offline
+    from sharing_api.settings import load_api_settings
+
+    platform, api = get_settings(), load_api_settings()
+    record = AuditRecord(
+        request_id=uuid.uuid4().hex,
+        method="CLI",
+        route=f"medshare hospitals {action}",
+        client_address=f"cli@{socket.gethostname()}",
+        principal_kind="operator",
+        principal=who,
+        hospital_id=hospital,
+        decision="allow",
+        detail=detail,
+    )
+    record_offline(lambda slot: api.journal_lock(platform, slot), record)
+
+
+def _audit_issued(store: Identities, issued: IssuedToken, action: str, who: str, detail: str) -> None:
+    """Audit a new credential; one that cannot be audited is revoked at once, never handed out."""
+    import sqlite3
+
+    from sharing_api.journal import AuditUnavailable
+
+    hospital = issued.subject if issued.kind == "hospital" else None
+    try:
+        _audit(action, who, detail, hospital=hospital)
+    except (AuditUnavailable, OSError, sqlite3.Error) as exc:
+        store.revoke(issued.token_id)
+        raise MedshareError(
+            f"{action} could not be audited ({exc}); the new credential {issued.token_id} was revoked"
+        ) from exc
 
 
 def _identities() -> Identities:
@@ -60,15 +116,20 @@ def issue_token(
         float | None, typer.Option(help="Lifetime in days (default MEDSHARE_API_CREDENTIAL_DAYS, 90).")
     ] = None,
     label: Annotated[str, typer.Option(help="A note shown in listings, e.g. the system that uses it.")] = "",
+    by: By = None,
 ) -> None:
-    """Issue a bearer credential; prints the token once on stdout."""
+    """Issue a bearer credential; prints the token once on stdout. Audited, with who issued it."""
     from sharing_api.errors import ApiError
     from sharing_api.settings import load_api_settings
 
     try:
-        store = _identities()
+        store, who = _identities(), _who(by)
         lifetime = days if days is not None else load_api_settings().credential_days
-        _issued(store.issue("operator" if operator else "hospital", subject, days=lifetime, label=label))
+        kind: Kind = "operator" if operator else "hospital"
+        issued = store.issue(kind, subject, days=lifetime, label=label, issued_by=who)
+        detail = f"issued credential {issued.token_id} for {kind} {subject}"
+        _audit_issued(store, issued, "issue-token", who, detail)
+        _issued(issued)
     except (MedshareError, ApiError) as exc:
         fail(exc)
 
@@ -90,6 +151,7 @@ def profile(
             "or the API's own address, + /delta-sharing/)."
         ),
     ] = None,
+    by: By = None,
 ) -> None:
     """Write a Delta Sharing profile file for a hospital, with a new credential of its own.
 
@@ -104,7 +166,13 @@ def profile(
     try:
         api = load_api_settings()
         lifetime = days if days is not None else api.credential_days
-        issued = _identities().issue("hospital", hospital, days=lifetime, label="delta-sharing profile")
+        who = _who(by)
+        issued = _identities().issue(
+            "hospital", hospital, days=lifetime, label="delta-sharing profile", issued_by=who
+        )
+        _audit(
+            "profile", who, f"issued credential {issued.token_id} for hospital {hospital}", hospital=hospital
+        )
         target = out or Path(f"{hospital}.share")
         write_profile(target, profile_document(endpoint or api.sharing_endpoint(), issued))
     except (MedshareError, ApiError, OSError) as exc:
@@ -119,12 +187,15 @@ def profile(
 @hospitals.command()
 def revoke(
     token_id: Annotated[str, typer.Argument(help="The credential id (the part after mst_, before the dot).")],
+    by: By = None,
 ) -> None:
-    """Revoke a credential at once, with every access token obtained with it."""
+    """Revoke a credential at once, with every access token obtained with it. Audited."""
     from sharing_api.errors import ApiError
 
     try:
         info = _identities().revoke(token_id)
+        hospital = info.subject if info.kind == "hospital" else None
+        _audit("revoke", _who(by), f"revoked credential {token_id}", hospital=hospital)
     except (MedshareError, ApiError) as exc:
         fail(exc)
     console.print(f"[green]revoked[/green] {info.token_id} ({info.kind} {info.subject})")
@@ -136,15 +207,19 @@ def rotate(
     grace_hours: Annotated[
         float | None, typer.Option(help="How long the old one keeps working (default 24).")
     ] = None,
+    by: By = None,
 ) -> None:
-    """Issue a replacement credential; the old one expires after a grace period."""
+    """Issue a replacement credential; the old one expires after a grace period. Audited."""
     from sharing_api.errors import ApiError
     from sharing_api.settings import load_api_settings
 
     try:
-        api = load_api_settings()
+        api, who = load_api_settings(), _who(by)
         grace = grace_hours if grace_hours is not None else api.rotation_grace_hours
-        _issued(_identities().rotate(token_id, grace_hours=grace, days=api.credential_days))
+        store = _identities()
+        new = store.rotate(token_id, grace_hours=grace, days=api.credential_days, issued_by=who)
+        _audit_issued(store, new, "rotate", who, f"rotated credential {token_id} to {new.token_id}")
+        _issued(new)
     except (MedshareError, ApiError) as exc:
         fail(exc)
     console.print(f"the old credential {token_id} stops working in {grace} h")
@@ -153,14 +228,16 @@ def rotate(
 @hospitals.command("tokens")
 def list_tokens() -> None:
     """List credentials: id, subject, expiry, revocation (never secrets)."""
-    table = Table("kind", "subject", "expires", "revoked", "label")
+    table = Table("kind", "subject", "expires", "revoked", "label", "issued by")
     table.add_column("id", no_wrap=True, min_width=16)
     try:
         rows = _identities().list()
     except MedshareError as exc:
         fail(exc)
     for c in rows:
-        table.add_row(c.kind, c.subject, _when(c.expires_at), _when(c.revoked_at), c.label, c.token_id)
+        table.add_row(
+            c.kind, c.subject, _when(c.expires_at), _when(c.revoked_at), c.label, c.issued_by, c.token_id
+        )
     console.print(table)
 
 

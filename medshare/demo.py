@@ -8,9 +8,10 @@
 3. Replication: each city's publisher ships its curated commits (shareable form) through Kafka,
    the provincial replicator applies them to the federated provincial tables, and `verify`
    proves the province holds exactly each city's shareable data.
-4. Sharing: the sharing API starts over the provincial tables; a county hospital looks up a
-   patient's history across both cities in an emergency (allowed), then asks for research
-   (denied), and an operator reads the audit entries the two lookups left.
+4. Sharing: the sharing API starts over the provincial tables; a county hospital breaks the
+   glass for a patient in an emergency (their history across both cities, with the reason
+   audited), then asks to look them up for research (denied: research never names a patient),
+   and an operator reads the audit entries the two lookups left.
 5. Delta Sharing: profile files for a provincial and a county hospital; the official
    `delta-sharing` client (its own environment) lists what each may read and loads a table —
    the provincial hospital's research copy (every city, person keys masked), the county
@@ -297,7 +298,11 @@ def _share(settings: Settings, report: Report) -> list[Table]:
         lookups = Table("who", "purpose", "status", "answer", title="sharing API: two lookups of one patient")
         with httpx.Client(base_url=base, timeout=30, headers={"X-Resident-Id": resident_id}) as c:
             c.headers["Authorization"] = f"Bearer {clinic}"
-            allowed = c.get("/v1/patients/history", params={"purpose": "emergency", "limit": 1000})
+            # An emergency breaks the glass: the resident ID and the reason go in the body.
+            allowed = c.post(
+                "/v1/patients/emergency",
+                json={"resident_id": resident_id, "reason": DEMO_REASON, "limit": 1000},
+            )
             if allowed.status_code != 200:
                 raise MedshareError(f"the emergency lookup was refused: {allowed.text}")
             body = allowed.json()
@@ -305,12 +310,13 @@ def _share(settings: Settings, report: Report) -> list[Table]:
             cities = sorted({e["city"] for e in body["entries"]})
             lookups.add_row(
                 hospital.name,
-                "emergency",
+                "emergency (break-glass)",
                 "200",
                 f"{body['total']} entries from {', '.join(cities)}: "
                 + ", ".join(f"{n} {t}" for t, n in types.most_common())
                 + f" (grant {body['datasets'][0]['grant']})",
             )
+            # Research never looks up a named patient.
             denied = c.get("/v1/patients/history", params={"purpose": "research"})
             if denied.status_code != 403:
                 raise MedshareError(f"the research lookup was not denied: {denied.status_code} {denied.text}")
@@ -352,6 +358,8 @@ def _share(settings: Settings, report: Report) -> list[Table]:
             server.kill()
     return [lookups, audit, sharing]
 
+
+DEMO_REASON = "brought in unconscious after a road accident; allergies and medication unknown"
 
 # A provincial hospital reads research data from every city; a county hospital its own rows.
 SHARING_READS = (("zz-fahzu", "research.province.diagnoses"), (DEMO_CLINIC, "operations.province.encounters"))

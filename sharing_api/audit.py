@@ -37,7 +37,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from sharing_api.background import lower_thread_priority
-from sharing_api.journal import AuditUnavailable
+from sharing_api.journal import AuditUnavailable, JournalFile
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,21 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def record_offline(journal_lock: Callable[[int], Path], record: AuditRecord, status: int = 200) -> None:
+    """Audit an operator action taken outside the API (the `medshare hospitals` commands on the
+    API host): the record goes, durably, into a journal slot of the instance that no running
+    worker holds, and the instance's keeper appends it to the audit table like any other."""
+    path, fd = claim_journal(journal_lock)
+    try:
+        journal = JournalFile(path)
+        try:
+            journal.write([json.dumps(record.finish(status), separators=(",", ":"), default=str)])
+        finally:
+            journal.close()
+    finally:
+        os.close(fd)
 
 
 class JournalReader:
@@ -360,6 +375,8 @@ class AuditQuery:
     dataset: str | None = None
     decision: str | None = None
     flagged: bool | None = None
+    purpose: str | None = None
+    break_glass: bool | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
 
@@ -367,7 +384,16 @@ class AuditQuery:
 def read_audit(store: AuditStore, query: AuditQuery) -> pa.Table:
     """Matching records from the Delta table and, not yet appended to it, from the instance's journals."""
     expr: pc.Expression | None = None
-    for name in ("person_key", "hospital_id", "principal", "dataset", "decision", "flagged"):
+    for name in (
+        "person_key",
+        "hospital_id",
+        "principal",
+        "dataset",
+        "decision",
+        "flagged",
+        "purpose",
+        "break_glass",
+    ):
         value = getattr(query, name)
         if value is not None:
             cond = pc.field(name) == value

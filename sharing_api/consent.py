@@ -65,7 +65,7 @@ class Consents:
     def withdraw(self, consent_id: str) -> None:
         cur = self.db.connect().execute("DELETE FROM consents WHERE consent_id = ?", (consent_id,))
         if cur.rowcount == 0:
-            raise NotFound(f"no consent record {consent_id!r}", code="consent_not_found")
+            raise NotFound("no consent record with that id", code="consent_not_found")
 
     def opted_out(self, hospital_id: str, purpose: str) -> set[str]:
         """person_keys of every patient whose opt-out covers this recipient and purpose."""

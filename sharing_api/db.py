@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS credentials (
     expires_at  REAL NOT NULL,
     revoked_at  REAL,
     parent_id   TEXT,                   -- access tokens: the client credential that obtained them
-    label       TEXT NOT NULL DEFAULT ''
+    label       TEXT NOT NULL DEFAULT '',
+    issued_by   TEXT NOT NULL DEFAULT ''  -- the operator (API) or host user (CLI) who issued it
 );
 CREATE INDEX IF NOT EXISTS credentials_parent ON credentials(parent_id);
 CREATE TABLE IF NOT EXISTS consents (
@@ -34,6 +35,13 @@ CREATE TABLE IF NOT EXISTS consents (
     created_by  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS consents_person ON consents(person_key);
+CREATE TABLE IF NOT EXISTS break_glass_reviews (
+    access_id   TEXT PRIMARY KEY,       -- <journal>-<seq> of the audited break-glass access
+    outcome     TEXT NOT NULL,          -- justified | unjustified
+    note        TEXT NOT NULL DEFAULT '',
+    reviewer    TEXT NOT NULL,          -- the operator
+    reviewed_at REAL NOT NULL
+);
 """
 
 
@@ -46,6 +54,10 @@ class Database:
         self._local = threading.local()
         with self.connect() as conn:
             conn.executescript(SCHEMA)
+            # Files made before credentials recorded their issuer.
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(credentials)")}
+            if "issued_by" not in columns:
+                conn.execute("ALTER TABLE credentials ADD COLUMN issued_by TEXT NOT NULL DEFAULT ''")
 
     def connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

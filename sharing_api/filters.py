@@ -32,9 +32,8 @@ class Filter(BaseModel):
 
 def _coerce(value: Any, kind: pa.DataType, column: str) -> Any:
     def bad(expected: str) -> Unprocessable:
-        return Unprocessable(
-            f"filter on {column!r}: expected {expected}, got {value!r}", code="invalid_filter"
-        )
+        # The value is never echoed: it could be anything, a resident ID included.
+        return Unprocessable(f"filter on {column!r}: expected {expected}", code="invalid_filter")
 
     if value is None:
         raise bad("a value")
@@ -82,16 +81,20 @@ def _arrow(make: Any, values: Any, kind: pa.DataType, column: str) -> Any:
         ) from exc
 
 
-def expression(filters: list[Filter], schema: pa.Schema, filterable: set[str]) -> pc.Expression | None:
-    """The conjunction of `filters` over `schema`, or None for no filter."""
+def expression(
+    filters: list[Filter], schema: pa.Schema, filterable: set[str], masked: set[str]
+) -> pc.Expression | None:
+    """The conjunction of `filters` over `schema`, or None for no filter. Column names are echoed
+    only when the caller can see the column: a hidden one and one that does not exist get the
+    same answer."""
     result: pc.Expression | None = None
     for f in filters:
-        if f.column not in filterable:
-            known = f.column in schema.names
+        if f.column in masked:
             raise Unprocessable(
-                f"column {f.column!r} cannot be filtered on" + (" (it is masked for you)" if known else ""),
-                code="invalid_filter",
+                f"column {f.column!r} is masked for you and cannot be filtered on", code="invalid_filter"
             )
+        if f.column not in filterable:
+            raise Unprocessable("a filter names no column you may filter on", code="invalid_filter")
         kind = schema.field(f.column).type
         field = pc.field(f.column)
         if f.op in ("is_null", "not_null"):

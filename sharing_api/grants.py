@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 Purpose = Literal["treatment", "emergency", "research", "public_health", "operations"]
 PURPOSES: tuple[Purpose, ...] = ("treatment", "emergency", "research", "public_health", "operations")
+# Where each purpose may be used (docs/security.md). A named patient's history is for their care
+# (treatment; emergency, always as break-glass) and for a hospital's own records (operations);
+# research and public health never look up a named patient: their masked tokens would be tied back
+# to the person. Dataset queries are the bulk reads; an emergency is one patient, never a dataset.
+HISTORY_PURPOSES: tuple[Purpose, ...] = ("treatment", "emergency", "operations")
+DATASET_PURPOSES: tuple[Purpose, ...] = ("treatment", "research", "public_health", "operations")
 Scope = Literal["own_hospital", "own_city", "all_cities", "under_care"]
 ColumnAccess = Literal["allowed", "masked", "hidden"]
 GrantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
@@ -114,7 +120,7 @@ class Grant(_Frozen):
             raise ValueError("valid_until must be after valid_from")
         overlap = set(self.columns.masked) & set(self.columns.hidden)
         if overlap:
-            raise ValueError(f"columns both masked and hidden: {', '.join(sorted(overlap))}")
+            raise ValueError(f"{len(overlap)} column(s) both masked and hidden")
         return self
 
     def active(self, now: dt.datetime) -> bool:
@@ -150,25 +156,40 @@ class Decision:
 
 
 def check_grants(grants: GrantFile, topology: Topology, views: dict[str, DatasetView]) -> list[str]:
-    """Problems with names that exist nowhere (a typo would silently grant nothing)."""
+    """Problems with names that exist nowhere (a typo would silently grant nothing). Each names its
+    place in the file (`grants[3].recipient.hospitals[1]`), never the value: what an operator sent
+    through the API is not echoed back (it could be anything, a resident ID included)."""
     problems: list[str] = []
     seen: set[str] = set()
     hospitals = {h.id for h in topology.hospitals}
     cities = {c.id for c in topology.cities}
-    for g in grants.grants:
-        where = f"grant {g.id!r}"
+    for n, g in enumerate(grants.grants):
+        where = f"grants[{n}]"
         if g.id in seen:
-            problems.append(f"{where}: duplicate id")
+            problems.append(f"{where}.id: the id of an earlier grant")
         seen.add(g.id)
         problems += [
-            f"{where}: unknown hospital {h!r}" for h in g.recipient.hospitals or () if h not in hospitals
+            f"{where}.recipient.hospitals[{i}]: not a hospital of the topology"
+            for i, h in enumerate(g.recipient.hospitals or ())
+            if h not in hospitals
         ]
-        problems += [f"{where}: unknown city {c!r}" for c in g.recipient.cities or () if c not in cities]
-        problems += [f"{where}: unknown or unshareable dataset {d!r}" for d in g.datasets if d not in views]
+        problems += [
+            f"{where}.recipient.cities[{i}]: not a city of the topology"
+            for i, c in enumerate(g.recipient.cities or ())
+            if c not in cities
+        ]
+        problems += [
+            f"{where}.datasets[{i}]: not a shareable dataset"
+            for i, d in enumerate(g.datasets)
+            if d not in views
+        ]
         columns = {c for d in g.datasets if d in views for c in views[d].columns}
-        for c in (*g.columns.masked, *g.columns.hidden):
-            if c not in columns:
-                problems.append(f"{where}: column {c!r} is in none of its datasets")
+        for kind, names in (("masked", g.columns.masked), ("hidden", g.columns.hidden)):
+            problems += [
+                f"{where}.columns.{kind}[{i}]: a column of none of its datasets"
+                for i, c in enumerate(names)
+                if c not in columns
+            ]
     return problems
 
 
@@ -278,20 +299,20 @@ class GrantBook:
     def add(self, grant: Grant, *, if_match: str | None = None) -> str:
         grants, _ = self.current()
         if any(g.id == grant.id for g in grants.grants):
-            raise Conflict(f"a grant with id {grant.id!r} exists; replace it with PUT", code="grant_exists")
+            raise Conflict("a grant with this id exists; replace it with PUT", code="grant_exists")
         return self._write(GrantFile(grants=(*grants.grants, grant)), if_match)
 
     def replace(self, grant_id: str, grant: Grant, *, if_match: str | None = None) -> str:
         grants, _ = self.current()
         if grant.id != grant_id:
-            raise Unprocessable(f"the body's id {grant.id!r} differs from the path's {grant_id!r}")
+            raise Unprocessable("the body's grant id differs from the path's")
         if not any(g.id == grant_id for g in grants.grants):
-            raise NotFound(f"no grant with id {grant_id!r}", code="grant_not_found")
+            raise NotFound("no grant with that id", code="grant_not_found")
         updated = tuple(grant if g.id == grant_id else g for g in grants.grants)
         return self._write(GrantFile(grants=updated), if_match)
 
     def remove(self, grant_id: str, *, if_match: str | None = None) -> str:
         grants, _ = self.current()
         if not any(g.id == grant_id for g in grants.grants):
-            raise NotFound(f"no grant with id {grant_id!r}", code="grant_not_found")
+            raise NotFound("no grant with that id", code="grant_not_found")
         return self._write(GrantFile(grants=tuple(g for g in grants.grants if g.id != grant_id)), if_match)

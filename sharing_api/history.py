@@ -2,9 +2,15 @@
 studies and teleconsultations as one timeline (IHE XCA / FHIR $everything in spirit), decided per
 dataset by the caller's grants, the patient's consent and the purpose, and paged.
 
-Break-glass: `purpose=emergency` with a stated reason overrides the patient-level denials (a
-consent opt-out, and "not under this hospital's care" for under_care grants); it never creates
-access where no emergency grant exists. Every use is audited and flagged for review.
+Purposes (docs/security.md): `treatment` (scope under_care, usually), `operations` (the
+hospital's own rows) and `emergency`, which is always break-glass — a stated reason, sent in the
+request body, audited and flagged for review; it overrides the patient-level denials (a consent
+opt-out, "not under this hospital's care") but never creates access where no emergency grant
+exists. Research and public health never look up a named patient.
+
+What a caller can learn without access is kept to its decision: the care relationship is checked
+before the consent (a hospital that does not treat the patient cannot tell whether they opted
+out), and a patient without records the caller may see is an empty timeline, not a 404.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from lakehouse.topology import Hospital
 from sharing_api.audit import AuditRecord
 from sharing_api.care import under_care
 from sharing_api.catalog import CITY, HISTORY, HOSPITAL
-from sharing_api.errors import Forbidden, NotFound
-from sharing_api.grants import Decision, Grant, Purpose
+from sharing_api.errors import Forbidden, Unprocessable
+from sharing_api.grants import HISTORY_PURPOSES, Decision, Grant, Purpose
 from sharing_api.lakeview import probe_of, utc_now
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
 from sharing_api.rows import EPOCH_DAY, python_columns
@@ -40,7 +46,17 @@ class HistoryQuery:
     end: dt.date | None = None
     limit: int = 50
     cursor: str | None = None
-    reason: str | None = None  # break-glass
+    reason: str | None = None  # break-glass: required for, and only for, emergency
+
+
+def reason_problem(reason: str | None, minimum: int) -> str | None:
+    """Why a break-glass reason is not one (too short, or a few characters repeated), or None."""
+    text = " ".join((reason or "").split())
+    if len(text.replace(" ", "")) < minimum:
+        return f"state the reason for breaking the glass in at least {minimum} characters"
+    if len(set(text.replace(" ", ""))) < 4:
+        return "state a real reason for breaking the glass"
+    return None
 
 
 def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: AuditRecord) -> dict[str, Any]:
@@ -48,10 +64,18 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     pk = q.person_key
     audit.person_key = pk
     audit.purpose = q.purpose
-    break_glass = q.purpose == "emergency" and bool(q.reason and q.reason.strip())
+    if q.purpose not in HISTORY_PURPOSES:
+        raise Forbidden(
+            f"purpose {q.purpose} never looks up a named patient: query the dataset or read its share",
+            code="purpose_not_per_patient",
+        )
+    break_glass = q.purpose == "emergency"
     if break_glass:
+        problem = reason_problem(q.reason, s.api.break_glass_min_reason)
+        if problem is not None:
+            raise Unprocessable(problem, code="reason_required")
         audit.break_glass = True
-        audit.break_glass_reason = q.reason
+        audit.break_glass_reason = " ".join((q.reason or "").split())
         audit.flagged = True
 
     decisions: dict[str, Decision] = {t: s.grants.decide(hospital, t, q.purpose, now) for t in q.types}
@@ -62,27 +86,14 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
             code="no_grant",
         )
 
+    # The care relationship first: without it, the consent is none of the caller's business.
     overrode: list[str] = []
-    opt_out = s.consents.denying(pk, hospital.id, q.purpose)
-    if opt_out is not None:
-        if not break_glass:
-            audit.detail = f"consent {opt_out.consent_id}"
-            hint = " (in an emergency, state a reason to break the glass)" if q.purpose == "emergency" else ""
-            raise Forbidden(
-                f"the patient has opted out of sharing this with you{hint}", code="consent_denied"
-            )
-        overrode.append(f"consent opt-out {opt_out.consent_id}")
-
-    digest = fingerprint("history", hospital.id, pk, q.purpose, q.types, q.start, q.end, break_glass)
-    generation, offset = pinned_generation(s.lake, q.cursor, digest)
-
-    probe = probe_of(pk)
     care: dict[int, bool] = {}
-    served: dict[str, Grant] = {}
     withheld: dict[str, str] = {}
-    tables: list[tuple[str, Grant, pa.Table]] = []
+    digest = fingerprint("history", hospital.id, pk, q.purpose, q.types, q.start, q.end)
+    generation, offset = pinned_generation(s.lake, q.cursor, digest)
+    readable: dict[str, Grant] = {}
     for dataset, grant in allowed.items():
-        cities: tuple[str, ...] = tuple(c.id for c in s.topology.cities)
         if grant.scope == "under_care":
             days = grant.care_window_days
             if days not in care:
@@ -92,7 +103,22 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
                     withheld[dataset] = f"the patient has not been under {hospital.id}'s care in {days} days"
                     continue
                 overrode.append(f"{dataset}: not under care")
-        elif grant.scope in ("own_city", "own_hospital"):
+        readable[dataset] = grant
+    if not readable:
+        raise Forbidden(next(iter(withheld.values())), code="not_under_care")
+
+    opt_out = s.consents.denying(pk, hospital.id, q.purpose)
+    if opt_out is not None:
+        if not break_glass:
+            audit.detail = f"consent {opt_out.consent_id}"
+            raise Forbidden("the patient has opted out of sharing this with you", code="consent_denied")
+        overrode.append(f"consent opt-out {opt_out.consent_id}")
+
+    probe = probe_of(pk)
+    tables: list[tuple[str, Grant, pa.Table]] = []
+    for dataset, grant in readable.items():
+        cities: tuple[str, ...] = tuple(c.id for c in s.topology.cities)
+        if grant.scope in ("own_city", "own_hospital"):
             cities = (hospital.city,)
         for segment in generation.parts(dataset, cities):
             rows = segment.rows_of(probe)
@@ -100,10 +126,7 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
                 rows = rows.filter(pc.equal(rows[HOSPITAL], hospital.id))
             if rows is not None and rows.num_rows:
                 tables.append((dataset, grant, rows))
-        served[dataset] = grant
-
-    if not served:
-        raise Forbidden(next(iter(withheld.values())), code="not_under_care")
+    served = readable
 
     entries = _entries(s, tables)
     if q.start is not None or q.end is not None:
@@ -125,8 +148,6 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     audit.decision = "allow"
     if overrode:
         audit.detail = "break-glass overrode: " + "; ".join(overrode)
-    if not entries and not missing and offset == 0 and q.start is None and q.end is None:
-        raise NotFound("no shared records of this patient that you may see", code="patient_not_found")
 
     page = [e[1] for e in entries[offset : offset + q.limit]]
     audit.rows_returned = len(page)
@@ -150,7 +171,7 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
         "missing": missing,
         "breakGlass": {
             "used": break_glass,
-            "reason": q.reason if break_glass else None,
+            "reason": audit.break_glass_reason if break_glass else None,
             "overrode": overrode,
         },
     }

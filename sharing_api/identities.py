@@ -64,6 +64,7 @@ class CredentialInfo:
     revoked_at: float | None
     parent_id: str | None
     label: str
+    issued_by: str
 
 
 def _hash(secret: str) -> str:
@@ -85,30 +86,39 @@ class Identities:
         self.clock = clock
 
     # -- issuing -------------------------------------------------------------------------------
-    def issue(self, kind: Kind, subject: str, *, days: float, label: str = "") -> IssuedToken:
+    def issue(
+        self, kind: Kind, subject: str, *, days: float, label: str = "", issued_by: str = ""
+    ) -> IssuedToken:
         if kind == "hospital":
             try:
                 self.topology.hospital(subject)
             except TopologyError as exc:
                 raise NotFound(str(exc), code="unknown_hospital") from exc
         elif not _OPERATOR.fullmatch(subject):
-            raise Unprocessable(
-                f"operator name {subject!r}: use 2-64 of a-z 0-9 _ . - starting with a letter"
-            )
+            raise Unprocessable("an operator name is 2-64 of a-z 0-9 _ . - starting with a letter")
         if days <= 0:
             raise Unprocessable("a credential's lifetime must be positive")
-        return self._insert(kind, subject, lifetime=days * 86400, label=label, parent_id=None)
+        return self._insert(
+            kind, subject, lifetime=days * 86400, label=label, parent_id=None, issued_by=issued_by
+        )
 
     def _insert(
-        self, kind: str, subject: str, *, lifetime: float, label: str, parent_id: str | None
+        self,
+        kind: str,
+        subject: str,
+        *,
+        lifetime: float,
+        label: str,
+        parent_id: str | None,
+        issued_by: str,
     ) -> IssuedToken:
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         self.db.connect().execute(
             "INSERT INTO credentials (token_id, kind, subject, secret_hash, created_at, expires_at,"
-            " parent_id, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (token_id, kind, subject, _hash(secret), now, now + lifetime, parent_id, label),
+            " parent_id, label, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (token_id, kind, subject, _hash(secret), now, now + lifetime, parent_id, label, issued_by),
         )
         return IssuedToken(
             token_id=token_id,
@@ -129,21 +139,23 @@ class Identities:
                 (now, token_id),
             )
             if cur.rowcount == 0:
-                raise NotFound(f"no credential with id {token_id!r}", code="credential_not_found")
+                raise NotFound("no credential with that id", code="credential_not_found")
             conn.execute(
                 "UPDATE credentials SET revoked_at = COALESCE(revoked_at, ?) WHERE parent_id = ?",
                 (now, token_id),
             )
         return self.info(token_id)
 
-    def rotate(self, token_id: str, *, grace_hours: float, days: float) -> IssuedToken:
+    def rotate(self, token_id: str, *, grace_hours: float, days: float, issued_by: str = "") -> IssuedToken:
         """A new credential for the same subject; the old one keeps working for `grace_hours`."""
         old = self.info(token_id)
         if old.kind not in ("hospital", "operator"):
             raise Unprocessable("only hospital and operator credentials are rotated; access tokens expire")
         if old.revoked_at is not None:
             raise Unprocessable(f"credential {token_id} is revoked; issue a new one instead")
-        new = self._insert(old.kind, old.subject, lifetime=days * 86400, label=old.label, parent_id=None)
+        new = self._insert(
+            old.kind, old.subject, lifetime=days * 86400, label=old.label, parent_id=None, issued_by=issued_by
+        )
         cutoff = self.clock() + grace_hours * 3600
         self.db.connect().execute(
             "UPDATE credentials SET expires_at = MIN(expires_at, ?) WHERE token_id = ?", (cutoff, token_id)
@@ -153,7 +165,7 @@ class Identities:
     def info(self, token_id: str) -> CredentialInfo:
         row = self._fetch(token_id)
         if row is None:
-            raise NotFound(f"no credential with id {token_id!r}", code="credential_not_found")
+            raise NotFound("no credential with that id", code="credential_not_found")
         return _info(row)
 
     def _fetch(self, token_id: str) -> sqlite3.Row | None:
@@ -173,7 +185,12 @@ class Identities:
         """Exchange a credential (id + secret) for an access token of `minutes` lifetime."""
         client = self._verify(client_id, client_secret, allow_access=False)
         return self._insert(
-            "access", client.subject, lifetime=minutes * 60, label=f"oauth:{client_id}", parent_id=client_id
+            "access",
+            client.subject,
+            lifetime=minutes * 60,
+            label=f"oauth:{client_id}",
+            parent_id=client_id,
+            issued_by=f"oauth:{client_id}",
         )
 
     # -- authentication --------------------------------------------------------------------------
@@ -251,4 +268,5 @@ def _info(row: sqlite3.Row) -> CredentialInfo:
         revoked_at=row["revoked_at"],
         parent_id=row["parent_id"],
         label=row["label"],
+        issued_by=row["issued_by"],
     )

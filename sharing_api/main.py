@@ -25,6 +25,19 @@ Authenticate with `Authorization: Bearer <token>`: a credential from
 """
 
 
+def public_health(services: Services) -> dict[str, object]:
+    lake = services.lake
+    problems = len(lake.current.missing) + len(lake.current.stale)
+    problems += bool(services.grants.last_error) + bool(services.shares.sync.last_error)
+    return {
+        "ready": lake.loaded.is_set(),
+        "generation": lake.current.number,
+        "keeperRunning": services.keeper_status() is not None,
+        "sharedCopiesSynced": services.shares.sync.passes,
+        "problems": problems,
+    }
+
+
 def app_from_environment() -> FastAPI:
     """The app as each uvicorn worker process builds it (settings from the environment)."""
     import logging
@@ -63,23 +76,8 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
-        generation = services.lake.current
-        keeper = services.keeper_status()
-        return json_response(
-            {
-                "ready": services.lake.loaded.is_set(),
-                "generation": generation.number,
-                "parts": len(generation.segments),
-                "missing": [f"{d}/{c}: {p}" for (d, c), p in generation.missing.items()],
-                "stale": [f"{d}/{c}: {p}" for (d, c), p in generation.stale.items()],
-                # The instance keeper's view (None: no keeper is running for this instance).
-                "auditFlushed": None if keeper is None else keeper["audit"]["flushed"],
-                "auditError": None if keeper is None else keeper["audit"]["error"],
-                "keeperRunning": keeper is not None,
-                "grantsError": services.grants.last_error,
-                "sharedCopiesSynced": services.shares.sync.passes,
-                "sharedCopiesError": services.shares.sync.last_error,
-            }
-        )
+        """For load balancers and start-up waits: nothing that names a table, path or error (the
+        details are for operators, at /v1/admin/health)."""
+        return json_response(public_health(services))
 
     return app

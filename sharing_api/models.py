@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +76,21 @@ class HistoryResponse(BaseModel):
     breakGlass: BreakGlass
 
 
+class EmergencyBody(BaseModel):
+    """A break-glass lookup: the patient, and why the glass is broken (audited, reviewed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resident_id: str | None = Field(default=None, max_length=32, description="Hashed on arrival")
+    person_key: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    reason: str = Field(min_length=1, max_length=500, description="Why; at least 10 characters")
+    types: list[str] | None = Field(default=None, max_length=20)
+    start: dt.date | None = None
+    end: dt.date | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=500)
+
+
 class ColumnAccessModel(BaseModel):
     name: str
     type: str | None = None
@@ -135,6 +151,15 @@ class ConsentBody(BaseModel):
     hospital_id: str | None = Field(default=None, max_length=64)
     purpose: Purpose | None = None
     note: str = Field(default="", max_length=500)
+
+
+class ReviewBody(BaseModel):
+    """An operator's verdict on one break-glass access."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["justified", "unjustified"]
+    note: str = Field(default="", max_length=1000)
 
 
 class IssueBody(BaseModel):

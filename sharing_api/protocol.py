@@ -77,14 +77,14 @@ def share_tables(s: Services, hospital: Hospital, share: str) -> list[SharedTabl
     """The share's tables for this caller; a share with none does not exist for it."""
     tables = _tables(s, hospital, share, utc_now())
     if not tables:
-        raise NotFound(f"no share {share!r} for this recipient", code="share_not_found")
+        raise NotFound("no such share for this recipient", code="share_not_found")
     return tables
 
 
 def schema_tables(s: Services, hospital: Hospital, share: str, schema: str) -> list[SharedTable]:
     tables = share_tables(s, hospital, share)
     if schema != SCHEMA:
-        raise NotFound(f"no schema {schema!r} in share {share!r}", code="schema_not_found")
+        raise NotFound("no such schema in the share", code="schema_not_found")
     return tables
 
 
@@ -97,7 +97,7 @@ def resolve(
         if t.name == table:
             audit.grants = [t.grant.id]
             return t
-    raise NotFound(f"no table {table!r} in {share}.{schema} for this recipient", code="table_not_found")
+    raise NotFound("no such table in the share for this recipient", code="table_not_found")
 
 
 def page(items: list[dict[str, Any]], max_results: int | None, token: str | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sharing_api.care import care_keys
 from sharing_api.catalog import HOSPITAL, DatasetView
 from sharing_api.errors import Forbidden, NotFound, Unprocessable
 from sharing_api.filters import Filter, expression
-from sharing_api.grants import PURPOSES, Grant, Purpose
+from sharing_api.grants import DATASET_PURPOSES, Grant, Purpose
 from sharing_api.lakeview import Generation, utc_now
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
 from sharing_api.rows import records
@@ -37,9 +37,11 @@ class DatasetQuery:
 def visible_datasets(s: Services, hospital: Hospital, purpose: str | None) -> list[dict[str, Any]]:
     now = utc_now()
     out = []
+    if purpose is not None and purpose not in DATASET_PURPOSES:
+        return []
     for name, view in s.views.items():
         access = []
-        for p in [purpose] if purpose else list(PURPOSES):
+        for p in [purpose] if purpose else list(DATASET_PURPOSES):
             decision = s.grants.decide(hospital, name, p, now)
             if decision.grant is not None:
                 g = decision.grant
@@ -68,9 +70,15 @@ def run_query(
     now = utc_now()
     audit.dataset = dataset
     audit.purpose = q.purpose
+    if q.purpose not in DATASET_PURPOSES:
+        raise Forbidden(
+            f"purpose {q.purpose} is for one patient at a time, never a dataset: "
+            "POST /v1/patients/emergency with the reason for breaking the glass",
+            code="purpose_not_for_datasets",
+        )
     view = s.views.get(dataset)
     if view is None:
-        raise NotFound(f"no federated dataset {dataset!r}", code="dataset_not_found")
+        raise NotFound("no such federated dataset", code="dataset_not_found")
     decision = s.grants.decide(hospital, dataset, q.purpose, now)
     grant = decision.grant
     if grant is None:
@@ -81,13 +89,15 @@ def run_query(
     columns = list(q.columns) if q.columns else visible
     unknown = [c for c in columns if c not in visible]
     if unknown:
+        # Not named: a hidden column and one that does not exist look the same.
         raise Unprocessable(
-            f"unknown column(s) {', '.join(map(repr, unknown))} in {dataset}", code="unknown_column"
+            f"{len(unknown)} selected column(s) not in {dataset} for you", code="unknown_column"
         )
     if len(set(columns)) != len(columns):
         raise Unprocessable("a column is selected twice", code="unknown_column")
     filterable = {c for c in view.columns if grant.columns.access(c) == "allowed"}
-    condition = expression(list(q.filters), view.schema, filterable)
+    masked = {c for c in view.columns if grant.columns.access(c) == "masked"}
+    condition = expression(list(q.filters), view.schema, filterable, masked)
 
     digest = fingerprint(
         "query", hospital.id, dataset, q.purpose, [f.model_dump() for f in q.filters], columns

@@ -37,6 +37,11 @@ def serve(platform: Settings, api: ApiSettings) -> None:
         workers=api.workers,
         host=api.host,
         port=api.port,
+        # X-Forwarded-For is believed only from the proxies named in the settings: uvicorn's
+        # default trusts it from loopback, which let any local client forge its audited address
+        # and dodge the per-address limit on failed logins.
+        proxy_headers=bool(api.trusted_proxies),
+        forwarded_allow_ips=api.trusted_proxies or None,
         **COMMON,  # type: ignore[arg-type]
     )
     keeper = build_keeper(platform, api)

@@ -32,6 +32,7 @@ from sharing_api.keeper import Keeper, TableWatch, read_status
 from sharing_api.lakeview import LakeView
 from sharing_api.masking import Masker
 from sharing_api.ratelimit import RateLimiter
+from sharing_api.reviews import Reviews
 from sharing_api.settings import ApiSettings
 from sharing_api.shares import Shares
 from sharing_api.signing import UrlSigner
@@ -46,6 +47,7 @@ class Services:
     grants: GrantBook
     identities: Identities
     consents: Consents
+    reviews: Reviews
     lake: LakeView
     journal: Journal
     audit: AuditStore
@@ -186,6 +188,7 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
         grants=grants,
         identities=Identities(db, topology),
         consents=consents,
+        reviews=Reviews(db),
         lake=LakeView(
             table_uris=table_uris(platform, api, topology, views),
             views=views,

@@ -23,6 +23,9 @@ class ApiSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8040, ge=1, le=65535)
+    # Reverse proxies whose X-Forwarded-For is believed (comma-separated addresses); none by
+    # default: the client address audited and rate-limited is the connection's.
+    trusted_proxies: str = ""
     # The grants the API enforces; admin endpoints edit this file and hand edits are picked up too.
     grants_file: Path | None = None
     # Where the federated tables are (s3://bucket[/prefix], one table per dataset beneath) and where
@@ -44,6 +47,9 @@ class ApiSettings(BaseSettings):
 
     rate_per_second: float = Field(default=100.0, gt=0)
     rate_burst: int = Field(default=200, ge=1)
+    # Break-glass (every emergency lookup): the reason a clinician states, at least this many
+    # characters (not counting spaces), is audited and reviewed.
+    break_glass_min_reason: int = Field(default=10, ge=1, le=200)
     # Failed logins (a bad or missing token, a wrong client secret) per client address: over the
     # limit, attempts are refused before any token is verified.
     login_failures_per_minute: float = Field(default=10.0, gt=0)

@@ -1,17 +1,18 @@
 """Operators' endpoints: grants (the file in platform/ is rewritten, If-Match guards concurrent
-edits), patients' opt-outs, and credentials."""
+edits), patients' opt-outs, the review queue of break-glass accesses, and credentials."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from lakehouse.errors import TopologyError
+from sharing_api.audit import AuditQuery, read_audit
 from sharing_api.deps import AuditDep, CurrentOperator, ServicesDep, person_key_of
-from sharing_api.errors import Unprocessable
+from sharing_api.errors import Forbidden, NotFound, Unprocessable
 from sharing_api.grants import Grant
-from sharing_api.models import ConsentBody, IssueBody, error_responses
+from sharing_api.models import ConsentBody, IssueBody, ReviewBody, error_responses
 from sharing_api.responses import json_response
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -29,6 +30,30 @@ def _grants_response(s: ServicesDep, status: int = 200) -> Response:
         "grants": [g.model_dump(mode="json", exclude_defaults=True) for g in grants.grants],
     }
     return json_response(body, status=status, headers={"ETag": f'"{etag}"'})
+
+
+@router.get("/health", responses=_ERRORS)
+def health(s: ServicesDep, operator: CurrentOperator) -> Response:
+    """The instance's state in detail: parts missing or stale and why, the keeper, grants and
+    shared-copy errors."""
+    generation = s.lake.current
+    keeper = s.keeper_status()
+    return json_response(
+        {
+            "ready": s.lake.loaded.is_set(),
+            "generation": generation.number,
+            "parts": len(generation.segments),
+            "missing": [f"{d}/{c}: {p}" for (d, c), p in generation.missing.items()],
+            "stale": [f"{d}/{c}: {p}" for (d, c), p in generation.stale.items()],
+            # The instance keeper's view (None: no keeper is running for this instance).
+            "auditFlushed": None if keeper is None else keeper["audit"]["flushed"],
+            "auditError": None if keeper is None else keeper["audit"]["error"],
+            "keeperRunning": keeper is not None,
+            "grantsError": s.grants.last_error,
+            "sharedCopiesSynced": s.shares.sync.passes,
+            "sharedCopiesError": s.shares.sync.last_error,
+        }
+    )
 
 
 @router.get("/grants", responses=_ERRORS)
@@ -123,6 +148,67 @@ def withdraw(
     return json_response({"withdrawn": consent_id})
 
 
+def _accesses(s: ServicesDep) -> list[dict[str, object]]:
+    """Every answered break-glass access, newest first, each with its id: `<journal>-<seq>`, unique
+    whatever request id the caller sent."""
+    table = read_audit(s.audit, AuditQuery(break_glass=True, decision="allow"))
+    records = sorted(table.to_pylist(), key=lambda r: r["time"], reverse=True)
+    return [{"access_id": f"{r['journal']}-{r['seq']}", **r} for r in records]
+
+
+@router.get("/break-glass", responses=_ERRORS)
+def break_glass_queue(
+    s: ServicesDep,
+    audit: AuditDep,
+    operator: CurrentOperator,
+    status: Annotated[Literal["pending", "reviewed", "all"], Query()] = "pending",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Break-glass accesses (every emergency lookup that was answered), newest first, with their
+    review: the queue an operator works through."""
+    records = _accesses(s)
+    reviews = s.reviews.of([str(r["access_id"]) for r in records])
+    items = []
+    for r in records:
+        review = reviews.get(str(r["access_id"]))
+        if status == "all" or (status == "pending") == (review is None):
+            fields = {k: r.get(k) for k in _QUEUE_FIELDS}
+            items.append({**fields, "time": str(r["time"]), "review": review and review.__dict__})
+    audit.rows_returned = min(len(items), limit)
+    return json_response({"accesses": items[:limit], "total": len(items)})
+
+
+_QUEUE_FIELDS = (
+    "access_id",
+    "request_id",
+    "hospital_id",
+    "principal",
+    "token_id",
+    "person_key",
+    "dataset",
+    "rows_returned",
+    "break_glass_reason",
+)
+
+
+@router.post("/break-glass/{access_id}/review", status_code=201, responses=_ERRORS)
+def review_break_glass(
+    s: ServicesDep,
+    audit: AuditDep,
+    operator: CurrentOperator,
+    access_id: Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}-[0-9]{1,19}$")],
+    body: ReviewBody,
+) -> Response:
+    """Record whether a break-glass access was justified (once; the review is audited)."""
+    found = next((r for r in _accesses(s) if r["access_id"] == access_id), None)
+    if found is None:
+        raise NotFound("no answered break-glass access with that id", code="access_not_found")
+    review = s.reviews.record(access_id, outcome=body.outcome, note=body.note, reviewer=operator.subject)
+    audit.detail = f"break-glass review of {access_id}: {review.outcome}"
+    audit.person_key = str(found["person_key"])
+    return json_response(review.__dict__, status=201)
+
+
 @router.get("/credentials", responses=_ERRORS)
 def credentials(s: ServicesDep, operator: CurrentOperator) -> Response:
     """Hospital and operator credentials (ids, subjects, expiry; never secrets)."""
@@ -131,8 +217,18 @@ def credentials(s: ServicesDep, operator: CurrentOperator) -> Response:
 
 @router.post("/credentials", status_code=201, responses=_ERRORS)
 def issue(s: ServicesDep, audit: AuditDep, operator: CurrentOperator, body: IssueBody) -> Response:
-    """Issue a credential; its token is in this response only."""
-    issued = s.identities.issue(body.kind, body.subject, days=body.days, label=body.label)
+    """Issue an operator credential; its token is in this response only. Hospital credentials
+    are not issued here: an operator who could mint one could read patient data as that hospital
+    (they are issued on the API host with `medshare hospitals issue-token`, audited)."""
+    if body.kind == "hospital":
+        raise Forbidden(
+            "hospital credentials are issued on the API host (`medshare hospitals issue-token`), "
+            "never by an operator through the API",
+            code="hospital_credential_refused",
+        )
+    issued = s.identities.issue(
+        body.kind, body.subject, days=body.days, label=body.label, issued_by=operator.subject
+    )
     audit.detail = f"issued credential {issued.token_id} for {issued.kind} {issued.subject}"
     return json_response(issued.__dict__, status=201, headers={"Cache-Control": "no-store"})
 

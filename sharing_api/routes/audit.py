@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Response
 from sharing_api.audit import AuditQuery, read_audit
 from sharing_api.deps import AuditDep, CurrentOperator, ServicesDep, person_key_of
 from sharing_api.errors import BadRequest
+from sharing_api.grants import Purpose
 from sharing_api.models import AuditResponse, error_responses
 from sharing_api.responses import json_response
 
@@ -46,7 +47,8 @@ def audit_trail(
     principal: Annotated[str | None, Query(max_length=64)] = None,
     dataset: Annotated[str | None, Query(max_length=200)] = None,
     decision: Annotated[Literal["allow", "deny", "error"] | None, Query()] = None,
-    flagged: Annotated[bool | None, Query(description="true: break-glass accesses awaiting review")] = None,
+    flagged: Annotated[bool | None, Query(description="true: break-glass accesses")] = None,
+    purpose: Annotated[Purpose | None, Query()] = None,
     since: Annotated[dt.datetime | None, Query()] = None,
     until: Annotated[dt.datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -64,6 +66,7 @@ def audit_trail(
         dataset=dataset,
         decision=decision,
         flagged=flagged,
+        purpose=purpose,
         since=_utc(since),
         until=_utc(until),
     )

@@ -61,14 +61,22 @@ def test_audit_complete_when_killed_under_load(
             while not stop.is_set():
                 request_id = f"load-{uuid.uuid4().hex}"
                 kind = rng.random()
-                purpose = "emergency" if kind < 0.6 else "research"  # research: 403 for a city hospital
                 auth = token if kind < 0.9 else "mst_0000000000000000." + "A" * 43  # some 401s
+                headers = {"Authorization": f"Bearer {auth}", "X-Request-ID": request_id}
+                person = rng.choice(keys)
                 try:
-                    r = c.get(
-                        "/v1/patients/history",
-                        params={"purpose": purpose, "person_key": rng.choice(keys)},
-                        headers={"Authorization": f"Bearer {auth}", "X-Request-ID": request_id},
-                    )
+                    if kind < 0.6:  # break-glass lookups
+                        r = c.post(
+                            "/v1/patients/emergency",
+                            json={"person_key": person, "reason": "cardiac arrest in the waiting room"},
+                            headers=headers,
+                        )
+                    else:  # research never names a patient: 403
+                        r = c.get(
+                            "/v1/patients/history",
+                            params={"purpose": "research", "person_key": person},
+                            headers=headers,
+                        )
                     status: int | None = r.status_code
                 except httpx.HTTPError:
                     status = None  # no answer: the process was killed meanwhile
@@ -143,8 +151,9 @@ def test_missing_parts_are_reported_not_fatal(
         labs = data.tables["lab_results"]
         person = labs.filter(pc.equal(labs["city"], "luoyang"))["person_key"][0].as_py()
         with server.client(server.issue("ny-c1")) as c:
-            r = c.get(
-                "/v1/patients/history", params={"purpose": "emergency", "person_key": person, "limit": 1000}
+            r = c.post(
+                "/v1/patients/emergency",
+                json={"person_key": person, "reason": "stroke, time of onset unknown", "limit": 1000},
             )
             assert r.status_code == 200, r.text
             body = r.json()

@@ -1,6 +1,7 @@
-"""The clinician page (/ui) in headless Chromium: sign in with a hospital token, look up a patient
-whose history spans cities, page through it, and see a denial; the resident ID travels only in a
-header, so it never reaches the API's log. Leaves a screenshot in artifacts/ui-clinician.png."""
+"""The clinician page (/ui) in headless Chromium: sign in with a hospital token, break the glass
+for a patient whose history spans cities, page through it, and see a refusal; the resident ID
+travels only in a header or a request body, so it never reaches a URL or the API's log. Leaves
+a screenshot in artifacts/ui-clinician.png."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def _sign_in(page: Page, token: str) -> str:
     return str(page.text_content("#whoami"))
 
 
-def _look_up(page: Page, resident_id: str, purpose: str, page_size: int = 50) -> None:
+def _look_up(page: Page, resident_id: str, purpose: str, page_size: int = 50, reason: str = "") -> None:
     page.fill("#resident-id", resident_id)
     page.select_option("#purpose", purpose)
+    if purpose == "emergency":
+        page.fill("#reason", reason)
     page.select_option("#page-size", str(page_size))
     page.click("#lookup")
     page.wait_for_selector("#results:not([hidden]), #error:not([hidden])", timeout=TIMEOUT_MS)
@@ -93,8 +96,10 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         page.select_option("#purpose", "emergency")
         assert page.locator("#reason").is_visible()
 
-        # 2. An emergency lookup: the whole history across cities, newest first.
-        _look_up(page, resident_id, "emergency", PAGE_SIZE)
+        # 2. An emergency lookup (break-glass, with its reason): the whole history across cities,
+        # newest first.
+        reason = "unconscious on arrival, allergies unknown"
+        _look_up(page, resident_id, "emergency", PAGE_SIZE, reason)
         assert page.locator("#error").is_hidden(), page.text_content("#error")
         assert page.get_attribute("#timeline", "data-page-size") == str(PAGE_SIZE)
         rows = page.locator("#timeline tr.entry")
@@ -102,7 +107,7 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         assert page.locator("#more").is_visible()
         summary = str(page.text_content("#summary"))
         assert f"{expected_total} entr" in summary, summary
-        assert "BREAK-GLASS" not in summary
+        assert "BREAK-GLASS" in summary and reason in summary
         decisions = page.locator("#decisions li.allowed")
         assert decisions.count() == len(HISTORY)
         assert "emergency-all" in str(page.text_content("#decisions"))
@@ -132,14 +137,19 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         page.mouse.move(0, 0)  # no hover highlight in the picture
         page.screenshot(path=str(ARTIFACTS / "ui-clinician.png"), full_page=True)
 
-        # 4. A county hospital has no research grant: the error box says so.
+        # 4. An emergency without a reason is refused, and the page says what is missing.
         whoami = _sign_in(page, api_server.issue(county.id))
         assert f"Signed in as {county.name}" in whoami, whoami
-        _look_up(page, resident_id, "research")
+        _look_up(page, resident_id, "emergency", reason="")
         assert page.locator("#error").is_visible()
-        assert "no_grant" in str(page.text_content("#error"))
+        assert "reason_required" in str(page.text_content("#error"))
         assert page.locator("#results").is_hidden()
         page.screenshot(path=str(ARTIFACTS / "ui-clinician-denied.png"))
+        # The county's own records of the patient (operations): a GET with the ID in a header.
+        _look_up(page, resident_id, "operations")
+        assert page.locator("#results").is_visible() or "not_under_care" not in str(
+            page.text_content("#error")
+        )
 
         # A malformed resident ID is caught before any request.
         page.fill("#resident-id", "12345")
@@ -147,11 +157,14 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         assert "invalid_patient" in str(page.text_content("#error"))
         assert "/v1/patients" not in page.url and resident_id not in page.url
         history_calls = [r for r in requests if "/v1/patients/history" in r.url]
-        assert len(history_calls) >= 2
-        assert all(r.headers.get("x-resident-id") == resident_id for r in history_calls)
-        assert not [r.url for r in requests if resident_id in r.url]
+        assert history_calls and all(r.headers.get("x-resident-id") == resident_id for r in history_calls)
+        # Break-glass lookups carry the ID and the reason in the body of a POST, never in a URL.
+        emergency_calls = [r for r in requests if "/v1/patients/emergency" in r.url]
+        assert len(emergency_calls) >= 2 and all(r.method == "POST" for r in emergency_calls)
+        assert all(resident_id in (r.post_data or "") for r in emergency_calls)
+        assert not [r.url for r in requests if resident_id in r.url or "allergies" in r.url]
 
     # 5. The page sent the resident ID as a header: it is nowhere in the API's log.
     log = api_server.log.read_text(errors="replace")
-    assert "GET /v1/patients/history" in log
+    assert "GET /v1/patients/history" in log and "POST /v1/patients/emergency" in log
     assert resident_id not in log

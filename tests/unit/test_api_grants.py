@@ -50,10 +50,10 @@ def test_platform_grants_load(settings: Settings, topology: Topology, views) -> 
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"datasets": ["encounter"]}, "unknown or unshareable dataset 'encounter'"),
-        ({"recipient": {"hospitals": ["zz-nowhere"]}}, "unknown hospital 'zz-nowhere'"),
-        ({"recipient": {"cities": ["kaifeng"]}}, "unknown city 'kaifeng'"),
-        ({"columns": {"masked": ["resident_id"]}}, "column 'resident_id' is in none of its datasets"),
+        ({"datasets": ["encounter"]}, "grants[0].datasets[0]: not a shareable dataset"),
+        ({"recipient": {"hospitals": ["zz-nowhere"]}}, "grants[0].recipient.hospitals[0]: not a hospital"),
+        ({"recipient": {"cities": ["kaifeng"]}}, "grants[0].recipient.cities[0]: not a city"),
+        ({"columns": {"masked": ["resident_id"]}}, "grants[0].columns.masked[0]: a column of none"),
         ({"recipient": {}}, "a recipient names hospitals, cities or levels"),
         ({"purposes": ["curiosity"]}, "purposes.0"),
         ({"scope": "everything"}, "scope"),
@@ -71,7 +71,7 @@ def test_bad_grants_are_refused_naming_the_problem(topology, views, change, prob
 
 def test_duplicate_ids_refused(topology, views) -> None:
     text = yaml.safe_dump({"grants": [{"id": "g", **BASE}, {"id": "g", **BASE}]})
-    with pytest.raises(ConfigError, match="duplicate id"):
+    with pytest.raises(ConfigError, match=r"grants\[1\]\.id: the id of an earlier grant"):
         parse_grants(text, source="x", topology=topology, views=views)
 
 

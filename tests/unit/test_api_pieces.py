@@ -42,6 +42,7 @@ SCHEMA = pa.schema(
         ("day", pa.date32()),
         ("at", pa.timestamp("us", tz="UTC")),
         ("secret", pa.string()),
+        ("hidden_one", pa.string()),  # hidden for the caller: neither filterable nor masked
     ]
 )
 T = pa.table(
@@ -52,14 +53,16 @@ T = pa.table(
         "day": [dt.date(2026, 1, 15), dt.date(2026, 2, 1), dt.date(2026, 2, 28), None],
         "at": [dt.datetime(2026, 1, 15, 10, tzinfo=dt.UTC)] * 4,
         "secret": ["a", "b", "a", None],
+        "hidden_one": ["h"] * 4,
     },
     schema=SCHEMA,
 )
 FILTERABLE = {"code", "n", "x", "day", "at"}
+MASKED = {"secret"}
 
 
 def _rows(*filters: dict) -> list[int]:
-    expr = expression([Filter.model_validate(f) for f in filters], SCHEMA, FILTERABLE)
+    expr = expression([Filter.model_validate(f) for f in filters], SCHEMA, FILTERABLE, MASKED)
     return T.filter(expr)["n"].to_pylist() if expr is not None else T["n"].to_pylist()
 
 
@@ -91,8 +94,19 @@ def test_filters() -> None:
     ],
 )
 def test_bad_filters(bad: dict) -> None:
-    with pytest.raises(Unprocessable):
-        expression([Filter.model_validate(bad)], SCHEMA, FILTERABLE)
+    with pytest.raises(Unprocessable) as refused:
+        expression([Filter.model_validate(bad)], SCHEMA, FILTERABLE, MASKED)
+    # The message never echoes the value sent.
+    assert repr(bad["value"]) not in refused.value.message and "15/01/2026" not in refused.value.message
+
+
+def test_a_hidden_column_reads_like_one_that_does_not_exist() -> None:
+    answers = []
+    for column in ("hidden_one", "nope"):
+        with pytest.raises(Unprocessable) as refused:
+            expression([Filter(column=column, op="eq", value="a")], SCHEMA, FILTERABLE, MASKED)
+        answers.append(refused.value.message)
+    assert answers[0] == answers[1] and "hidden_one" not in answers[0]
 
 
 def test_masks() -> None:

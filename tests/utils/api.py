@@ -40,6 +40,7 @@ class ApiServer:
     share_root: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    _operator: str | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -120,11 +121,19 @@ class ApiServer:
         deadline = time.monotonic() + timeout
         health: dict[str, object] = {}
         while time.monotonic() < deadline:
-            health = httpx.get(f"{self.url}/healthz", timeout=5.0).json()
+            health = self.health()
             if int(str(health["sharedCopiesSynced"])) >= passes and not health["sharedCopiesError"]:
                 return
             time.sleep(0.3)
         raise RuntimeError(f"shared copies not synced in {timeout:.0f} s: {health}")
+
+    def health(self) -> dict[str, object]:
+        """The instance's detailed health (operators' /v1/admin/health)."""
+        if self._operator is None:
+            self._operator = self.issue("health-check", operator=True)
+        with self.client(self._operator) as c:
+            body: dict[str, object] = c.get("/v1/admin/health").json()
+        return body
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
