@@ -14,7 +14,8 @@ Keeping up: each sync pass compares the provincial table's files at the version 
 built from with its files now; the copy parts (cities, or city × hospital) whose files changed are
 re-derived and replace the same parts of the copy in one commit. When the grant's column policy or the consent
 set changes, the copy is rebuilt whole, and versions before that rebuild are never served again
-(they hold what is no longer allowed). Every commit records, in its commit info, the provincial
+(they hold what is no longer allowed); right after the rebuild their files are deleted, so no
+URL for one can be signed or still work. Every commit records, in its commit info, the provincial
 version it reflects and the fingerprint of policy + consents it was made under.
 """
 
@@ -38,6 +39,7 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from lakehouse.errors import StorageError
 from lakehouse.shareable import PERSON_KEY
 from sharing_api.catalog import CITY, HOSPITAL, DatasetView
 from sharing_api.grants import Grant, GrantFile
@@ -330,10 +332,13 @@ class CopySync:
         opted_out: Callable[[CopySpec], frozenset[str]],
         lock_path: Path,
         interval: float,
+        vacuum: Callable[[CopySpec], int] = lambda _: 0,
     ):
         self.writer = writer
         self.specs = specs
         self.opted_out = opted_out
+        # Deletes a copy's files that no served version needs any more (run after each rebuild).
+        self.vacuum = vacuum
         self.lock_path = lock_path
         self.interval = interval
         self.last_error: str | None = None
@@ -356,6 +361,18 @@ class CopySync:
                 except (DeltaError, OSError, pa.ArrowException) as exc:
                     errors.append(f"{spec.grant.id}/{spec.view.name}: {exc}")
                     continue
+                if result.action == "rebuilt":
+                    try:
+                        removed = self.vacuum(spec)
+                    except (DeltaError, OSError, StorageError) as exc:
+                        errors.append(f"{spec.grant.id}/{spec.view.name}: vacuum: {exc}")
+                    else:
+                        log.info(
+                            "shared copy %s/%s: %d old file(s) deleted",
+                            spec.grant.id,
+                            spec.view.name,
+                            removed,
+                        )
                 result = dataclasses.replace(result, seconds=time.monotonic() - started)
                 if result.action not in ("unchanged", "no source"):
                     log.info(

@@ -294,6 +294,10 @@ def changes(s: Services, hospital: Hospital, t: SharedTable, start: int, end: in
             values = action.get("partitionValues") or {}
             if not action.get("dataChange", True) or not _in_scope(t, hospital, values):
                 continue
+            if kind == "remove" and version == state.first_servable:
+                # The rebuild's removes name the files of versions no longer served (older grants
+                # or consents): those are never signed (and are deleted after the rebuild).
+                continue
             signed = _signed(s, t, action["path"], values, int(action.get("size") or 0))
             signed.update(timestamp=timestamp, version=version)
             lines.append({kind: signed})

@@ -121,6 +121,7 @@ def build_shares(
         opted_out=shares.opted_out,
         lock_path=api.state_path(platform) / f"share-sync-{api.instance}.lock",
         interval=api.share_sync_seconds,
+        vacuum=shares.vacuum,
     )
     return shares
 

@@ -65,13 +65,14 @@ class ApiSettings(BaseSettings):
     # Delta Sharing (/delta-sharing/): where the per-grant copies live (default: the province's
     # shared bucket), how often they are brought up to date with the provincial tables, consents
     # and grants (0: not in this process — another keeps them), the S3 endpoint recipients reach
-    # (signed into their URLs; default the platform's own), how long a signed URL lives (long
-    # enough for the largest read: the client does not renew URLs mid-read), and the API's
-    # address as recipients' profile files name it.
+    # (signed into their URLs; default the platform's own), how long a signed URL lives — short,
+    # because a URL handed out keeps working until it expires, whatever is revoked meanwhile;
+    # long enough for one read: the client does not renew URLs mid-read — and the API's address
+    # as recipients' profile files name it.
     share_root: str | None = None
     share_sync_seconds: float = Field(default=30.0, ge=0)
     share_s3_endpoint: str | None = None
-    share_url_minutes: int = Field(default=120, ge=15, le=7 * 24 * 60)
+    share_url_minutes: int = Field(default=10, ge=1, le=60)
     public_url: str | None = None
 
     default_page_size: int = Field(default=50, ge=1)

@@ -4,8 +4,11 @@ reads and writes them, the URL signer, which copies the grants call for, and the
 from __future__ import annotations
 
 import threading
+import urllib.parse
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
+from deltalake import DeltaTable
 from minio import Minio
 from minio.error import S3Error
 
@@ -13,7 +16,7 @@ from lakehouse.errors import StorageError
 from lakehouse.storage import storage_errors
 from sharing_api.catalog import DatasetView
 from sharing_api.consent import Consents
-from sharing_api.copies import SHARE_PURPOSES, CopySpec, CopySync, copy_specs
+from sharing_api.copies import SHARE_PURPOSES, CopySpec, CopySync, copy_specs, copy_state
 from sharing_api.grants import GrantBook
 from sharing_api.signing import UrlSigner
 
@@ -52,6 +55,26 @@ class Shares:
     def opted_out(self, spec: CopySpec) -> frozenset[str]:
         purposes = tuple(p for p in spec.grant.purposes if p in SHARE_PURPOSES)
         return self.consents.opted_out_of_any(purposes)
+
+    def vacuum(self, spec: CopySpec) -> int:
+        """Delete the copy's data files outside its current snapshot — right after a rebuild, when
+        the current version is the first one served, they belong to versions that are refused
+        (older grants or consents). Returns how many were deleted."""
+        table = DeltaTable(spec.uri, storage_options=self.options)
+        state = copy_state(table)
+        if state.version != state.first_servable:
+            return 0  # updated since the rebuild: older served versions still need their files
+        bucket, _, prefix = spec.uri.removeprefix("s3://").partition("/")
+        live = {urllib.parse.unquote(urlsplit(uri).path.lstrip("/")) for uri in table.file_uris()}
+        removed = 0
+        with storage_errors(f"delete old files of {spec.uri}"):
+            for obj in self.client.list_objects(bucket, prefix=f"{prefix}/", recursive=True):
+                name = obj.object_name or ""
+                if "/_delta_log/" in f"/{name}" or f"{bucket}/{name}" in live or name.endswith("/"):
+                    continue
+                self.client.remove_object(bucket, name)
+                removed += 1
+        return removed
 
     def log_entry(self, bucket: str, key: str) -> str:
         """One commit file of a copy's Delta log; FileNotFoundError when it is not (or no longer) there."""
