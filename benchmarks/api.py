@@ -350,13 +350,14 @@ def read_model_worker(spec: dict[str, Any]) -> None:
     from sharing_api.history import HistoryQuery, patient_history
     from sharing_api.services import build_services
     from sharing_api.settings import load_api_settings
+    from tests.utils.api import audit_uri
 
     settings = get_settings()
     state = Path(spec["state_dir"])
     api = load_api_settings(
         state_dir=state,
         tables_root=spec["root"],
-        audit_table=f"{spec['root']}/_audit/unused",
+        audit_table=audit_uri(settings, "bench-floor-unused"),
         grants_file=settings.platform_dir / "grants.yaml",
         instance="bench-floor",
     )
@@ -715,9 +716,9 @@ def main() -> None:
 
     from lakehouse.contracts import load_contracts
     from lakehouse.settings import get_settings
-    from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_uri, site_credentials
+    from lakehouse.storage import AUDIT_SITE, PROVINCE_SITE, delta_storage_options, s3_uri, site_credentials
     from lakehouse.topology import load_topology
-    from tests.utils.api import ApiServer
+    from tests.utils.api import ApiServer, audit_uri
 
     console = Console(width=150)
     settings = get_settings()
@@ -782,7 +783,7 @@ def main() -> None:
         settings=settings,
         workdir=logs / "api",
         tables_root=root,
-        audit_table=f"{root}/_audit/{run}",
+        audit_table=audit_uri(settings, f"bench-api-{run}"),
         instance=f"bench-{run}",
         extra_env={
             "MEDSHARE_API_RATE_PER_SECOND": "100000",
@@ -859,7 +860,7 @@ def main() -> None:
     # 5. Audit: every request of every run, warm-ups included.
     results["audit"] = audit_check(
         server.audit_table,
-        options,
+        delta_storage_options(settings, site_credentials(settings, AUDIT_SITE)),
         sum(len(r["statuses"]) for r in raws.values()),
         sum(1 for r in raws.values() for s in r["statuses"] if s == 200),
     )

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sharing_api.db import Database
     from sharing_api.identities import Identities
     from sharing_api.profile import profile_document, write_profile
-    from tests.utils.api import ApiServer
+    from tests.utils.api import ApiServer, audit_uri
 
     settings = get_settings()
     topology = load_topology(settings.platform_dir)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings=settings,
         workdir=workdir / "api",
         tables_root=root,
-        audit_table=f"{root}/_audit_bench_sharing",
+        audit_table=audit_uri(settings, "bench-sharing"),
         instance="bench-sharing",
         share_root=share_root,
         extra_env={"MEDSHARE_API_SHARE_SYNC_SECONDS": "1"},

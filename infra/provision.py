@@ -7,12 +7,16 @@ import json
 from typing import Any
 
 from minio import MinioAdmin
+from minio.commonconfig import ENABLED
 from minio.credentials.providers import StaticProvider
+from minio.versioningconfig import VersioningConfig
 
 from lakehouse import kafka
 from lakehouse.settings import Settings
 from lakehouse.storage import (
     ANALYTICS_SITE,
+    API_READER_SITE,
+    AUDIT_SITE,
     PROVINCE_SITE,
     SHARING_SITE,
     SIGNER_SITE,
@@ -22,6 +26,10 @@ from lakehouse.storage import (
     storage_errors,
 )
 from lakehouse.topology import Topology
+
+# What the audit identity may do in its bucket: read and append, never delete (the bucket is
+# versioned, so a key written again keeps its earlier version too) or change the versioning.
+APPEND_ONLY = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketLocation"]
 
 
 def site_buckets(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -38,7 +46,21 @@ def site_buckets(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[s
     # read only the shared copies, no URL can ever reach a raw provincial file.
     sites[SHARING_SITE] = ((province.shared,), (province.lakehouse,))
     sites[SIGNER_SITE] = ((), (province.shared,))
+    # The sharing API reads the tables and may change none of them.
+    sites[API_READER_SITE] = ((), (province.lakehouse,))
+    sites[AUDIT_SITE] = ((), ())  # its policy is APPEND_ONLY on the audit bucket (below)
     return sites
+
+
+def site_policy(topology: Topology, site: str) -> dict[str, Any]:
+    if site == AUDIT_SITE:
+        bucket = topology.province.buckets.audit
+        resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+        return {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": APPEND_ONLY, "Resource": resources}],
+        }
+    return bucket_policy(*site_buckets(topology)[site])
 
 
 def bucket_policy(read_write: tuple[str, ...], read_only: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -75,12 +97,15 @@ def provision_storage(settings: Settings, topology: Topology) -> None:
         with storage_errors(f"create bucket {bucket}"):
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)
+    with storage_errors(f"turn versioning on for {topology.province.buckets.audit}"):
+        client.set_bucket_versioning(topology.province.buckets.audit, VersioningConfig(ENABLED))
     admin = _admin(settings)
-    for site, (read_write, read_only) in site_buckets(topology).items():
+    for site in site_buckets(topology):
+        settings.ensure_site_secret(site)
         creds = site_credentials(settings, site)
         policy = f"medshare-{site}"
         with storage_errors(f"create user and policy for site {site}"):
-            admin.policy_add(policy, policy=bucket_policy(read_write, read_only))
+            admin.policy_add(policy, policy=site_policy(topology, site))
             admin.user_add(creds.access_key, creds.secret_key.get_secret_value())
             attached = json.loads(admin.user_info(creds.access_key)).get("policyName", "")
             if policy not in attached.split(","):

@@ -51,7 +51,7 @@ def minio_spec(settings: Settings) -> ServiceSpec:
         ),
         env={
             "MINIO_ROOT_USER": settings.s3_root_user,
-            "MINIO_ROOT_PASSWORD": settings.s3_root_password.get_secret_value(),
+            "MINIO_ROOT_PASSWORD": settings.root_password.get_secret_value(),
             "MINIO_REGION": settings.s3_region,
             "MINIO_UPDATE": "off",
             "MINIO_BROWSER": "off",

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 VALUE_NOT_ALLOWED = "value_not_allowed"
 PATTERN_MISMATCH = "pattern_mismatch"
 HOSPITAL_NOT_IN_CITY = "hospital_not_in_city"
+# A hospital's export carries its own rows only: one it did not make could claim a care
+# relationship (an encounter) that opens another patient's history to somebody (docs/security.md).
+HOSPITAL_NOT_SENDER = "hospital_not_sender"
 # Hospital exports carry local wall-clock time in China Standard Time.
 SOURCE_TIME_ZONE = "Asia/Shanghai"
 
@@ -64,8 +67,10 @@ def _failures(
     city_hospitals: list[str],
     all_hospitals: list[str],
     now_local: dt.datetime,
+    sender: Column | None = None,
 ) -> list[tuple[str, Column, Column]]:
-    """(rule name, broken?, reason) for every rule, built-in ones first."""
+    """(rule name, broken?, reason) for every rule, built-in ones first; `sender` is the hospital
+    whose landing folder the row came from."""
     typed = {c.name: F.col(f"`__typed_{c.name}`") for c in contract.columns}
     out: list[tuple[str, Column, Column]] = []
     missing = [c.name for c in contract.columns if c.required]
@@ -115,6 +120,14 @@ def _failures(
             F.format_string(f"{hospital}: '%s' is not a hospital of this city", raw(hospital)),
         )
     )
+    if sender is not None:
+        out.append(
+            (
+                HOSPITAL_NOT_SENDER,
+                raw(hospital).isNotNull() & (raw(hospital) != sender),
+                F.format_string(f"{hospital}: '%s' in an export of %s", raw(hospital), sender),
+            )
+        )
     out += [_rule(r, typed, all_hospitals=all_hospitals, now_local=now_local) for r in contract.rules]
     return out
 
@@ -184,8 +197,14 @@ def validate(
     """Adds `__typed_<col>`, `_rules`, `_reason` and `_month` to a DataFrame of raw string columns
     (plus `_error` for malformed lines)."""
     typed = df.select("*", *[local_value(c).alias(f"__typed_{c.name}") for c in contract.columns])
+    # The landing layout is <hospital>/<dataset|fhir|dicom>/<file>.
+    sender = F.split(F.col("_source"), "/").getItem(0) if "_source" in df.columns else None
     checks = _failures(
-        contract, city_hospitals=city_hospitals, all_hospitals=all_hospitals, now_local=now_local
+        contract,
+        city_hospitals=city_hospitals,
+        all_hospitals=all_hospitals,
+        now_local=now_local,
+        sender=sender,
     )
     malformed = F.col("_error").isNotNull()
     rules = F.when(malformed, F.array(F.lit(MALFORMED_LINE))).otherwise(

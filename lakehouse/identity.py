@@ -163,3 +163,12 @@ def resident_id_mismatch(value: str | None, *, birth_date: date | None, sex: str
     if sex is not None and id_sex != sex:
         problems.append(f"sex {id_sex} in the resident ID differs from the recorded {sex}")
     return "; ".join(problems) or None
+
+
+_ID_SHAPE = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+
+
+def holds_resident_id(text: str) -> bool:
+    """Whether free text holds something shaped like a resident ID (17 digits and a check
+    character): free text that reaches provincial storage must not carry one."""
+    return _ID_SHAPE.search(text) is not None

@@ -39,7 +39,7 @@ class ProvinceKey:
     @classmethod
     def from_settings(cls, settings: Settings) -> ProvinceKey:
         return cls(
-            secret=settings.province_key.get_secret_value().encode("utf-8"),
+            secret=settings.province_secret.get_secret_value().encode("utf-8"),
             version=settings.province_key_version,
         )
 

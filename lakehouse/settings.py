@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,14 +17,30 @@ from lakehouse.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Secrets that are fine on a developer's loopback and must never reach a real deployment.
-_DEV_SECRETS = {"medshare-dev-secret", "medshare-dev-province-key"}
+DEV_ROOT_PASSWORD = "medshare-dev-secret"
+DEV_PROVINCE_KEY = "medshare-dev-province-key"
+_DEV_SECRETS = {DEV_ROOT_PASSWORD, DEV_PROVINCE_KEY}
+# Outside a development stack every secret has at least this many characters.
+MIN_SECRET = 32
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def _loopback(hostport: str) -> bool:
+    return hostport.startswith(_LOOPBACK)
+
+
+def secret_env(site: str) -> str:
+    """The environment variable that hands a component its site identity's secret."""
+    return "MEDSHARE_SITE_SECRET_" + site.upper().replace("-", "_")
 
 
 class Settings(BaseSettings):
     """Endpoints, credentials and local folders of the platform.
 
-    Defaults describe a single-machine development stack on loopback; `env=production`
-    refuses the development secrets.
+    Defaults describe a single-machine development stack on loopback. Its secrets are the public
+    development ones (root password, province key) and random per-site secrets that `medshare up`
+    writes to `<state>/secrets`; they are accepted only while every endpoint is on loopback.
+    `env=production` refuses them and any secret shorter than 32 characters.
     """
 
     model_config = SettingsConfigDict(env_prefix="MEDSHARE_", frozen=True, extra="ignore")
@@ -33,19 +49,24 @@ class Settings(BaseSettings):
     platform_dir: Path = REPO_ROOT / "platform"
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "medshare")
     state_dir: Path = Field(default_factory=lambda: Path.home() / ".local" / "state" / "medshare")
+    # Site identities' secrets of a development stack (one file per identity, mode 0600).
+    # A deployment gives each component only its own, in MEDSHARE_SITE_SECRET_<SITE>.
+    secrets_dir: Path | None = None
 
     s3_endpoint: str = "http://127.0.0.1:9000"
     s3_console_port: int = 9001
     s3_region: str = "us-east-1"
     s3_root_user: str = "medshare-admin"
-    s3_root_password: SecretStr = SecretStr("medshare-dev-secret")
+    # Only what administers the store (`medshare up`, MinIO itself) needs it; no component does.
+    s3_root_password: SecretStr | None = None
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
 
     # The province-held key of person_key = HMAC-SHA256(key, resident id); its version is stored
     # beside every pseudonym so the key can be rotated.
-    province_key: SecretStr = SecretStr("medshare-dev-province-key")
+    # Only what pseudonymises (city ingestion and publishers, the sharing API) needs it.
+    province_key: SecretStr | None = None
     province_key_version: int = 1
 
     spark_master: str = "local[*]"
@@ -53,20 +74,46 @@ class Settings(BaseSettings):
     spark_driver_memory: str = "2g"
 
     @model_validator(mode="after")
-    def _refuse_dev_secrets_in_production(self) -> Settings:
-        if self.env != "local":
-            for name, secret in [
-                ("S3_ROOT_PASSWORD", self.s3_root_password),
-                ("PROVINCE_KEY", self.province_key),
-            ]:
-                if secret.get_secret_value() in _DEV_SECRETS:
-                    raise ValueError(
-                        f"MEDSHARE_{name} is the development default; set a real secret "
-                        "outside MEDSHARE_ENV=local"
-                    )
-        if len(self.s3_root_password.get_secret_value()) < 8:
-            raise ValueError("MEDSHARE_S3_ROOT_PASSWORD must have at least 8 characters")
+    def _refuse_dev_secrets_outside_development(self) -> Settings:
+        secrets = [] if self.province_key is None else [("PROVINCE_KEY", self.province_key)]
+        if self.s3_root_password is not None:
+            secrets.append(("S3_ROOT_PASSWORD", self.s3_root_password))
+            if len(self.s3_root_password.get_secret_value()) < 8:
+                raise ValueError("MEDSHARE_S3_ROOT_PASSWORD must have at least 8 characters")
+        for name, secret in secrets:
+            value = secret.get_secret_value()
+            if value in _DEV_SECRETS and not self.development:
+                where = f"MEDSHARE_ENV={self.env}" if self.env != "local" else "endpoints off loopback"
+                raise ValueError(
+                    f"MEDSHARE_{name} is the public development default; set a real secret ({where})"
+                )
+            if self.env == "production" and len(value) < MIN_SECRET:
+                raise ValueError(f"MEDSHARE_{name} must have at least {MIN_SECRET} characters in production")
         return self
+
+    @property
+    def development(self) -> bool:
+        """A development stack: env local and every endpoint on loopback. Only there are the
+        public development secrets, and secrets kept in the state folder, accepted."""
+        brokers = [b.strip() for b in self.kafka_bootstrap.split(",")]
+        return self.env == "local" and _loopback(self.s3_host) and all(map(_loopback, brokers))
+
+    @property
+    def province_secret(self) -> SecretStr:
+        """The province key; the public development one only on a development stack."""
+        if self.province_key is not None:
+            return self.province_key
+        if self.development:
+            return SecretStr(DEV_PROVINCE_KEY)
+        raise ConfigError("MEDSHARE_PROVINCE_KEY is needed to pseudonymise or look up resident IDs")
+
+    @property
+    def root_password(self) -> SecretStr:
+        if self.s3_root_password is not None:
+            return self.s3_root_password
+        if self.development:
+            return SecretStr(DEV_ROOT_PASSWORD)
+        raise ConfigError("MEDSHARE_S3_ROOT_PASSWORD is needed to administer the object store")
 
     @property
     def s3_host(self) -> str:
@@ -94,18 +141,43 @@ class Settings(BaseSettings):
     def bin_dir(self) -> Path:
         return self.cache_dir / "bin"
 
-    def site_secret(self, site: str) -> SecretStr:
-        """The object-store secret of one site's user (a city or the province).
+    @property
+    def site_secrets_dir(self) -> Path:
+        return self.secrets_dir or self.state_dir / "secrets"
 
-        Derived from the root secret so that a development stack needs one secret only; a
-        deployment with one store per site gives each its own root secret anyway.
+    def site_secret(self, site: str) -> SecretStr:
+        """The object-store secret of one site identity (a city, the province, a component).
+
+        Each is its own random secret, derivable from no other: from MEDSHARE_SITE_SECRET_<SITE>,
+        or on a development stack from the file `medshare up` made for it.
         """
-        digest = hmac.new(
-            self.s3_root_password.get_secret_value().encode(),
-            f"site:{site}".encode(),
-            hashlib.sha256,
-        ).hexdigest()
-        return SecretStr(digest[:40])
+        given = os.environ.get(secret_env(site))
+        if given:
+            if self.env == "production" and len(given) < MIN_SECRET:
+                raise ConfigError(f"{secret_env(site)} must have at least {MIN_SECRET} characters")
+            return SecretStr(given)
+        path = self.site_secrets_dir / site
+        if self.development:
+            try:
+                return SecretStr(path.read_text().strip())
+            except OSError:
+                pass
+        raise ConfigError(
+            f"no secret for the object-store identity {site!r}: set {secret_env(site)}"
+            + (" (or run `medshare up`, which makes a development stack's)" if self.development else "")
+        )
+
+    def ensure_site_secret(self, site: str) -> None:
+        """On a development stack: make the site's secret file if neither it nor the variable exists."""
+        if os.environ.get(secret_env(site)) or not self.development:
+            return
+        path = self.site_secrets_dir / site
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(30))
 
 
 def describe_settings_error(exc: ValidationError, prefix: str) -> str:

@@ -25,6 +25,10 @@ ANALYTICS_SITE = "analytics"
 # only the shared bucket), and signs recipients' URLs as an identity that can read nothing else.
 SHARING_SITE = "sharing"
 SIGNER_SITE = "sharing-signer"
+# The sharing API reads the provincial tables as an identity that can only read them, and keeps
+# its audit trail in a bucket of its own that it can append to but not delete from.
+API_READER_SITE = "api-reader"
+AUDIT_SITE = "audit"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +40,7 @@ class Credentials:
 
 
 def root_credentials(settings: Settings) -> Credentials:
-    return Credentials(access_key=settings.s3_root_user, secret_key=settings.s3_root_password)
+    return Credentials(access_key=settings.s3_root_user, secret_key=settings.root_password)
 
 
 def site_credentials(settings: Settings, site: str) -> Credentials:

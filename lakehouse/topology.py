@@ -39,6 +39,7 @@ class ProvinceBuckets(_Frozen):
     lakehouse: BucketName
     gold: BucketName
     shared: BucketName  # the copies served over Delta Sharing (masked, consent-filtered)
+    audit: BucketName  # the API's audit trail: versioned, appended to, readable by no analyst
 
 
 class CityBuckets(_Frozen):

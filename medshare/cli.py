@@ -63,6 +63,25 @@ def up() -> None:
 
 
 @app.command()
+def provision() -> None:
+    """Create the buckets, one object-store user and policy per identity, and the Kafka topics on
+    the configured (running) services — what `up` does after starting them; for a deployment.
+
+    Needs MEDSHARE_S3_ROOT_PASSWORD and every identity's MEDSHARE_SITE_SECRET_<SITE> (on a
+    development stack the secrets are made in the state folder)."""
+    from infra.provision import provision_storage, provision_topics
+
+    settings = get_settings()
+    try:
+        topology = load_topology(settings.platform_dir)
+        provision_storage(settings, topology)
+        created = provision_topics(settings, topology)
+    except MedshareError as exc:
+        _fail(exc)
+    console.print(f"[green]provisioned[/green]: buckets, identities, {len(created)} new topic(s)")
+
+
+@app.command()
 def down() -> None:
     """Stop the services this project started (from their pid files); nothing else."""
     from infra import stack

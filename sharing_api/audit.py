@@ -354,6 +354,8 @@ class AuditFlusher:
             mode="append",
             partition_by=["day"],
             schema_mode="merge",
+            # The audit identity may not delete (the bucket is append-only): no log clean-up.
+            configuration=None if table is not None else {"delta.enableExpiredLogCleanup": "false"},
             storage_options=self.store.storage_options,
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app_id, last) for _, app_id, last in done]

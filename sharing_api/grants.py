@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,11 +33,22 @@ from pydantic import (
 )
 
 from lakehouse.errors import ConfigError
+from lakehouse.identity import holds_resident_id
 from lakehouse.topology import CareLevel, Hospital, Topology
 from sharing_api.catalog import DatasetView
 from sharing_api.errors import Conflict, NotFound, Unprocessable
 
 log = logging.getLogger(__name__)
+
+
+def _no_resident_id(text: str) -> str:
+    if holds_resident_id(text):
+        raise ValueError("free text must not hold a resident ID")
+    return text
+
+
+# Free text that is stored and shown (notes, labels, reasons, descriptions): never a resident ID.
+FreeText = Annotated[str, AfterValidator(_no_resident_id)]
 
 Purpose = Literal["treatment", "emergency", "research", "public_health", "operations"]
 PURPOSES: tuple[Purpose, ...] = ("treatment", "emergency", "research", "public_health", "operations")
@@ -97,7 +109,7 @@ class ColumnPolicy(_Frozen):
 
 class Grant(_Frozen):
     id: GrantId
-    description: str = ""
+    description: FreeText = ""
     recipient: Recipient
     datasets: tuple[str, ...] = Field(min_length=1)
     purposes: tuple[Purpose, ...] = Field(min_length=1)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sharing_api.grants import ColumnPolicy
+from sharing_api.order import shuffle_key
 
 MASK_PREFIX = "~"
 
@@ -24,6 +25,10 @@ class Masker:
     def __init__(self, secret: bytes):
         # Derived, so the province key itself never touches masking.
         self._key = hmac.new(secret, b"medshare-api-mask", hashlib.sha256).digest()
+
+    def order_key(self, grant_id: str, *parts: str) -> bytes:
+        """The key of a masked result's shuffled order (sharing_api.order)."""
+        return shuffle_key(self._key, grant_id, *parts)
 
     def token(self, grant_id: str, column: str, value: str) -> str:
         digest = hmac.new(self._key, f"{grant_id}:{column}:{value}".encode(), hashlib.sha256).hexdigest()

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sharing_api.filters import Filter
-from sharing_api.grants import Purpose
+from sharing_api.grants import FreeText, Purpose
 
 
 class ErrorBody(BaseModel):
@@ -83,7 +83,7 @@ class EmergencyBody(BaseModel):
 
     resident_id: str | None = Field(default=None, max_length=32, description="Hashed on arrival")
     person_key: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
-    reason: str = Field(min_length=1, max_length=500, description="Why; at least 10 characters")
+    reason: FreeText = Field(min_length=1, max_length=500, description="Why; at least 10 characters")
     types: list[str] | None = Field(default=None, max_length=20)
     start: dt.date | None = None
     end: dt.date | None = None
@@ -150,7 +150,7 @@ class ConsentBody(BaseModel):
     person_key: str | None = Field(default=None, max_length=64)
     hospital_id: str | None = Field(default=None, max_length=64)
     purpose: Purpose | None = None
-    note: str = Field(default="", max_length=500)
+    note: FreeText = Field(default="", max_length=500)
 
 
 class ReviewBody(BaseModel):
@@ -159,7 +159,7 @@ class ReviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: Literal["justified", "unjustified"]
-    note: str = Field(default="", max_length=1000)
+    note: FreeText = Field(default="", max_length=1000)
 
 
 class IssueBody(BaseModel):
@@ -168,4 +168,4 @@ class IssueBody(BaseModel):
     kind: Literal["hospital", "operator"]
     subject: str = Field(min_length=1, max_length=64)
     days: float = Field(default=90, gt=0, le=3650)
-    label: str = Field(default="", max_length=200)
+    label: FreeText = Field(default="", max_length=200)

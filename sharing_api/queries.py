@@ -20,6 +20,7 @@ from sharing_api.errors import Forbidden, NotFound, Unprocessable
 from sharing_api.filters import Filter, expression
 from sharing_api.grants import DATASET_PURPOSES, Grant, Purpose
 from sharing_api.lakeview import Generation, utc_now
+from sharing_api.order import Shuffle
 from sharing_api.paging import encode_cursor, fingerprint, pinned_generation
 from sharing_api.rows import records
 from sharing_api.services import Services
@@ -108,19 +109,13 @@ def run_query(
         scoped = [t.filter(condition) for t in scoped]
 
     total = sum(t.num_rows for t in scoped)
-    page: list[pa.Table] = []
-    skip, want = offset, q.limit
-    for t in scoped:
-        if want == 0:
-            break
-        if skip >= t.num_rows:
-            skip -= t.num_rows
-            continue
-        part = t.slice(skip, want)
-        skip = 0
-        want -= part.num_rows
-        page.append(part)
-    rows = pa.concat_tables(page) if page else view.schema.empty_table()
+    if grant.columns.access(PERSON_KEY) == "masked" and scoped:
+        # The read model is sorted by the real person_key: a masked result is served in a keyed
+        # shuffled order, or it would line up row for row with a clear-key result (docs/security.md).
+        order = Shuffle(s.masker.order_key(grant.id, digest, str(generation.number)), total)
+        rows = pa.concat_tables(scoped).take(pa.array(order.positions(offset, q.limit)))
+    else:
+        rows = _page(scoped, offset, q.limit) if scoped else view.schema.empty_table()
     rows = s.masker.apply(rows.select(columns), grant.columns, grant.id)
     audit.rows_returned = rows.num_rows
     audit.decision = "allow"
@@ -142,6 +137,23 @@ def run_query(
         "nextCursor": encode_cursor(generation.number, offset + q.limit, digest) if more else None,
         "missing": missing,
     }
+
+
+def _page(tables: list[pa.Table], offset: int, limit: int) -> pa.Table:
+    """Rows offset … offset + limit of the tables one after the other."""
+    page: list[pa.Table] = []
+    skip, want = offset, limit
+    for t in tables:
+        if want == 0:
+            break
+        if skip >= t.num_rows:
+            skip -= t.num_rows
+            continue
+        part = t.slice(skip, want)
+        skip = 0
+        want -= part.num_rows
+        page.append(part)
+    return pa.concat_tables(page) if page else tables[0].slice(0, 0)
 
 
 def _scope(

@@ -11,7 +11,8 @@ from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
 from lakehouse.storage import (
-    PROVINCE_SITE,
+    API_READER_SITE,
+    AUDIT_SITE,
     SHARING_SITE,
     SIGNER_SITE,
     delta_storage_options,
@@ -81,7 +82,7 @@ def tables_root(platform: Settings, api: ApiSettings, topology: Topology) -> str
 
 
 def audit_table(api: ApiSettings, topology: Topology) -> str:
-    return api.audit_table or s3_uri(topology.province.buckets.lakehouse, "_audit/access_log")
+    return api.audit_table or s3_uri(topology.province.buckets.audit, "access_log")
 
 
 def share_root(api: ApiSettings, topology: Topology) -> str:
@@ -131,7 +132,8 @@ def audit_store(platform: Settings, api: ApiSettings, topology: Topology) -> Aud
         instance=api.instance,
         journals=lambda: api.journal_files(platform),
         table_uri=audit_table(api, topology),
-        storage_options=delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE)),
+        # Its own bucket, as an identity that can append and read but never delete.
+        storage_options=delta_storage_options(platform, site_credentials(platform, AUDIT_SITE)),
     )
 
 
@@ -153,7 +155,7 @@ def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
         ),
         watch=TableWatch(
             table_uris(platform, api, topology, catalog(load_contracts(platform.platform_dir))),
-            delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE)),
+            delta_storage_options(platform, site_credentials(platform, API_READER_SITE)),
         ),
         status=api.keeper_status(platform),
         lock=api.keeper_status(platform).with_suffix(".lock"),
@@ -171,11 +173,11 @@ def build_services(platform: Settings, api: ApiSettings) -> Services:
     topology = load_topology(platform.platform_dir)
     views = catalog(load_contracts(platform.platform_dir))
     db = Database(api.db_path(platform))
-    options = delta_storage_options(platform, site_credentials(platform, PROVINCE_SITE))
+    options = delta_storage_options(platform, site_credentials(platform, API_READER_SITE))
     path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
     grants = GrantBook(api.grants_path(platform), topology, views)
     consents = Consents(db)
-    masker = Masker(platform.province_key.get_secret_value().encode())
+    masker = Masker(platform.province_secret.get_secret_value().encode())
 
     def table_versions() -> object | None:
         status = keeper_status(platform, api)

@@ -43,6 +43,16 @@ def topology(settings: Settings) -> Topology:
     return load_topology(settings.platform_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def site_secrets(settings: Settings, topology: Topology) -> None:
+    """Every identity's secret in the test run's own state folder, as `medshare up` makes them
+    (unit tests build clients without starting the stack)."""
+    from infra.provision import site_buckets
+
+    for site in site_buckets(topology):
+        settings.ensure_site_secret(site)
+
+
 @pytest.fixture(scope="session")
 def stack(settings: Settings, topology: Topology) -> Iterator[Settings]:
     """The test run's own MinIO and Kafka, started once, stopped (and deleted) at the end."""

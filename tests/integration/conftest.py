@@ -79,13 +79,13 @@ def province_data(stack: Settings, topology: Topology, tmp_path_factory: pytest.
 def api_server(stack: Settings, province_data, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One API process over `province_data` shared by the tests that do not change grants or
     kill it; its grants file is a copy of platform/grants.yaml."""
-    from tests.utils.api import ApiServer
+    from tests.utils.api import ApiServer, audit_uri
 
     server = ApiServer(
         settings=stack,
         workdir=tmp_path_factory.mktemp("api"),
         tables_root=province_data.root,
-        audit_table=f"{province_data.root}/_audit",
+        audit_table=audit_uri(stack, "api"),
     )
     server.start()
     yield server

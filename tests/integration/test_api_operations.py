@@ -21,17 +21,18 @@ from deltalake import DeltaTable
 from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
-from lakehouse.storage import PROVINCE_SITE, delta_storage_options, s3_client, site_credentials
+from lakehouse.storage import AUDIT_SITE, PROVINCE_SITE, delta_storage_options, s3_client, site_credentials
 from lakehouse.topology import Topology, load_topology
 from tests.utils import grants_oracle
-from tests.utils.api import ApiServer
+from tests.utils.api import ApiServer, audit_uri
 from tests.utils.province import build_province, write_province
 
 UNLIMITED = {"MEDSHARE_API_RATE_PER_SECOND": "100000", "MEDSHARE_API_RATE_BURST": "100000"}
 
 
 def _options(settings: Settings) -> dict[str, str]:
-    return delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+    """The audit bucket's identity (it reads and appends)."""
+    return delta_storage_options(settings, site_credentials(settings, AUDIT_SITE))
 
 
 def test_audit_complete_when_killed_under_load(
@@ -43,7 +44,7 @@ def test_audit_complete_when_killed_under_load(
         settings=stack,
         workdir=tmp_path / "api",
         tables_root=province_data.root,
-        audit_table=f"{province_data.root}/_audit_kill_{unique}",
+        audit_table=audit_uri(stack, "kill"),
         instance="api-kill",
         extra_env=UNLIMITED,
     )
@@ -129,7 +130,9 @@ def test_missing_parts_are_reported_not_fatal(
     del data.tables["imaging_studies"]  # a table that was never replicated
     bucket = topology.province.buckets.lakehouse
     prefix = f"api-partial-{unique}"
-    write_province(data, f"s3://{bucket}/{prefix}", _options(stack))
+    write_province(
+        data, f"s3://{bucket}/{prefix}", delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE))
+    )
     # One city's lab results become unreadable: a data file of theirs is gone.
     client = s3_client(stack, site_credentials(stack, PROVINCE_SITE))
     parquet = [
@@ -144,7 +147,7 @@ def test_missing_parts_are_reported_not_fatal(
         settings=stack,
         workdir=tmp_path / "api",
         tables_root=f"s3://{bucket}/{prefix}",
-        audit_table=f"s3://{bucket}/{prefix}/_audit",
+        audit_table=audit_uri(stack, "missing"),
     )
     server.start()
     try:
@@ -181,7 +184,7 @@ def limited_server(stack: Settings, province_data, tmp_path_factory: pytest.Temp
         settings=stack,
         workdir=tmp_path_factory.mktemp("api-admin"),
         tables_root=province_data.root,
-        audit_table=f"{province_data.root}/_audit_admin",
+        audit_table=audit_uri(stack, "admin"),
         instance="api-admin",
         # Two workers: every limit must hold for the instance, not once per worker.
         extra_env={

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,17 +34,18 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from lakehouse.settings import Settings
-from tests.utils.api import ApiServer
+from tests.utils.api import ApiServer, audit_uri
 
 SEED = int(os.environ.get("MEDSHARE_SCHEMA_SEED", "20240611"))
 MAX_EXAMPLES = int(os.environ.get("MEDSHARE_SCHEMA_EXAMPLES", "25"))
 # Where the data is read, filtered and paged: these get more.
-DATA_PATHS = r"^/v1/(patients/history|datasets/\{name\}/query)$"
+DATA_PATHS = r"^/v1/(patients/history|patients/emergency|datasets/\{name\}/query)$"
 DATA_EXAMPLES = 4 * MAX_EXAMPLES
 HOSPITAL = "zz-c1"  # a city hospital of Zhengzhou: treatment, emergency, public_health, operations
 # A provincial hospital: treatment, emergency, operations and research, the one grant that covers
-# every dataset (with masked and hidden columns); the fuzzing runs as this one.
+# every dataset (with masked and hidden columns); the fuzzing runs as this one and as a township.
 PROVINCIAL = "zz-fahzu"
+TOWNSHIP = "zz-zm-guandu"
 # Every generated response must pass these; the happy paths also check the body against the schema.
 CHECKS = [not_a_server_error, status_code_conformance]
 # Examples per operation are in the schemathesis config (`_schema`), which can vary them by operation.
@@ -64,7 +67,7 @@ def schema_server(  # type: ignore[no-untyped-def]
         settings=stack,
         workdir=tmp_path_factory.mktemp("api-schema"),
         tables_root=province_data.root,
-        audit_table=f"{province_data.root}/_audit_schema",
+        audit_table=audit_uri(stack, "schema"),
         instance="api-schema",
         # Fuzzing sends hundreds of requests a second with one credential: the default limit
         # (100/s, burst 200) would answer 429 and hide what the server does with them.
@@ -89,6 +92,7 @@ def tokens(schema_server: ApiServer) -> dict[str, str]:
     return {
         HOSPITAL: schema_server.issue(HOSPITAL),
         PROVINCIAL: schema_server.issue(PROVINCIAL),
+        TOWNSHIP: schema_server.issue(TOWNSHIP),
         "operator": schema_server.issue("schema-ops", operator=True),
     }
 
@@ -130,6 +134,15 @@ BINDINGS = {
     "body.columns[*]": ("columns", 0.7),
     "body.person_key": ("person_keys", 0.5),
     "body.resident_id": ("resident_ids", 0.2),
+    "query.resident_id": ("resident_ids", 0.3),
+    "header.X-Resident-Id": ("resident_ids", 0.3),
+    # Real resident IDs where no ID belongs: they must never come back in an answer or the audit.
+    "body.filters[*].value": ("resident_ids", 0.2),
+    "body.reason": ("resident_ids", 0.1),
+    "body.note": ("resident_ids", 0.2),
+    "body.label": ("resident_ids", 0.2),
+    "path.consent_id": ("resident_ids", 0.2),
+    "path.token_id": ("resident_ids", 0.2),
     "body.hospital_id": ("hospitals", 0.5),
     "body.subject": ("hospitals", 0.5),
     "body.recipient.hospitals[*]": ("hospitals", 0.7),
@@ -166,6 +179,13 @@ def hospital_schema(
     schema_server: ApiServer, tokens: dict[str, str], known_values: dict[str, list[Any]]
 ) -> Any:
     return _schema(schema_server, tokens[PROVINCIAL], known_values)
+
+
+@pytest.fixture(scope="module")
+def township_schema(
+    schema_server: ApiServer, tokens: dict[str, str], known_values: dict[str, list[Any]]
+) -> Any:
+    return _schema(schema_server, tokens[TOWNSHIP], known_values)
 
 
 @pytest.fixture(scope="module")
@@ -244,14 +264,8 @@ def patient(province_data) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {"person_key": keys[0], "resident_id": province_data.resident_ids[index]}
 
 
-HISTORY_CASES = [
-    (HOSPITAL, "treatment"),
-    (HOSPITAL, "emergency"),
-    (HOSPITAL, "public_health"),
-    (HOSPITAL, "operations"),
-    (PROVINCIAL, "research"),
-    (PROVINCIAL, "emergency"),
-]
+HISTORY_CASES = [(HOSPITAL, "treatment"), (HOSPITAL, "operations")]
+REASON = "unconscious on arrival, allergies unknown"
 
 
 @pytest.mark.parametrize(("hospital", "purpose"), HISTORY_CASES)
@@ -307,6 +321,51 @@ def test_history_of_a_real_patient(
     assert narrowed["entries"] and all(e["type"] == newest["type"] for e in narrowed["entries"])
 
 
+@pytest.mark.parametrize("hospital", [HOSPITAL, PROVINCIAL, TOWNSHIP])
+def test_emergency_of_a_real_patient(
+    plain_schema: Any,
+    schema_server: ApiServer,
+    tokens: dict[str, str],
+    patient: dict[str, str],
+    hospital: str,
+) -> None:
+    path = "/v1/patients/emergency"
+    body = {"person_key": patient["person_key"], "reason": REASON, "limit": 3}
+    first = call(plain_schema, schema_server, tokens[hospital], "POST", path, body=body, expect=200).json()
+    assert first["breakGlass"]["used"] and first["entries"]
+    seen, cursor = list(first["entries"]), first["nextCursor"]
+    while cursor is not None:
+        page = call(
+            plain_schema,
+            schema_server,
+            tokens[hospital],
+            "POST",
+            path,
+            body={**body, "cursor": cursor},
+            expect=200,
+        ).json()
+        seen += page["entries"]
+        cursor = page["nextCursor"]
+    assert len(seen) == first["total"]
+    by_id = {"resident_id": patient["resident_id"], "reason": REASON, "types": ["encounters"]}
+    narrowed = call(
+        plain_schema, schema_server, tokens[hospital], "POST", path, body=by_id, expect=200
+    ).json()
+    assert all(e["type"] == "encounters" for e in narrowed["entries"])
+    # Research and public health never name a patient; emergency is never a GET.
+    for purpose, code in (("research", "purpose_not_per_patient"), ("emergency", "break_glass_required")):
+        r = call(
+            plain_schema,
+            schema_server,
+            tokens[hospital],
+            "GET",
+            "/v1/patients/history",
+            query={"purpose": purpose, "person_key": patient["person_key"]},
+            expect=(403, 422),
+        )
+        assert r.json()["errorCode"] == code
+
+
 def test_break_glass_over_an_opt_out(
     plain_schema: Any, schema_server: ApiServer, tokens: dict[str, str], patient: dict[str, str]
 ) -> None:
@@ -321,15 +380,15 @@ def test_break_glass_over_an_opt_out(
         expect=201,
     ).json()
     try:
-        history = {"purpose": "emergency", "person_key": patient["person_key"]}
+        history = {"purpose": "treatment", "person_key": patient["person_key"]}
         call(plain_schema, schema_server, hospital, "GET", "/v1/patients/history", query=history, expect=403)
         broken = call(
             plain_schema,
             schema_server,
             hospital,
-            "GET",
-            "/v1/patients/history",
-            query={**history, "reason": "unconscious, no relative reachable"},
+            "POST",
+            "/v1/patients/emergency",
+            body={"person_key": patient["person_key"], "reason": "unconscious, no relative reachable"},
             expect=200,
         ).json()
         assert broken["breakGlass"]["used"] and broken["entries"]
@@ -497,13 +556,23 @@ def test_admin_round_trip(plain_schema: Any, schema_server: ApiServer, tokens: d
         path_parameters={"grant_id": "schema-test"},
         expect=200,
     )
-    issued = call(
+    refused = call(
         plain_schema,
         schema_server,
         ops,
         "POST",
         "/v1/admin/credentials",
         body={"kind": "hospital", "subject": PROVINCIAL, "days": 1, "label": "schema test"},
+        expect=403,
+    ).json()
+    assert refused["errorCode"] == "hospital_credential_refused"
+    issued = call(
+        plain_schema,
+        schema_server,
+        ops,
+        "POST",
+        "/v1/admin/credentials",
+        body={"kind": "operator", "subject": "schema-second", "days": 1, "label": "schema test"},
         expect=201,
     ).json()
     listed = call(plain_schema, schema_server, ops, "GET", "/v1/admin/credentials", expect=200).json()
@@ -534,7 +603,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         HOSPITAL,
         "GET",
         "/v1/patients/history",
-        {"query": {"purpose": "emergency", "person_key": "0" * 64, "end": "9999-12-31"}},
+        {"query": {"purpose": "treatment", "person_key": "0" * 64, "end": "9999-12-31"}},
     ),
     (
         "history-cursor-infinite-generation",
@@ -543,7 +612,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "/v1/patients/history",
         {
             "query": {
-                "purpose": "emergency",
+                "purpose": "treatment",
                 "person_key": "0" * 64,
                 "cursor": _cursor('{"g": 1e400, "o": 0, "q": "x"}'),
             }
@@ -556,8 +625,15 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "/v1/datasets/{name}/query",
         {
             "path_parameters": {"name": "encounters"},
-            "body": {"purpose": "emergency", "cursor": _cursor('{"g": 1, "o": 1e400, "q": "x"}')},
+            "body": {"purpose": "operations", "cursor": _cursor('{"g": 1, "o": 1e400, "q": "x"}')},
         },
+    ),
+    (
+        "emergency-end-of-calendar",
+        HOSPITAL,
+        "POST",
+        "/v1/patients/emergency",
+        {"body": {"person_key": "0" * 64, "reason": "stroke, time of onset unknown", "end": "9999-12-31"}},
     ),
     ("audit-cursor-object", "operator", "GET", "/v1/audit", {"query": {"cursor": _cursor('{"a": 1}')}}),
     (
@@ -575,7 +651,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         {
             "path_parameters": {"name": "encounters"},
             "body": {
-                "purpose": "emergency",
+                "purpose": "operations",
                 "filters": [{"column": "key_version", "op": "eq", "value": 2**31}],
             },
         },
@@ -588,7 +664,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         {
             "path_parameters": {"name": "encounters"},
             "body": {
-                "purpose": "emergency",
+                "purpose": "operations",
                 "filters": [{"column": "key_version", "op": "in", "value": [1, 2**63]}],
             },
         },
@@ -600,7 +676,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "/v1/datasets/{name}/query",
         {
             "path_parameters": {"name": "medications"},
-            "body": {"purpose": "emergency", "filters": [{"column": "dose", "op": "lt", "value": 10**400}]},
+            "body": {"purpose": "operations", "filters": [{"column": "dose", "op": "lt", "value": 10**400}]},
         },
     ),
     (
@@ -611,7 +687,7 @@ EDGES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         {
             "path_parameters": {"name": "encounters"},
             "body": {
-                "purpose": "emergency",
+                "purpose": "operations",
                 "filters": [{"column": "department", "op": "eq", "value": "\ud800"}],
             },
         },
@@ -640,7 +716,26 @@ def test_edge_values_are_client_errors(
 hospital_api = schemathesis.pytest.from_fixture("hospital_schema").include(
     path_regex=r"^/(oauth/token|v1/me|v1/patients/|v1/datasets|delta-sharing/)"
 )
+township_api = schemathesis.pytest.from_fixture("township_schema").include(
+    path_regex=r"^/(v1/me|v1/patients/|v1/datasets|delta-sharing/)"
+)
 operator_api = schemathesis.pytest.from_fixture("operator_schema").include(path_regex=r"^/v1/(audit|admin/)")
+# Every resident ID a generated or explicit request carried, wherever it was put: none may come
+# back in an answer, the audit trail or the server's log.
+SUBMITTED: set[str] = set()
+_RESIDENT_ID = re.compile(r"[0-9]{17}[0-9Xx]")
+
+
+def _ids_in(case: Any) -> set[str]:
+    text = json.dumps([case.query, case.headers, case.body, case.path_parameters, case.cookies], default=str)
+    return set(_RESIDENT_ID.findall(text))
+
+
+def _no_id_comes_back(case: Any, response: Any) -> None:
+    sent = _ids_in(case)
+    SUBMITTED.update(sent)
+    leaked = [i for i in sent if i in response.text]
+    assert not leaked, f"{case.method} {case.path} answered with a resident ID it was sent"
 
 
 @pytest.fixture(scope="module")
@@ -682,6 +777,7 @@ def _call_and_validate(case: Any, server: ApiServer) -> None:
     response = case.call()
     try:
         case.validate_response(response, checks=CHECKS)
+        _no_id_comes_back(case, response)
     except BaseException as exc:
         if response.status_code >= 500:
             exc.add_note(f"\nServer log:\n{_server_errors(server, since)}")
@@ -700,3 +796,81 @@ def test_data_endpoints_as_a_hospital(case: Any, schema_server: ApiServer, copie
 @pytest.mark.usefixtures("_item_nodeid")
 def test_audit_and_admin_as_an_operator(case: Any, schema_server: ApiServer) -> None:
     _call_and_validate(case, schema_server)
+
+
+@township_api.parametrize()
+@FUZZ_SETTINGS
+@pytest.mark.usefixtures("_item_nodeid")
+def test_data_endpoints_as_a_township(case: Any, schema_server: ApiServer, copies_current: None) -> None:
+    _call_and_validate(case, schema_server)
+
+
+def test_no_submitted_resident_id_in_the_audit_or_the_log(
+    plain_schema: Any,
+    schema_server: ApiServer,
+    tokens: dict[str, str],
+    patient: dict[str, str],
+) -> None:
+    """After the fuzzing (and a few requests of its own that put IDs where none belongs): the
+    audit trail — its `detail` above all — and the server log hold none of the IDs sent."""
+    rid = patient["resident_id"]
+    own = [
+        (
+            TOWNSHIP,
+            "POST",
+            "/v1/datasets/{name}/query",
+            {
+                "path_parameters": {"name": "encounters"},
+                "body": {
+                    "purpose": "operations",
+                    "filters": [{"column": "department", "op": "eq", "value": rid}],
+                },
+            },
+        ),
+        (
+            TOWNSHIP,
+            "POST",
+            "/v1/datasets/{name}/query",
+            {
+                "path_parameters": {"name": "encounters"},
+                "body": {
+                    "purpose": "operations",
+                    "filters": [{"column": "admit_time", "op": "ge", "value": rid}],
+                },
+            },
+        ),
+        (
+            TOWNSHIP,
+            "POST",
+            "/v1/patients/emergency",
+            {"body": {"resident_id": rid, "reason": f"patient {rid} collapsed"}},
+        ),
+        (TOWNSHIP, "GET", "/v1/patients/history", {"query": {"purpose": "research", "resident_id": rid}}),
+        ("operator", "DELETE", "/v1/admin/consents/{consent_id}", {"path_parameters": {"consent_id": rid}}),
+        ("operator", "POST", "/v1/admin/consents", {"body": {"resident_id": rid, "note": f"asked by {rid}"}}),
+        (
+            "operator",
+            "POST",
+            "/v1/admin/credentials/{token_id}/revoke",
+            {"path_parameters": {"token_id": rid}},
+        ),
+    ]
+    for who, method, path, parts in own:
+        response = call(plain_schema, schema_server, tokens[who], method, path, **parts)
+        assert rid not in response.text, (method, path, response.text[:300])
+    SUBMITTED.add(rid)
+    records: list[dict[str, Any]] = []
+    cursor = None
+    with schema_server.client(tokens["operator"]) as c:
+        while True:
+            r = c.get("/v1/audit", params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            records += r.json()["records"]
+            cursor = r.json()["nextCursor"]
+            if cursor is None:
+                break
+    audit = json.dumps(records, default=str)
+    log = schema_server.log.read_text(errors="replace")
+    assert records and len(SUBMITTED) >= 1
+    assert not [i for i in SUBMITTED if i in audit], "a submitted resident ID is in the audit trail"
+    assert not [i for i in SUBMITTED if i in log], "a submitted resident ID is in the server log"

@@ -50,7 +50,7 @@ from sharing_api.db import Database
 from sharing_api.identities import Identities
 from sharing_api.profile import profile_document, write_profile
 from tests.utils import grants_oracle
-from tests.utils.api import ApiServer
+from tests.utils.api import ApiServer, audit_uri
 from tests.utils.province import Province, build_province, write_province
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def sharing(
         settings=stack,
         workdir=workdir / "api",
         tables_root=province.root,
-        audit_table=f"{province.root}/_audit",
+        audit_table=audit_uri(stack, "ds"),
         instance="api-sharing",
         extra_env={"MEDSHARE_API_SHARE_SYNC_SECONDS": "1"},
     )
@@ -158,7 +158,7 @@ def expected_tables(sharing: Sharing, hospital_id: str) -> set[str]:
 
 def _mask_key(settings: Settings) -> bytes:
     return hmac.new(
-        settings.province_key.get_secret_value().encode(), b"medshare-api-mask", hashlib.sha256
+        settings.province_secret.get_secret_value().encode(), b"medshare-api-mask", hashlib.sha256
     ).digest()
 
 
@@ -368,6 +368,14 @@ def test_an_opt_out_rebuilds_the_copies_and_retires_older_versions(sharing: Shar
     got = sharing.load("ny-fc-bowang", "operations.province.encounters")
     assert got["person_key"].to_pylist().count(patient) == theirs > 0
     old = sharing.copy_version("operations-own", "encounters")
+    table_path = TABLE.format(share="operations", schema="province", table="encounters")
+    with sharing.server.client(sharing.tokens["ny-fc-bowang"]) as c:
+        answer = c.post(table_path + "/query", json={})
+    old_files = _urls(answer)
+    assert old_files and all(httpx.get(f["url"], timeout=30).status_code == 200 for f in old_files)
+    # URLs are short-lived: a revocation holds within minutes (10 by default).
+    now_ms = time.time() * 1000
+    assert all(now_ms < f["expirationTimestamp"] <= now_ms + 10 * 60_000 + 5_000 for f in old_files)
     passes = sharing.synced()
 
     with sharing.server.client(sharing.operator) as c:
@@ -394,6 +402,13 @@ def test_an_opt_out_rebuilds_the_copies_and_retires_older_versions(sharing: Shar
             params={"startingVersion": old},
         )
         assert r.status_code == 400 and r.json()["errorCode"] == "version_unavailable"
+        # The changes from the rebuild on sign its new files only, never the ones it removed
+        # (they held the patient), and those are gone from the store, signed URLs or not.
+        r = c.get(table_path + "/changes", params={"startingVersion": new})
+        assert r.status_code == 200, r.text
+        kinds = [next(iter(json.loads(line))) for line in r.text.splitlines()[2:] if line.strip()]
+        assert kinds and set(kinds) == {"add"}, kinds
+    assert all(httpx.get(f["url"], timeout=30).status_code == 404 for f in old_files)
 
     # The opt-out revoked: the next copies hold the patient's rows again.
     passes = sharing.synced()

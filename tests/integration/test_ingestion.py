@@ -323,3 +323,46 @@ def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(
     assert all(current[r["encounter_id"]]["_source_file"] == key for r in corrected)
     operations = [h["operation"] for h in table.history(3)]
     assert operations[:2] == ["MERGE", "DELETE"]
+
+
+def test_a_hospital_export_carries_its_own_rows_only(spark, ingested: Ingested, topology: Topology) -> None:
+    """Issue 17, finding 9: an encounter is a care relationship, and a care relationship opens the
+    patient's history (treatment, under_care). A hospital's export with another hospital's rows,
+    or a referral from a hospital that does not exist, is quarantined, never curated."""
+    import io
+
+    from lakehouse.identity import make_resident_id
+
+    root = ingested.root.rstrip("/") + "-provenance/"
+    sender, other = (h.id for h in topology.hospitals_of(CITY)[:2])
+    rid = make_resident_id(region="410102", birth_date=dt.date(1980, 5, 1), sequence=17, sex="F")
+    columns = ingested.contracts["encounters"].column_names
+    rows = [
+        # in the order below: hospital, encounter, MRN, resident ID, type, department, times, referral
+        [sender, "E-own", "M1", rid, "outpatient", "cardiology", "2025-03-01T09:00:00", "", ""],
+        [other, "E-forged", "M2", rid, "outpatient", "cardiology", "2025-03-02T09:00:00", "", ""],
+        [sender, "E-referral", "M3", rid, "inpatient", "neurology", "2025-03-03T09:00:00", "", "zz-nowhere"],
+        [sender, "E-real-ref", "M4", rid, "inpatient", "neurology", "2025-03-04T09:00:00", "", other],
+    ]
+    order = [
+        "hospital_id",
+        "encounter_id",
+        "patient_mrn",
+        "resident_id",
+        "encounter_type",
+        "department",
+        "admit_time",
+        "discharge_time",
+        "referred_from_hospital_id",
+    ]
+    assert sorted(order) == sorted(columns)
+    text = ",".join(order) + "\n" + "\n".join(",".join(r) for r in rows) + "\n"
+    client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
+    key = f"{root}{sender}/encounters/forged.csv"
+    client.put_object(f"{CITY}-landing", key, io.BytesIO(text.encode()), len(text))
+    report = run_ingestion(spark, client, topology, ingested.contracts, ingested.options(root))
+    encounters = report.datasets["encounters"]
+    assert encounters.rows_in == 4 and encounters.curated == 2
+    assert encounters.quarantined == {"hospital_not_sender": 1, "referral_hospital_unknown": 1}
+    curated = ingested.table(f"{CITY}-curated", "encounters", root).to_pyarrow_table()
+    assert sorted(curated["encounter_id"].to_pylist()) == ["E-own", "E-real-ref"]

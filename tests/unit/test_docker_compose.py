@@ -33,6 +33,10 @@ DUMMY_REQUIRED_ENV = {
     "MEDSHARE_S3_ROOT_USER": "compose-check-user",
     "MEDSHARE_S3_ROOT_PASSWORD": "compose-check-password",
     "MEDSHARE_PROVINCE_KEY": "compose-check-province-key",
+    **{
+        f"MEDSHARE_SITE_SECRET_{site}": f"compose-check-{site.lower()}"
+        for site in ("PROVINCE", "API_READER", "AUDIT", "SHARING", "SHARING_SIGNER", "ANALYTICS")
+    },
 }
 
 
@@ -229,6 +233,27 @@ def test_no_secret_has_a_default() -> None:
     for line in COMPOSE_FILE.read_text().splitlines():
         if any(word in line.upper() for word in SECRET_WORDS) and DEFAULTED_VARIABLE.search(line):
             raise AssertionError(f"a secret with a default value: {line.strip()}")
+
+
+def test_components_run_without_the_root_secret() -> None:
+    """Only MinIO and the one-shot provisioning hold the store's root password; each component
+    gets the secrets of its own identities and nothing else."""
+    services = load_compose()["services"]
+    for name, service in services.items():
+        names = {var for var, _ in environment_items(service)}
+        if name not in ("minio", "provision"):
+            assert not {"MEDSHARE_S3_ROOT_PASSWORD", "MINIO_ROOT_PASSWORD"} & names, name
+    api = {var for var, _ in environment_items(services["sharing-api"])}
+    assert {v for v in api if v.startswith("MEDSHARE_SITE_SECRET_")} == {
+        "MEDSHARE_SITE_SECRET_API_READER",
+        "MEDSHARE_SITE_SECRET_AUDIT",
+        "MEDSHARE_SITE_SECRET_SHARING",
+        "MEDSHARE_SITE_SECRET_SHARING_SIGNER",
+    }
+    replicator = {var for var, _ in environment_items(services["replicator"])}
+    assert {v for v in replicator if "SECRET" in v or "PASSWORD" in v or "KEY" in v} == {
+        "MEDSHARE_SITE_SECRET_PROVINCE"
+    }
 
 
 def test_required_variables_of_the_compose_file_are_known() -> None:

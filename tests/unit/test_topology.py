@@ -31,7 +31,7 @@ def test_real_topology_has_three_cities_and_every_care_level() -> None:
         assert topo.hospitals_of(city.id), f"{city.id} has no hospitals"
         assert city.region_code.startswith("41")
     assert topo.hospital(topo.province.telemedicine_centre).level is CareLevel.PROVINCIAL
-    assert len(set(topo.all_buckets())) == len(topo.all_buckets()) == 3 + 4 * len(topo.cities)
+    assert len(set(topo.all_buckets())) == len(topo.all_buckets()) == 4 + 4 * len(topo.cities)
     assert "medshare.smoke" in {t.name for t in topo.kafka.topics}
 
 

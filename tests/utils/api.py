@@ -18,6 +18,17 @@ import httpx
 from lakehouse.settings import Settings
 
 
+def audit_uri(settings: Settings, name: str) -> str:
+    """A fresh audit table for one test server, in the audit bucket (where the API's audit
+    identity may append)."""
+    import uuid
+
+    from lakehouse.topology import load_topology
+
+    bucket = load_topology(settings.platform_dir).province.buckets.audit
+    return f"s3://{bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,7 +107,8 @@ class ApiServer:
         )
 
     def start(self, *, timeout: float = 120.0) -> None:
-        env = {**os.environ, **self.env}
+        # As deployed: the API never holds the object store's root secret.
+        env = {k: v for k, v in os.environ.items() if k != "MEDSHARE_S3_ROOT_PASSWORD"} | self.env
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "medshare", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
