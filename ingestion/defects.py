@@ -144,10 +144,13 @@ def inject(
     extra: list[RawRecord] = []
     for i in clean[: int(len(records) * rates.exact_duplicate + rng.random())]:
         extra.append({**out[i], DEFECT: tag("exact_duplicate", DUPLICATE)})
+    # A resent row's correction touches free text, never a column a rule checks (a hospital id).
+    checked = {r.column for r in contract.rules if r.column}
     near_cols = [
         c.name
         for c in contract.columns
-        if not c.required
+        if c.name not in checked
+        and not c.required
         and c.name not in key
         and c.type == "string"
         and c.allowed is None

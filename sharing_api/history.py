@@ -9,8 +9,9 @@ opt-out, "not under this hospital's care") but never creates access where no eme
 exists. Research and public health never look up a named patient.
 
 What a caller can learn without access is kept to its decision: the care relationship is checked
-before the consent (a hospital that does not treat the patient cannot tell whether they opted
-out), and a patient without records the caller may see is an empty timeline, not a 404.
+before the consent, and the consent only when there are records to withhold (a hospital that
+does not treat the patient, or has none of their records, cannot tell whether they opted out);
+a patient without records the caller may see is an empty timeline, not a 404.
 """
 
 from __future__ import annotations
@@ -107,13 +108,6 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
     if not readable:
         raise Forbidden(next(iter(withheld.values())), code="not_under_care")
 
-    opt_out = s.consents.denying(pk, hospital.id, q.purpose)
-    if opt_out is not None:
-        if not break_glass:
-            audit.detail = f"consent {opt_out.consent_id}"
-            raise Forbidden("the patient has opted out of sharing this with you", code="consent_denied")
-        overrode.append(f"consent opt-out {opt_out.consent_id}")
-
     probe = probe_of(pk)
     tables: list[tuple[str, Grant, pa.Table]] = []
     for dataset, grant in readable.items():
@@ -127,6 +121,15 @@ def patient_history(s: Services, hospital: Hospital, q: HistoryQuery, audit: Aud
             if rows is not None and rows.num_rows:
                 tables.append((dataset, grant, rows))
     served = readable
+
+    # Only a caller who would see records learns of an opt-out: one with nothing to see gets the
+    # same empty timeline whether the patient opted out or not.
+    opt_out = s.consents.denying(pk, hospital.id, q.purpose) if tables else None
+    if opt_out is not None:
+        if not break_glass:
+            audit.detail = f"consent {opt_out.consent_id}"
+            raise Forbidden("the patient has opted out of sharing this with you", code="consent_denied")
+        overrode.append(f"consent opt-out {opt_out.consent_id}")
 
     entries = _entries(s, tables)
     if q.start is not None or q.end is not None:

@@ -83,7 +83,7 @@ class EmergencyBody(BaseModel):
 
     resident_id: str | None = Field(default=None, max_length=32, description="Hashed on arrival")
     person_key: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
-    reason: FreeText = Field(min_length=1, max_length=500, description="Why; at least 10 characters")
+    reason: FreeText = Field(max_length=500, description="Why the glass is broken; at least 10 characters")
     types: list[str] | None = Field(default=None, max_length=20)
     start: dt.date | None = None
     end: dt.date | None = None

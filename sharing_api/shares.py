@@ -65,7 +65,10 @@ class Shares:
         if state.version != state.first_servable:
             return 0  # updated since the rebuild: older served versions still need their files
         bucket, _, prefix = spec.uri.removeprefix("s3://").partition("/")
-        live = {urllib.parse.unquote(urlsplit(uri).path.lstrip("/")) for uri in table.file_uris()}
+        live = set()
+        for uri in table.file_uris():  # s3://<bucket>/<key>
+            parts = urlsplit(uri)
+            live.add(f"{parts.netloc}/{urllib.parse.unquote(parts.path.lstrip('/'))}")
         removed = 0
         with storage_errors(f"delete old files of {spec.uri}"):
             for obj in self.client.list_objects(bucket, prefix=f"{prefix}/", recursive=True):

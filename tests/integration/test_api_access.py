@@ -379,7 +379,8 @@ def test_consent_opt_out_and_break_glass(api_server, frames, operator, topology:
         assert r.status_code == 422 and r.json()["errorCode"] == "break_glass_required"
 
         flagged = _audit(api_server, operator, person_key=person, flagged="true")
-        assert [rec["break_glass_reason"] for rec in flagged if rec["status"] == 200] == [reason]
+        # (Other tests broke the glass for this patient too, with reasons of their own.)
+        assert [rec["break_glass_reason"] for rec in flagged if rec["status"] == 200].count(reason) == 1
         assert all(rec["break_glass"] and rec["purpose"] == "emergency" for rec in flagged)
         by_purpose = _audit(api_server, operator, person_key=person, purpose="emergency")
         assert {rec["request_id"] for rec in by_purpose} >= {rec["request_id"] for rec in flagged}
