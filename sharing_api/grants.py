@@ -41,15 +41,6 @@ from sharing_api.errors import Conflict, NotFound, Unprocessable
 log = logging.getLogger(__name__)
 
 
-def _no_resident_id(text: str) -> str:
-    if holds_resident_id(text):
-        raise ValueError("free text must not hold a resident ID")
-    return text
-
-
-# Free text that is stored and shown (notes, labels, reasons, descriptions): never a resident ID.
-FreeText = Annotated[str, AfterValidator(_no_resident_id)]
-
 Purpose = Literal["treatment", "emergency", "research", "public_health", "operations"]
 PURPOSES: tuple[Purpose, ...] = ("treatment", "emergency", "research", "public_health", "operations")
 # Where each purpose may be used (docs/security.md). A named patient's history is for their care
@@ -60,7 +51,21 @@ HISTORY_PURPOSES: tuple[Purpose, ...] = ("treatment", "emergency", "operations")
 DATASET_PURPOSES: tuple[Purpose, ...] = ("treatment", "research", "public_health", "operations")
 Scope = Literal["own_hospital", "own_city", "all_cities", "under_care"]
 ColumnAccess = Literal["allowed", "masked", "hidden"]
-GrantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def _no_resident_id(text: str) -> str:
+    if holds_resident_id(text):
+        raise ValueError("free text must not hold a resident ID")
+    return text
+
+
+# Free text that is stored and shown (notes, labels, reasons, descriptions): never a resident ID.
+FreeText = Annotated[str, AfterValidator(_no_resident_id)]
+
+
+GrantId = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$"), AfterValidator(_no_resident_id)
+]
 
 HEADER = (
     "# Grants of the sharing API: recipient × datasets × purposes × row scope × column policy ×\n"

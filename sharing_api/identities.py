@@ -99,8 +99,8 @@ class Identities:
             raise Unprocessable("an operator name is 2-64 of a-z 0-9 _ . - starting with a letter")
         if days <= 0:
             raise Unprocessable("a credential's lifetime must be positive")
-        if holds_resident_id(label):
-            raise Unprocessable("a credential's label must not hold a resident ID")
+        if holds_resident_id(label) or holds_resident_id(subject):
+            raise Unprocessable("a credential's subject and label must not hold a resident ID")
         return self._insert(
             kind, subject, lifetime=days * 86400, label=label, parent_id=None, issued_by=issued_by
         )

@@ -69,7 +69,6 @@ def run_query(
     s: Services, hospital: Hospital, dataset: str, q: DatasetQuery, audit: AuditRecord
 ) -> dict[str, Any]:
     now = utc_now()
-    audit.dataset = dataset
     audit.purpose = q.purpose
     if q.purpose not in DATASET_PURPOSES:
         raise Forbidden(
@@ -80,6 +79,7 @@ def run_query(
     view = s.views.get(dataset)
     if view is None:
         raise NotFound("no such federated dataset", code="dataset_not_found")
+    audit.dataset = dataset  # a known name: the path could hold anything
     decision = s.grants.decide(hospital, dataset, q.purpose, now)
     grant = decision.grant
     if grant is None:

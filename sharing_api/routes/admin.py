@@ -83,8 +83,9 @@ def replace_grant(
     if_match: IfMatch = None,
 ) -> Response:
     """Replace a grant in place (its position, and so its precedence, is kept)."""
-    audit.detail = f"replace grant {grant_id}"
     s.grants.replace(grant_id, grant, if_match=if_match)
+    # Named once it exists: a path is whatever the caller sent (a resident ID included).
+    audit.detail = f"replace grant {grant_id}"
     s.shares.sync.wake()
     return _grants_response(s)
 
@@ -94,8 +95,8 @@ def remove_grant(
     s: ServicesDep, audit: AuditDep, operator: CurrentOperator, grant_id: GrantPath, if_match: IfMatch = None
 ) -> Response:
     """Remove a grant."""
-    audit.detail = f"remove grant {grant_id}"
     s.grants.remove(grant_id, if_match=if_match)
+    audit.detail = f"remove grant {grant_id}"
     s.shares.sync.wake()
     return _grants_response(s)
 
@@ -142,8 +143,8 @@ def withdraw(
     consent_id: Annotated[str, Path(max_length=32)],
 ) -> Response:
     """Withdraw an opt-out."""
-    audit.detail = f"withdraw {consent_id}"
     s.consents.withdraw(consent_id)
+    audit.detail = f"withdraw {consent_id}"
     s.shares.sync.wake()
     return json_response({"withdrawn": consent_id})
 
@@ -238,5 +239,6 @@ def revoke(
     s: ServicesDep, audit: AuditDep, operator: CurrentOperator, token_id: Annotated[str, Path(max_length=32)]
 ) -> Response:
     """Revoke a credential and the access tokens obtained with it."""
+    revoked = s.identities.revoke(token_id)
     audit.detail = f"revoked credential {token_id}"
-    return json_response(s.identities.revoke(token_id).__dict__)
+    return json_response(revoked.__dict__)
