@@ -32,6 +32,9 @@ def read_share(settings: Settings, profile: Path, *args: str, timeout: float = 1
     command = [str(recipient_python(settings)), str(SCRIPT), str(profile), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise MedshareError(f"the Delta Sharing client failed ({' '.join(args[:2])}):\n{done.stderr[-3000:]}")
+        raise MedshareError(
+            f"the Delta Sharing client failed ({' '.join(args[:2])}, exit {done.returncode}):\n"
+            f"{done.stderr[-3000:]}{done.stdout[-500:]}"
+        )
     answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return answer

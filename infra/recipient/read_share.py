@@ -12,7 +12,9 @@ through a subprocess. Prints one JSON object per command on stdout; data frames 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import os
 import sys
 import time
 
@@ -60,4 +62,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    faulthandler.enable()
+    code = main()
+    # The answer is written and flushed; skip interpreter finalisation, where the client's native
+    # thread pools (pyarrow, the Rust kernel wrapper) are torn down in an order that now and then
+    # aborts with "terminate called without an active exception" after the work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -400,6 +400,14 @@ def test_consent_opt_out_and_break_glass(api_server, frames, operator, topology:
             research_before = _research_rows(rc, "encounters")
             r = admin.post("/v1/admin/consents", json={"person_key": person, "purpose": "research"})
             assert r.status_code == 201
-            assert _research_rows(rc, "encounters") == research_before - int((enc.person_key == person).sum())
-        r = c.get("/v1/patients/history", params={"purpose": "operations", "person_key": person})
-        assert r.status_code == 200 and r.json()["total"] > 0
+            research_opt_out = r.json()["consent_id"]
+            try:
+                withheld = int((enc.person_key == person).sum())
+                assert _research_rows(rc, "encounters") == research_before - withheld
+                r = c.get("/v1/patients/history", params={"purpose": "operations", "person_key": person})
+                assert r.status_code == 200 and r.json()["total"] > 0
+            finally:
+                # The API server is shared by the session: an opt-out left behind would withhold
+                # this patient from every later module's research counts.
+                assert admin.delete(f"/v1/admin/consents/{research_opt_out}").status_code == 200
+            assert _research_rows(rc, "encounters") == research_before
