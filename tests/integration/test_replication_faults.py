@@ -5,7 +5,6 @@ find no difference. `make test` runs each once; `make test-faults` repeats them
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from lakehouse.replication.replicator import Replicator
 from lakehouse.settings import Settings
 from tests.utils.replication import (
     CITIES,
+    FAULT_REPEATS,
     assert_province_holds_the_cities,
     curated_rows,
     hospitals,
@@ -41,7 +41,6 @@ from tests.utils.replication import (
 )
 
 pytestmark = pytest.mark.faults
-REPEATS = range(int(os.environ.get("MEDSHARE_FAULT_REPEATS", "1")))
 
 
 DATASETS = ("encounters", "diagnoses", "patients")
@@ -70,7 +69,7 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
-@pytest.mark.parametrize("round_", REPEATS)
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_replicator_killed_mid_apply(
     stack: Settings,
     layout: ReplicationLayout,
@@ -107,7 +106,7 @@ def test_replicator_killed_mid_apply(
     assert_province_holds_the_cities(stack, layout, contracts, key, DATASETS)
 
 
-@pytest.mark.parametrize("round_", REPEATS)
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_publisher_killed_mid_publish(
     stack: Settings,
     layout: ReplicationLayout,
@@ -174,7 +173,7 @@ def city_writer(
     assert not errors, errors
 
 
-@pytest.mark.parametrize("round_", REPEATS)
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_broker_restart_during_a_stream(
     stack: Settings,
     layout: ReplicationLayout,
@@ -215,7 +214,7 @@ def test_broker_restart_during_a_stream(
     assert codes == [0, 0, 0], [(tmp_path / f"publish-{c}.log").read_text()[-2000:] for c in CITIES]
 
 
-@pytest.mark.parametrize("round_", REPEATS)
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_object_store_outage_during_an_apply(
     stack: Settings,
     layout: ReplicationLayout,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
@@ -25,6 +26,7 @@ from lakehouse.settings import Settings
 from lakehouse.topology import Topology
 from tests.utils.replication import (
     CITIES,
+    FAULT_REPEATS,
     assert_province_holds_the_cities,
     curated_rows,
     dead_letters,
@@ -37,6 +39,8 @@ from tests.utils.replication import (
     wait_verified,
     write_city,
 )
+
+pytestmark = pytest.mark.faults
 
 
 @contextmanager
@@ -55,7 +59,9 @@ def another_member(settings: Settings, layout: ReplicationLayout, topic: str) ->
         consumer.close()
 
 
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_a_rebalance_while_a_unit_is_half_received_loses_nothing(
+    round_: int,
     stack: Settings,
     topology: Topology,
     layout: ReplicationLayout,
@@ -123,7 +129,9 @@ def _applied(log: Path) -> list[tuple[str, str]]:
     return _APPLIED.findall(log.read_text())
 
 
+@pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_two_replicators_in_one_group_one_killed(
+    round_: int,
     stack: Settings,
     topology: Topology,
     layout: ReplicationLayout,

@@ -5,6 +5,7 @@ waiting until `verify` finds no difference."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import threading
@@ -36,6 +37,8 @@ from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credent
 from lakehouse.topology import Topology
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+# Rounds of each fault test: `make test` runs one, `make test-faults` FAULT_REPEATS of them.
+FAULT_REPEATS = range(int(os.environ.get("MEDSHARE_FAULT_REPEATS", "1")))
 CITIES = ("zhengzhou", "luoyang", "nanyang")
 
 
