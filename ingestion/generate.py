@@ -4,33 +4,56 @@ at known rates and listed in a manifest (file, line, kind, the rule that must ca
 Layout written under the output folder — the same keys `medshare land` uses in a city's
 landing bucket:
 
-    <city>/<hospital>/<dataset>/<dataset>-<batch>.csv|.jsonl     per-table extracts
+    <city>/<hospital>/<dataset>/<dataset>-<batch>.csv|.jsonl|.xlsx   per-table extracts
     <city>/<hospital>/fhir/bundle-<batch>.json                  FHIR R4 bundles (one hospital a city)
+    <city>/<hospital>/fhir/bulk-<batch>/<Resource>.ndjson       or a FHIR Bulk Data export
     <city>/<hospital>/dicom/<study uid>/s<k>/i<i>.dcm           DICOM files (the same hospital)
+    <city>/<hospital>/dicom/<study uid>/IMG00001, DICOMDIR      or a study as a PACS exports it
     _crosscheck/<city>/<hospital>/<dataset>/...csv              the same records as plain CSV
     manifest.json                                               what was written and injected
+
+Each extract is written in a dialect (ingestion.dialects): a hospital with a named source profile
+(platform/sources.yaml) always writes what its profile says; the other hospitals' (hospital,
+dataset) extracts get the dialects at `GenerateOptions.dialects` shares, drawn from the seed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ingestion.defects import DEFECT, MALFORMED_LINE, DefectRates, inject, untag
-from ingestion.generate_media import media_hospital, write_media
-from ingestion.sources.tabular import write_csv, write_jsonl
+from ingestion.defects import MALFORMED_LINE, DefectRates, inject
+from ingestion.dialects import (
+    CSV,
+    DEFAULT_SHARES,
+    DIALECTS,
+    Dialect,
+    Tagged,
+    check_shares,
+    for_file,
+    multiline_free_text,
+    write_table,
+)
+from ingestion.generate_media import FhirForm, media_hospital, write_media
+from ingestion.profiles import DEFAULT, SourceProfiles, load_profiles
 from ingestion.synthetic import Window, generate_batches
 from lakehouse.contracts import Contract
-from lakehouse.topology import Topology
+from lakehouse.topology import City, Topology
 
 RawRecord = dict[str, str | None]
 Progress = Callable[[int], None]
 MANIFEST = "manifest.json"
+# Every visit writes a record of these: a dialect given to one of a hospital's extracts of them
+# is sure to be written, so each dialect is handed to one of them first — patients and
+# encounters (they have free text, for csv-bom-multiline) before diagnoses.
+EVERY_VISIT = ("patients", "encounters", "diagnoses")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +70,23 @@ class GenerateOptions:
     media: bool = True  # one county hospital per city exports FHIR + DICOM
     corrupt_dicom: bool = True  # and one unreadable DICOM file per city
     dicom_studies: int = 200  # at most this many DICOM studies per city
+    # Weights (normalised) of the dialects among the (hospital, dataset) extracts of hospitals
+    # read with the default profile; every dialect with a weight appears in every city.
+    dialects: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+    # Rows per city in default-profile workbooks; past it their extracts are written as plain CSV
+    # (workbooks are slow to read). Named profiles that declare a sheet always get workbooks.
+    xlsx_max_rows: int = 200_000
+    fhir_ndjson_share: float = 0.5  # of the media hospitals (by city): Bulk Data NDJSON, else Bundles
+    pacs_share: float = 0.5  # of the DICOM studies of a city: PACS-style, with a DICOMDIR
+
+    def __post_init__(self) -> None:
+        check_shares(self.dialects)
+        for name in ("fhir_ndjson_share", "pacs_share"):
+            share = getattr(self, name)
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, not {share}")
+        if self.xlsx_max_rows < 0:
+            raise ValueError(f"xlsx_max_rows must be ≥ 0, not {self.xlsx_max_rows}")
 
 
 @dataclass(kw_only=True)
@@ -70,6 +110,11 @@ class Manifest:
     media_rows: dict[str, dict[str, int]] = field(default_factory=dict)
     # Files made unreadable on purpose (a corrupt DICOM): "<city>/<key>".
     rejected_files: list[str] = field(default_factory=list)
+    # The dialect shares asked for (files[...]["format"] says what each file is).
+    dialects: dict[str, float] = field(default_factory=dict)
+    # city → the media hospital, its FHIR form ("bundle" or "ndjson"), DICOM studies written and
+    # how many of them PACS-style.
+    media: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def rows_written(self, city: str, dataset: str) -> int:
         tabular = sum(
@@ -95,44 +140,81 @@ class Manifest:
         return cls(**data)
 
 
-def _malformed(record: RawRecord, columns: tuple[str, ...], fmt: str) -> str:
-    values = ["" if record.get(c) is None else str(record[c]) for c in columns[:3]]
-    if fmt == "csv":
-        return ",".join(values)  # too few fields
-    return json.dumps(dict(zip(columns[:3], values, strict=True)), ensure_ascii=False)[:-1] + ', "'
-
-
-def _render(
-    records: list[RawRecord], contract: Contract, fmt: str
-) -> tuple[bytes, list[tuple[int, tuple[str, str]]]]:
-    """File content and the (line, defect) of every tagged record."""
-    columns = contract.column_names
-    first_line = 2 if fmt == "csv" else 1
-    tagged: list[tuple[int, tuple[str, str]]] = []
-    clean: list[RawRecord] = []
-    malformed: dict[int, str] = {}
-    for i, record in enumerate(records):
-        tagged_as = record.pop(DEFECT, None)
-        if tagged_as is not None:
-            defect = untag(tagged_as)
-            tagged.append((first_line + i, defect))
-            if defect[1] == MALFORMED_LINE:
-                malformed[i] = _malformed(record, columns, fmt)
-        clean.append(record)
-    writer = write_csv if fmt == "csv" else write_jsonl
-    lines = writer(clean, columns=columns).decode().splitlines()
-    for i, line in malformed.items():
-        lines[first_line - 1 + i] = line
-    return ("\n".join(lines) + "\n").encode(), tagged
-
-
 def _truncate(content: bytes, rng: random.Random) -> tuple[bytes, int]:
-    """Cut the file inside a data line, after its second field: that line has too few fields
-    and every line after it is gone. Returns the content and the cut line's number."""
+    """Cut a plain CSV (one line a record) inside a data line, after its second field: that line
+    has too few fields and every line after it is gone. Returns the content and the cut line's
+    number."""
     lines = content.decode().splitlines()
     cut = rng.randrange(2, len(lines) + 1) if len(lines) > 2 else len(lines)
     partial = ",".join(lines[cut - 1].split(",")[:2])
     return ("\n".join([*lines[: cut - 1], partial])).encode(), cut
+
+
+def _shares(shares: dict[str, float], n: int, rng: random.Random) -> list[str]:
+    """n dialect names in the proportions of `shares` (largest remainders), every dialect with a
+    positive share at least once when n allows; one of each first, then the rest shuffled."""
+    names = [d for d in DIALECTS if shares.get(d, 0) > 0]
+    total = sum(shares[d] for d in names)
+    exact = {d: shares[d] / total * n for d in names}
+    counts = {d: math.floor(exact[d]) for d in names}
+    by_remainder = sorted(names, key=lambda d: exact[d] - counts[d], reverse=True)
+    for d in by_remainder[: n - sum(counts.values())]:
+        counts[d] += 1
+    if n >= len(names):
+        for d in names:
+            if counts[d] == 0:
+                counts[max(names, key=lambda x: counts[x])] -= 1
+                counts[d] = 1
+    first = [d for d in names if counts[d] > 0]
+    rest = [d for d in names for _ in range(counts[d] - 1)]
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    first.sort(key=lambda d: not DIALECTS[d].multiline)  # onto an extract with free text
+    return first + rest
+
+
+def plan_dialects(
+    topology: Topology,
+    cities: Sequence[City],
+    contracts: dict[str, Contract],
+    profiles: SourceProfiles,
+    options: GenerateOptions,
+    media_ids: set[str],
+) -> dict[tuple[str, str], Dialect]:
+    """The dialect of every (hospital, dataset) extract of `cities`. Extracts read with a named
+    profile are written as it says; the others share the dialects per city, drawn from the seed
+    (a city's draw does not depend on which other cities are generated)."""
+    plan: dict[tuple[str, str], Dialect] = {}
+    for city in cities:
+        sure: dict[str, list[tuple[str, str]]] = {d: [] for d in EVERY_VISIT}
+        others: list[tuple[str, str]] = []
+        for hospital in topology.hospitals_of(city.id):
+            for dataset in sorted(contracts):
+                profile = profiles.for_file(hospital.id, dataset)
+                if profile.name != DEFAULT:
+                    plan[hospital.id, dataset] = for_file(CSV.name, profile)
+                elif dataset in sure and hospital.id not in media_ids:
+                    sure[dataset].append((hospital.id, dataset))
+                else:
+                    others.append((hospital.id, dataset))
+        rng = random.Random(f"{options.seed}:dialects:{city.id}")
+        with_text = sure["patients"] + sure["encounters"]
+        rng.shuffle(with_text)
+        rng.shuffle(sure["diagnoses"])
+        rng.shuffle(others)
+        pairs = with_text + sure["diagnoses"] + others
+        for (hospital_id, dataset), name in zip(
+            pairs, _shares(options.dialects, len(pairs), rng), strict=True
+        ):
+            plan[hospital_id, dataset] = for_file(name, profiles.for_file(hospital_id, dataset))
+    return plan
+
+
+def _fhir_form(topology: Topology, city: str, share: float) -> FhirForm:
+    """NDJSON for `share` of the cities, evenly spread in topology order (with 0.5: the second,
+    fourth… city), so that a city's form does not depend on which cities are generated."""
+    k = [c.id for c in topology.cities].index(city)
+    return "ndjson" if math.floor((k + 1) * share + 1e-9) > math.floor(k * share + 1e-9) else "bundle"
 
 
 def generate(
@@ -141,12 +223,24 @@ def generate(
     out: Path,
     options: GenerateOptions,
     progress: Progress = lambda _: None,
+    *,
+    profiles: SourceProfiles | None = None,
 ) -> Manifest:
+    """Write the exports of `options` under `out` and return (and save) their manifest.
+    `profiles`: the source profiles (default: platform/sources.yaml of the settings)."""
+    if profiles is None:
+        from lakehouse.settings import get_settings
+
+        profiles = load_profiles(get_settings().platform_dir, topology, contracts)
     cities = [topology.city(c) for c in options.cities] if options.cities else list(topology.cities)
     rng = random.Random(options.seed + 2)
-    manifest = Manifest(seed=options.seed, patients=options.patients, rates=asdict(options.rates))
+    manifest = Manifest(
+        seed=options.seed,
+        patients=options.patients,
+        rates=asdict(options.rates),
+        dialects=dict(options.dialects),
+    )
     truncated: set[str] = set()
-    hospital_index = {h.id: i for i, h in enumerate(topology.hospitals)}
     batches = generate_batches(
         topology,
         seed=options.seed,
@@ -157,7 +251,10 @@ def generate(
     )
     media = {c.id: media_hospital(topology, c.id) for c in topology.cities} if options.media else {}
     media_ids = {h.id for h in media.values() if h}
+    # Every city: a visit may take a person to a provincial hospital of a city not asked for.
+    plan = plan_dialects(topology, topology.cities, contracts, profiles, options, media_ids)
     dicom_written: dict[str, int] = {}
+    xlsx_rows: Counter[str] = Counter()
     done = 0
     for number, batch in enumerate(batches):
         for hospital_id, datasets in batch.items():
@@ -173,32 +270,73 @@ def generate(
                     seed=options.seed,
                     corrupt=options.corrupt_dicom and number == 0,
                     dicom_budget=options.dicom_studies - dicom_written.get(city, 0),
+                    fhir_form=_fhir_form(topology, city, options.fhir_ndjson_share),
+                    pacs_share=options.pacs_share,
+                    dicom_index=dicom_written.get(city, 0),
                 )
                 dicom_written[city] = dicom_written.get(city, 0) + exported.dicom_studies
                 counts = manifest.media_rows.setdefault(city, {})
                 for dataset, rows in exported.rows.items():
                     counts[dataset] = counts.get(dataset, 0) + rows
+                info = manifest.media.setdefault(
+                    city,
+                    {
+                        "hospital": hospital_id,
+                        "fhir": exported.fhir_form,
+                        "dicom_studies": 0,
+                        "pacs_studies": 0,
+                    },
+                )
+                info["dicom_studies"] = int(str(info["dicom_studies"])) + exported.dicom_studies
+                info["pacs_studies"] = int(str(info["pacs_studies"])) + exported.pacs_studies
                 manifest.rejected_files += [f"{city}/{k}" for k in exported.rejected_keys]
-                # Teleconsultations have no FHIR mapping here: they stay a CSV extract.
+                # Teleconsultations have no FHIR mapping here: they stay a tabular extract.
                 datasets = {d: r for d, r in datasets.items() if d not in exported.rows}
                 datasets |= {d: r for d, r in exported.leftover.items() if r}
-            # Half of the hospitals export CSV, the other half JSON Lines.
-            fmt = "csv" if hospital_index[hospital_id] % 2 == 0 else "jsonl"
             for dataset, records in sorted(datasets.items()):
                 contract = contracts[dataset]
-                content, tagged = _render(inject(records, contract, options.rates, rng), contract, fmt)
-                key = f"{hospital_id}/{dataset}/{dataset}-{number:04d}.{fmt}"
-                rows = len(records) + sum(1 for _, d in tagged if d[1] == "duplicate")
-                if options.truncated_file and fmt == "csv" and city not in truncated and rows > 20:
-                    content, cut = _truncate(content, rng)
-                    tagged = [(line, d) for line, d in tagged if line < cut]
+                dialect = plan[hospital_id, dataset]
+                if (
+                    dialect.kind == "xlsx"
+                    and dialect.profile == DEFAULT
+                    and xlsx_rows[city] >= options.xlsx_max_rows
+                ):
+                    dialect = CSV
+                key = f"{hospital_id}/{dataset}/{dataset}-{number:04d}.{dialect.extension}"
+                if dialect.multiline:
+                    records = multiline_free_text(
+                        records, contract, random.Random(f"{options.seed}:multiline:{city}/{key}")
+                    )
+                injected = inject(records, contract, options.rates, rng)
+                profile = profiles.for_file(hospital_id, dataset)
+                path = out / city / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if options.truncated_file and dialect == CSV and city not in truncated and len(injected) > 20:
+                    buffer = io.BytesIO()
+                    written = write_table(injected, contract=contract, dialect=dialect, out=buffer)
+                    content, cut = _truncate(buffer.getvalue(), rng)
+                    tagged: list[Tagged] = [(line, d) for line, d in written.tagged if line < cut]
                     tagged.append((cut, ("truncated_file", MALFORMED_LINE)))
                     rows = cut - 1
                     truncated.add(city)
-                path = out / city / key
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
-                manifest.files[f"{city}/{key}"] = {"dataset": dataset, "format": fmt, "rows": rows}
+                    path.write_bytes(content)
+                else:
+                    with path.open("wb") as sink:
+                        written = write_table(
+                            injected, contract=contract, dialect=dialect, profile=profile, out=sink
+                        )
+                    tagged, rows = written.tagged, written.rows
+                if dialect.kind == "xlsx" and dialect.profile == DEFAULT:
+                    xlsx_rows[city] += rows
+                entry: dict[str, object] = {
+                    "dataset": dataset,
+                    "format": dialect.name,
+                    "profile": dialect.profile,
+                    "rows": rows,
+                }
+                if dialect.kind == "xlsx":
+                    entry["sheet"] = dialect.sheet
+                manifest.files[f"{city}/{key}"] = entry
                 manifest.defects += [
                     Defect(city=city, file=key, line=line, dataset=dataset, kind=kind, rule=rule)
                     for line, (kind, rule) in tagged

@@ -1,7 +1,9 @@
 """The FHIR and DICOM part of the synthetic exports.
 
-One county hospital per city (`media_hospital`) exports its records as FHIR R4 bundles and its
-imaging as real DICOM files (pydicom's bundled samples rewritten to the generated patients).
+One county hospital per city (`media_hospital`) exports its records as FHIR R4 — Bundles, or in
+some cities a FHIR Bulk Data export (one NDJSON file per resource type) — and its imaging as real
+DICOM files (pydicom's bundled samples rewritten to the generated patients), some studies the
+way a PACS exports them (PatientID = MRN, extension-less files, a DICOMDIR).
 For the same records the generator also writes the plain CSV export under `_crosscheck/`, so a
 test can prove that FHIR, DICOM and CSV sources yield the same curated rows.
 """
@@ -14,22 +16,25 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import pydicom
 
+from ingestion.dialects import CSV, spread, write_table
 from ingestion.sources.dicom import (
     PatientTags,
     StudyTags,
     corrupt_dicom,
     dicom_templates,
     write_dicom_study,
+    write_dicomdir,
 )
-from ingestion.sources.fhir import FHIR_DATASETS, records_to_bundle
-from ingestion.sources.tabular import write_csv
+from ingestion.sources.fhir import FHIR_DATASETS, records_to_bundle, records_to_ndjson
 from lakehouse.contracts import Contract
 from lakehouse.topology import CareLevel, Hospital, Topology
 
 RawRecord = dict[str, str | None]
+FhirForm = Literal["bundle", "ndjson"]
 CROSSCHECK = "_crosscheck"
 IMAGING = ("imaging_studies", "imaging_series")
 
@@ -50,6 +55,8 @@ class MediaExport:
     # Imaging records past the DICOM budget: exported as plain extracts, like a PACS export.
     leftover: dict[str, list[RawRecord]] = field(default_factory=dict)
     dicom_studies: int = 0
+    pacs_studies: int = 0  # of which written PACS-style
+    fhir_form: FhirForm = "bundle"
 
 
 def _text(value: object) -> str | None:
@@ -103,15 +110,24 @@ def write_media(
     seed: int,
     corrupt: bool,
     dicom_budget: int,
+    fhir_form: FhirForm = "bundle",
+    pacs_share: float = 0.0,
+    dicom_index: int = 0,
 ) -> MediaExport:
-    """Write the hospital's FHIR bundle and DICOM studies for one batch, plus the crosscheck CSVs."""
+    """Write the hospital's FHIR export and DICOM studies for one batch, plus the crosscheck CSVs.
+    `dicom_index`: studies the city has written before, so PACS-style ones (`pacs_share` of them,
+    evenly spread, the first one included) are spread over the whole export."""
     export = MediaExport()
     fhir_records = {d: records.get(d, []) for d in FHIR_DATASETS if d not in IMAGING}
-    key = f"{hospital.id}/fhir/bundle-{batch:04d}.json"
-    bundle = records_to_bundle(fhir_records, bundle_id=f"{hospital.id}-{batch:04d}")
-    (out / city / key).parent.mkdir(parents=True, exist_ok=True)
-    (out / city / key).write_text(json.dumps(bundle, ensure_ascii=False))
-    export.keys.append(key)
+    if fhir_form == "ndjson":
+        export.keys += _write_ndjson(out / city, hospital, batch, records_to_ndjson(fhir_records))
+        export.fhir_form = "ndjson"
+    else:
+        key = f"{hospital.id}/fhir/bundle-{batch:04d}.json"
+        bundle = records_to_bundle(fhir_records, bundle_id=f"{hospital.id}-{batch:04d}")
+        (out / city / key).parent.mkdir(parents=True, exist_ok=True)
+        (out / city / key).write_text(json.dumps(bundle, ensure_ascii=False))
+        export.keys.append(key)
     crosscheck = {d: list(r) for d, r in fhir_records.items()}
 
     patients = {r["resident_id"]: r for r in records.get("patients", [])}
@@ -126,10 +142,13 @@ def write_media(
             export.leftover.setdefault("imaging_studies", []).append(study)
             leftover_uids.add(study["study_instance_uid"])
             continue
+        pacs = spread(dicom_index + export.dicom_studies, pacs_share)
         export.dicom_studies += 1
+        export.pacs_studies += pacs
         folder = out / city / hospital.id / "dicom"
         paths = write_dicom_study(
             folder,
+            pacs_style=pacs,
             templates=[templates[n % len(templates)]],
             patient=PatientTags(
                 name=patient["name"] or "",
@@ -150,7 +169,9 @@ def write_media(
             ),
             seed=seed + batch * 100_000 + n,
         )
-        export.keys += [p.relative_to(out / city).as_posix() for p in paths]
+        # A PACS export of the study: its folder holds IMG00001… and their DICOMDIR.
+        directory = [write_dicomdir(paths[0].parent)] if pacs else []
+        export.keys += [p.relative_to(out / city).as_posix() for p in (*paths, *directory)]
         study_row, series_rows = _read_back(paths, hospital.id, study)
         studies.append(study_row)
         series += series_rows
@@ -170,5 +191,25 @@ def write_media(
         if rows:
             path = out / CROSSCHECK / city / hospital.id / dataset / f"{dataset}-{batch:04d}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(write_csv(rows, columns=contracts[dataset].column_names))
+            with path.open("wb") as sink:
+                write_table(rows, contract=contracts[dataset], dialect=CSV, out=sink)
     return export
+
+
+def _write_ndjson(
+    city_dir: Path, hospital: Hospital, batch: int, resources: dict[str, list[dict[str, Any]]]
+) -> list[str]:
+    """A FHIR Bulk Data export: `<hospital>/fhir/<export id>/<resource type>.ndjson`, one resource
+    a line."""
+    keys = []
+    for resource_type, items in sorted(resources.items()):
+        if not items:
+            continue
+        key = f"{hospital.id}/fhir/bulk-{batch:04d}/{resource_type}.ndjson"
+        path = city_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="\n") as sink:
+            for item in items:
+                sink.write(json.dumps(item, ensure_ascii=False) + "\n")
+        keys.append(key)
+    return keys

@@ -1,39 +1,38 @@
-"""The city ingestion job: landing → bronze → curated + quarantine, with a run report.
+"""The city ingestion job: landing → bronze → curated + quarantine (+ waiting), with a run report.
+
+The driver only lists the landing bucket and plans; the files are read on the executors
+(`ingestion.read`), so the driver's memory does not grow with the files. Per dataset, the
+records of every file go to bronze as received, are linked to their patient where they came
+without one (`ingestion.link`), validated in one Spark pass, and end in exactly one place:
+curated (last delivery wins per business key), quarantine (with the rule and the reason),
+`waiting` (their patient is not known yet), or counted as a removed duplicate. The report proves
+it per dataset: rows in + rows back from waiting = curated + quarantined + duplicates + waiting.
 
 Idempotent by a ledger of landed files (bronze `_files`): a file already ingested with the same
-checksum is skipped; the same key with new content is a hospital's correction, whose earlier rows
-are deleted from curated before the new ones are merged. The ledger is written last, so a run
-that dies is simply repeated.
+ETag is skipped; the same key with new content is a hospital's correction, whose earlier rows are
+deleted from curated before the new ones are merged. The ledger is written last, so a run that
+dies is simply repeated.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import pyarrow as pa
-
-from ingestion import landing
-from ingestion.parse import (
-    FileKind,
-    FileReject,
-    Parsed,
-    classify,
-    parse_dicom,
-    parse_fhir,
-    parse_tabular,
-)
+from ingestion.link import WAITING_REASON, fhir_ids_of, link, registry_of
+from ingestion.profiles import Profile, SourceProfiles, default_profile, parse_profiles
 from ingestion.quality import failed_expectations, run_suite
+from ingestion.read import FILE, SourceFile, StoreAccess, classify, plan, read_files
 from ingestion.report import DatasetReport, RunReport
-from ingestion.validate import SOURCE_TIME_ZONE, typed_columns, validate
+from ingestion.validate import SOURCE_TIME_ZONE, conform, typed_columns, validate
 from lakehouse.contracts import Contract
 from lakehouse.errors import MedshareError
 from lakehouse.storage import s3a_uri, storage_errors
@@ -46,9 +45,28 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 LEDGER = "_files"
+FHIR_IDS = "_fhir_ids"
 QUARANTINE_ROWS = "rows"
 QUARANTINE_FILES = "files"
+WAITING = "waiting"
 RUNS_PREFIX = "_runs"
+# Datasets whose rows others are linked to come first.
+FIRST = ("patients", "encounters")
+# Columns every bronze row carries beside the contract's (bronze keeps `_line` as text, as it
+# always has).
+BRONZE_META = (
+    "_source",
+    "_line",
+    "_rule",
+    "_error",
+    "_raw",
+    "_profile",
+    "_checksum",
+    "_fhir_id",
+    "_link_patient",
+    "_link_encounter",
+    "_link_mrn",
+)
 
 
 class IngestionError(MedshareError):
@@ -84,48 +102,36 @@ class CityTables:
         return s3a_uri(self.quarantine, f"{self.root}{name}")
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the ledger says of a key: the content's checksum and (since ETags are kept) its ETag."""
+
+    checksum: str
+    etag: str | None
+
+
 def _table_exists(spark: SparkSession, uri: str) -> bool:
     from delta.tables import DeltaTable
 
     return bool(DeltaTable.isDeltaTable(spark, uri))
 
 
-def _ledger(spark: SparkSession, tables: CityTables) -> dict[str, str]:
-    """key → checksum of the latest delivery, ingested or rejected: an unchanged file is not read
-    again (a rejected one would only be rejected again)."""
-    uri = tables.bronze_table(LEDGER)
-    if not _table_exists(spark, uri):
-        return {}
-    rows = spark.read.format("delta").load(uri).orderBy("recorded_at").select("key", "checksum").collect()
-    return {r["key"]: r["checksum"] for r in rows}
-
-
-def _records_table(
-    records: list[dict[str, str | None]],
-    contract: Contract,
-    checksums: dict[str, str],
-    first_seq: int,
-) -> pa.Table:
-    names = [*contract.column_names, "_source", "_line", "_error", "_raw"]
-    columns = {n: [r.get(n) for r in records] for n in names}
-    columns["_checksum"] = [checksums.get(r.get("_source") or "", "") for r in records]
-    table = pa.table({n: pa.array(v, pa.string()) for n, v in columns.items()})
-    return table.append_column("_seq", pa.array(range(first_seq, first_seq + len(records)), pa.int64()))
-
-
 class CityIngestion:
     def __init__(
         self,
         spark: SparkSession,
-        client: Minio,
+        access: StoreAccess,
         topology: Topology,
         contracts: dict[str, Contract],
         options: IngestOptions,
         progress: Progress,
+        profiles: SourceProfiles,
     ) -> None:
         city = topology.city(options.city)
-        self.spark, self.client, self.topology, self.contracts = spark, client, topology, contracts
-        self.options, self.progress = options, progress
+        self.spark, self.topology, self.contracts = spark, topology, contracts
+        self.options, self.progress, self.profiles = options, progress, profiles
+        self.access = access
+        self.client: Minio = access.client()
         self.city = city
         self.landing_bucket = city.buckets.landing
         self.tables = CityTables(
@@ -138,93 +144,205 @@ class CityIngestion:
         now = options.now or dt.datetime.now(dt.UTC)
         self.now_local = now.astimezone(ZoneInfo(SOURCE_TIME_ZONE)).replace(tzinfo=None)
         self.report = RunReport(city=city.id, run_id=options.run_id, started_at=now.isoformat())
+        self._cached: list[DataFrame] = []
 
-    # -- files -------------------------------------------------------------------------------
-    def _collect(self) -> tuple[Parsed, list[dict[str, object]], dict[str, str], set[str]]:
-        ledger = _ledger(self.spark, self.tables)
-        files = list(
-            landing.list_landed(self.client, self.landing_bucket, prefix=self.options.landing_prefix)
-        )
-        self.report.files_seen = len(files)
-        parsed, entries, checksums, corrected = Parsed(), [], {}, set()
-        dicom: dict[str, list[tuple[str, bytes]]] = {}
-        for done, landed in enumerate(files, start=1):
-            key = landed.key[len(self.options.landing_prefix) :]
-            content = landing.read_landed(self.client, self.landing_bucket, landed.key)
-            checksum = hashlib.sha256(content).hexdigest()
-            self.progress("reading files", done, len(files))
-            if ledger.get(key) == checksum:
+    # -- planning (driver: a listing, no file content) ----------------------------------------
+    def _ledger(self) -> dict[str, _Known]:
+        """key → the latest delivery recorded, ingested or rejected: an unchanged file is not
+        read again (a rejected one would only be rejected again)."""
+        uri = self.tables.bronze_table(LEDGER)
+        if not _table_exists(self.spark, uri):
+            return {}
+        table = self.spark.read.format("delta").load(uri)
+        etag = "etag" if "etag" in table.columns else "CAST(NULL AS STRING) AS etag"
+        rows = table.orderBy("recorded_at").selectExpr("key", "checksum", etag).collect()
+        return {r["key"]: _Known(r["checksum"], r["etag"]) for r in rows}
+
+    def _plan(self) -> tuple[list[SourceFile], list[dict[str, Any]], set[str]]:
+        """The files to read, the files rejected by their name alone, and the keys that are
+        corrections of earlier deliveries."""
+        ledger = self._ledger()
+        prefix = self.options.landing_prefix
+        with storage_errors(f"list {self.landing_bucket}"):
+            listing = [
+                o
+                for o in self.client.list_objects(self.landing_bucket, prefix=prefix or None, recursive=True)
+                if o.object_name and not o.is_dir
+            ]
+        # Delivery order: what was landed later wins among rows with the same business key.
+        listing.sort(key=lambda o: (o.last_modified or dt.datetime.min.replace(tzinfo=dt.UTC), o.object_name))
+        self.report.files_seen = len(listing)
+        files, rejected, corrected = [], [], set()
+        hospitals = set(self.hospitals)
+        for order, obj in enumerate(listing):
+            key = str(obj.object_name)[len(prefix) :]
+            etag = (obj.etag or "").strip('"')
+            known = ledger.get(key)
+            if known is not None and known.etag == etag:
                 self.report.files_unchanged += 1
                 continue
-            if key in ledger:
+            if known is not None and known.etag is not None:
                 corrected.add(key)
-            checksums[key] = checksum
-            kind = classify(key, contracts=self.contracts, hospitals=set(self.hospitals))
-            entry: dict[str, object] = {"key": key, "checksum": checksum, "size": len(content)}
-            if isinstance(kind, FileReject):
-                parsed.rejects.append(kind)
-            elif kind.kind == "dicom":
-                dicom.setdefault(kind.hospital_id, []).append((key, content))
-            else:
-                parsed_file = self._parse(key, content, kind)
-                parsed.rejects += parsed_file.rejects
-                for dataset, records in parsed_file.records.items():
-                    parsed.add(dataset, records)
-                entry["dataset"] = kind.dataset
-            entries.append(entry)
-        for hospital_id, items in dicom.items():
-            parsed_dicom = parse_dicom(items, hospital_id=hospital_id)
-            parsed.rejects += parsed_dicom.rejects
-            for dataset, records in parsed_dicom.records.items():
-                parsed.add(dataset, records)
-        return parsed, entries, checksums, corrected
+            kind = classify(key, datasets=self.contracts, hospitals=hospitals)
+            if isinstance(kind, str):
+                rejected.append({"key": key, "reason": kind, "etag": etag, "size": obj.size or 0})
+                continue
+            hospital_id, file_kind, dataset = kind
+            files.append(
+                SourceFile(
+                    key=key,
+                    object_name=str(obj.object_name),
+                    size=obj.size or 0,
+                    etag=etag,
+                    order=order,
+                    kind=file_kind,
+                    hospital_id=hospital_id,
+                    dataset=dataset,
+                    profile=self.profiles.for_file(hospital_id, dataset),
+                    # Recorded by an older version (a checksum, no ETag): read only if changed.
+                    known_sha256=known.checksum if known is not None and known.etag is None else None,
+                )
+            )
+        return files, rejected, corrected
 
-    def _parse(self, key: str, content: bytes, kind: FileKind) -> Parsed:
-        if kind.kind == "fhir":
-            return parse_fhir(key, content)
-        assert kind.dataset is not None
-        return parse_tabular(key, content, kind, self.contracts[kind.dataset])
+    # -- reading (executors) --------------------------------------------------------------------
+    def _read(self, files: list[SourceFile], contracts: Mapping[str, Contract]) -> DataFrame | None:
+        if not files:
+            return None
+        parallelism = self.spark.sparkContext.defaultParallelism
+        tasks = plan(files, parallelism=parallelism)
+        df = read_files(
+            self.spark, tasks, access=self.access, bucket=self.landing_bucket, contracts=contracts
+        )
+        df = df.persist()
+        self._cached.append(df)
+        return df
 
-    # -- one dataset -------------------------------------------------------------------------
+    # -- one dataset ----------------------------------------------------------------------------
+    def _records(self, name: str, tabular: DataFrame | None, media: DataFrame | None) -> DataFrame | None:
+        contract = self.contracts[name]
+        columns = [*contract.column_names, *BRONZE_META, "_order"]
+        parts = [
+            df.where(f"_dataset = '{name}'").select(*columns) for df in (tabular, media) if df is not None
+        ]
+        if not parts:
+            return None
+        out = parts[0]
+        for more in parts[1:]:
+            out = out.unionByName(more)
+        return out
+
+    def _waiting(self, name: str) -> DataFrame | None:
+        """Rows of `name` left waiting by earlier runs, in the shape of new records."""
+        from pyspark.sql import functions as F
+
+        uri = self.tables.quarantine_table(WAITING)
+        if not _table_exists(self.spark, uri):
+            return None
+        contract = self.contracts[name]
+        schema = ", ".join(f"`{c}` string" for c in contract.column_names)
+        rows = self.spark.read.format("delta").load(uri).where(F.col("dataset") == name)
+        return rows.select(
+            F.from_json("record", schema).alias("r"), *BRONZE_META, "_order", "first_run"
+        ).select("r.*", *BRONZE_META, "_order", "first_run")
+
+    def _links(self) -> tuple[DataFrame | None, DataFrame | None]:
+        registry = fhir = None
+        patients = self.tables.curated_table("patients")
+        if _table_exists(self.spark, patients):
+            registry = registry_of(self.spark.read.format("delta").load(patients))
+        ids = self.tables.bronze_table(FHIR_IDS)
+        parts = [self.spark.read.format("delta").load(ids)] if _table_exists(self.spark, ids) else []
+        parts += self._new_fhir_ids
+        if parts:
+            fhir = parts[0]
+            for more in parts[1:]:
+                fhir = fhir.unionByName(more)
+        return registry, fhir
+
     def _dataset(
         self,
         contract: Contract,
-        records: list[dict[str, str | None]],
-        checksums: dict[str, str],
+        records: DataFrame | None,
         corrected: set[str],
-        first_seq: int,
-    ) -> DatasetReport:
+        profiles: Mapping[str, Profile],
+        *,
+        from_media: bool,
+    ) -> DatasetReport | None:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
         started = time.monotonic()
-        spark, run_id = self.spark, self.options.run_id
-        report = DatasetReport(dataset=contract.name, rows_in=len(records))
-        raw = (
-            spark.createDataFrame(_records_table(records, contract, checksums, first_seq))
-            .withColumn("_run_id", F.lit(run_id))
-            .withColumn("_ingested_at", F.current_timestamp())
-        )
-        raw.drop("_seq").write.format("delta").mode("append").option("mergeSchema", "true").save(
-            self.tables.bronze_table(contract.name)
-        )
-
+        run_id, name = self.options.run_id, contract.name
+        earlier = self._waiting(name)
+        if records is None and earlier is None:
+            return None
+        report = DatasetReport(dataset=name)
+        if records is not None:
+            (
+                records.withColumn("_line", F.col("_line").cast("string"))
+                .drop("_order")
+                .withColumn("_run_id", F.lit(run_id))
+                .withColumn("_ingested_at", F.current_timestamp())
+                .write.format("delta")
+                .mode("append")
+                .option("mergeSchema", "true")
+                .save(self.tables.bronze_table(name))
+            )
+            if name in ("patients", "encounters"):
+                self._new_fhir_ids.append(fhir_ids_of(records, name, contract.column_names))
+        incoming = []
+        if records is not None:
+            incoming.append(records.withColumn("first_run", F.lit(run_id)))
+        if earlier is not None:
+            incoming.append(earlier)
+        rows = incoming[0] if len(incoming) == 1 else incoming[0].unionByName(incoming[1])
+        if from_media or earlier is not None:
+            registry, fhir = self._links()
+            linked = link(rows, contract, registry=registry, fhir_ids=fhir)
+        else:  # only FHIR and DICOM records come without their patient
+            linked = rows.withColumn(WAITING_REASON, F.lit(None).cast("string"))
+        conformed = conform(linked, contract, profiles)
         checked = validate(
-            raw,
+            conformed,
             contract,
             city_hospitals=self.hospitals,
             all_hospitals=[h.id for h in self.topology.hospitals],
             now_local=self.now_local,
+            profiles=profiles,
         ).cache()
         try:
-            bad = checked.where(F.size("_rules") > 0)
+            # One pass counts everything the report balances: new rows, rows back from waiting,
+            # rows still waiting, and quarantined rows by their first rule.
+            counts = (
+                checked.groupBy(
+                    (F.col("first_run") == run_id).alias("new"),
+                    F.col(WAITING_REASON).isNotNull().alias("waiting"),
+                    F.get(F.col("_rules"), 0).alias("rule"),
+                )
+                .count()
+                .collect()
+            )
+            report.rows_in = sum(r["count"] for r in counts if r["new"])
+            report.from_waiting = sum(r["count"] for r in counts if not r["new"])
+            report.waiting = sum(r["count"] for r in counts if r["waiting"])
+            report.quarantined = {}
+            for r in counts:
+                if not r["waiting"] and r["rule"] is not None:
+                    report.quarantined[r["rule"]] = report.quarantined.get(r["rule"], 0) + r["count"]
+            valid = sum(r["count"] for r in counts if not r["waiting"] and r["rule"] is None)
+            self._store_waiting(
+                contract, checked.where(F.col(WAITING_REASON).isNotNull()), earlier is not None
+            )
+            settled = checked.where(F.col(WAITING_REASON).isNull())
+            bad = settled.where(F.size("_rules") > 0)
             raw_json = F.coalesce(
                 F.col("_raw"),
                 F.to_json(F.struct(*[F.col(f"`{c}`") for c in contract.column_names])),
             )
             (
                 bad.select(
-                    F.lit(contract.name).alias("dataset"),
+                    F.lit(name).alias("dataset"),
                     F.col(f"`{contract.partition_by.hospital}`").alias("hospital_id"),
                     F.col("_source").alias("source_file"),
                     F.col("_line").cast("int").alias("line"),
@@ -241,20 +359,11 @@ class CityIngestion:
                 .partitionBy("dataset")
                 .save(self.tables.quarantine_table(QUARANTINE_ROWS))
             )
-            # Counted by Spark, independently of the driver's rows_in: `balanced` then proves no
-            # row was lost between the readers and the tables.
-            counts = {
-                r["rule"]: r["count"]
-                for r in checked.groupBy(F.get(F.col("_rules"), 0).alias("rule")).count().collect()
-            }
-            valid = counts.pop(None, 0)
-            report.quarantined = counts
-
             # Last delivered wins among rows with the same business key.
             keys = [F.col(f"`{k}`") for k in contract.business_key]
-            latest = Window.partitionBy(*keys).orderBy(F.col("_seq").desc())
+            latest = Window.partitionBy(*keys).orderBy(F.col("_order").desc(), F.col("_line").desc())
             good = (
-                checked.where(F.size("_rules") == 0)
+                settled.where(F.size("_rules") == 0)
                 .withColumn("_rank", F.row_number().over(latest))
                 .where("_rank = 1")
             )
@@ -264,8 +373,7 @@ class CityIngestion:
                 F.col("_source").alias("_source_file"),
                 F.col("_checksum").alias("_source_checksum"),
                 F.lit(run_id).alias("_run_id"),
-            )
-            curated = curated.cache()
+            ).cache()
             report.curated = curated.count()
             report.duplicates = valid - report.curated
             if report.curated:
@@ -274,9 +382,34 @@ class CityIngestion:
             curated.unpersist()
         finally:
             checked.unpersist()
-        report.replaced_files = len({r.get("_source") for r in records} & corrected)
         report.seconds = round(time.monotonic() - started, 2)
         return report
+
+    def _store_waiting(self, contract: Contract, waiting: DataFrame, had_earlier: bool) -> None:
+        """The dataset's waiting rows become exactly these (earlier ones linked now are gone)."""
+        from pyspark.sql import functions as F
+
+        uri = self.tables.quarantine_table(WAITING)
+        rows = waiting.select(
+            F.lit(contract.name).alias("dataset"),
+            F.to_json(F.struct(*[F.col(f"`{c}`") for c in contract.column_names])).alias("record"),
+            *BRONZE_META,
+            "_order",
+            "first_run",
+            F.col(WAITING_REASON).alias("reason"),
+            F.current_timestamp().alias("checked_at"),
+        )
+        if not had_earlier and not _table_exists(self.spark, uri):
+            if waiting.isEmpty():
+                return
+            rows.write.format("delta").partitionBy("dataset").save(uri)
+            return
+        (
+            rows.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", f"dataset = '{contract.name}'")
+            .save(uri)
+        )
 
     def _check_quality(self, contract: Contract, curated: DataFrame, report: DatasetReport) -> None:
         result = run_suite(curated, contract, run_id=self.options.run_id)
@@ -317,65 +450,172 @@ class CityIngestion:
             .execute()
         )
 
-    # -- the run -----------------------------------------------------------------------------
+    # -- the run ----------------------------------------------------------------------------------
     def run(self) -> RunReport:
         started = time.monotonic()
+        self._new_fhir_ids: list[DataFrame] = []
         try:
-            parsed, entries, checksums, corrected = self._collect()
+            self.progress("listing the landing bucket", 0, 1)
+            files, rejected_by_name, corrected = self._plan()
+            self.progress("listing the landing bucket", 1, 1)
             self.report.files_corrected = len(corrected)
-            rejected = {r.key: r.reason for r in parsed.rejects}
-            self.report.files_rejected = [{"key": k, "reason": v} for k, v in sorted(rejected.items())]
-            self.report.files_new = len(entries) - len(corrected)
-            seq = 0
-            datasets = sorted(d for d, records in parsed.records.items() if records)
-            for done, name in enumerate(datasets, start=1):
-                records = parsed.records[name]
-                self.progress(f"ingesting {name}", done - 1, len(datasets))
-                self.report.datasets[name] = self._dataset(
-                    self.contracts[name], records, checksums, corrected, seq
-                )
-                seq += len(records)
-            self._record_files(entries, rejected)
+            media = self._read(
+                [f for f in files if f.dataset is None], self.contracts
+            )  # FHIR and DICOM: several datasets per file
+            names = sorted(
+                self.contracts, key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0, n)
+            )
+            file_rows: list[dict[str, Any]] = []
+            if media is not None:
+                file_rows += self._file_rows(media)
+            profiles = {p.name: p for p in (f.profile for f in files)} or {"default": default_profile()}
+            for done, name in enumerate(names):
+                self.progress("ingesting datasets", done, len(names))
+                contract = self.contracts[name]
+                tabular = self._read([f for f in files if f.dataset == name], {name: contract})
+                if tabular is not None:
+                    file_rows += self._file_rows(tabular)
+                records = self._records(name, tabular, media)
+                report = self._dataset(contract, records, corrected, profiles, from_media=media is not None)
+                if report is not None:
+                    report.replaced_files = sum(
+                        1 for f in files if f.dataset in (name, None) and f.key in corrected
+                    )
+                    self.report.datasets[name] = report
+                if tabular is not None:
+                    tabular.unpersist()
+            self.progress("ingesting datasets", len(names), len(names))
+            self._new_fhir_ids_commit()
+            self._record_files(files, rejected_by_name, file_rows, corrected)
             self.report.status = "succeeded"
         except MedshareError as exc:
             self.report.status, self.report.error = "failed", str(exc)
             raise
         finally:
+            for df in self._cached:
+                df.unpersist()
             self.report.seconds = round(time.monotonic() - started, 2)
             self._store_report()
         return self.report
 
-    def _record_files(self, entries: list[dict[str, object]], rejected: dict[str, str]) -> None:
+    def _file_rows(self, df: DataFrame) -> list[dict[str, Any]]:
+        columns = [
+            "_source",
+            "_status",
+            "_error",
+            "_line",
+            "_raw",
+            "_encoding",
+            "_records",
+            "_sha256",
+            "_size",
+        ]
+        return [r.asDict() for r in df.where(f"_dataset = '{FILE}'").select(*columns, "_profile").collect()]
+
+    def _new_fhir_ids_commit(self) -> None:
         from pyspark.sql import functions as F
 
-        if not entries:
+        for part in self._new_fhir_ids:
+            (
+                part.withColumn("run_id", F.lit(self.options.run_id))
+                .write.format("delta")
+                .mode("append")
+                .save(self.tables.bronze_table(FHIR_IDS))
+            )
+
+    def _record_files(
+        self,
+        files: list[SourceFile],
+        rejected_by_name: list[dict[str, Any]],
+        file_rows: list[dict[str, Any]],
+        corrected: set[str],
+    ) -> None:
+        from pyspark.sql import functions as F
+
+        by_key = {f.key: f for f in files}
+        entries: list[dict[str, Any]] = []
+        rejected: list[dict[str, str]] = []
+        entry_rejects: list[dict[str, Any]] = []
+        for r in rejected_by_name:
+            rejected.append({"key": r["key"], "reason": r["reason"]})
+            entries.append({**r, "checksum": "", "dataset": "", "status": "rejected"})
+        for row in file_rows:
+            f = by_key[row["_source"]]
+            if row["_status"] == "entry_rejected":
+                entry_rejects.append(
+                    {"key": f"{f.key}#{row['_line']}", "reason": row["_error"], "etag": f.etag}
+                )
+                continue
+            if row["_status"] == "unchanged":
+                self.report.files_unchanged += 1
+            elif row["_status"] == "rejected":
+                rejected.append({"key": f.key, "reason": row["_error"]})
+            self.report.files.append(
+                {
+                    "key": f.key,
+                    "status": row["_status"],
+                    "encoding": row["_encoding"],
+                    "profile": row["_profile"],
+                    "records": row["_records"],
+                    **({"not_read": json.loads(row["_raw"])} if row["_raw"] and row["_raw"] != "{}" else {}),
+                }
+            )
+            entries.append(
+                {
+                    "key": f.key,
+                    "checksum": row["_sha256"] or "",
+                    "etag": f.etag,
+                    "size": row["_size"] or f.size,
+                    "dataset": f.dataset or "",
+                    # A DICOMDIR is read as the media's index; an unchanged file of an older
+                    # ledger is recorded again, now with its ETag.
+                    "status": "rejected" if row["_status"] == "rejected" else "ingested",
+                    "reason": row["_error"],
+                    "new": row["_status"] != "unchanged" and f.key not in corrected,
+                }
+            )
+        self.report.files_rejected = sorted(rejected, key=lambda r: r["key"])
+        self.report.files_new = sum(1 for e in entries if e.get("new", True))
+        if not entries and not entry_rejects:
             return
+        schema = (
+            "key string, checksum string, etag string, size long, dataset string, status string, "
+            "reason string, run_id string"
+        )
         rows = [
             {
                 "key": str(e["key"]),
                 "checksum": str(e["checksum"]),
-                "size": int(str(e["size"])),
-                "dataset": str(e.get("dataset") or ""),
-                "status": "rejected" if e["key"] in rejected else "ingested",
-                "reason": rejected.get(str(e["key"])),
+                "etag": str(e["etag"]),
+                "size": int(e["size"]),
+                "dataset": str(e["dataset"]),
+                "status": str(e["status"]),
+                "reason": e.get("reason"),
                 "run_id": self.options.run_id,
             }
             for e in entries
         ]
-        schema = (
-            "key string, checksum string, size long, dataset string, status string, reason string, "
-            "run_id string"
-        )
-        files = self.spark.createDataFrame(rows, schema).withColumn("recorded_at", F.current_timestamp())
-        if rejected:
+        ledger = self.spark.createDataFrame(rows, schema).withColumn("recorded_at", F.current_timestamp())
+        quarantined = [
+            {"key": r["key"], "checksum": r["etag"], "reason": r["reason"], "run_id": self.options.run_id}
+            for r in (*[e for e in rows if e["status"] == "rejected"], *entry_rejects)
+        ]
+        if quarantined:
             (
-                files.where("status = 'rejected'")
-                .select("key", "checksum", "reason", "run_id", "recorded_at")
+                self.spark.createDataFrame(
+                    quarantined, "key string, checksum string, reason string, run_id string"
+                )
+                .withColumn("recorded_at", F.current_timestamp())
                 .write.format("delta")
                 .mode("append")
                 .save(self.tables.quarantine_table(QUARANTINE_FILES))
             )
-        files.write.format("delta").mode("append").save(self.tables.bronze_table(LEDGER))
+        (
+            ledger.write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")
+            .save(self.tables.bronze_table(LEDGER))
+        )
 
     def _store_report(self) -> None:
         self._put_json(report_key(self.options), self.report.to_json())
@@ -395,11 +635,16 @@ def report_key(options: IngestOptions) -> str:
 
 def run_ingestion(
     spark: SparkSession,
-    client: Minio,
+    access: StoreAccess,
     topology: Topology,
     contracts: dict[str, Contract],
     options: IngestOptions,
     progress: Progress = lambda *_: None,
+    *,
+    profiles: SourceProfiles | None = None,
 ) -> RunReport:
-    """Ingest everything new in the city's landing bucket; returns the stored report."""
-    return CityIngestion(spark, client, topology, contracts, options, progress).run()
+    """Ingest everything new in the city's landing bucket; returns the stored report.
+    `profiles`: how the hospitals write their exports (default: everything by the default profile)."""
+    if profiles is None:
+        profiles = parse_profiles({}, path=Path("(no sources.yaml)"), topology=topology, contracts=contracts)
+    return CityIngestion(spark, access, topology, contracts, options, progress, profiles).run()

@@ -153,6 +153,11 @@ class SourceProfiles:
         return base if sheet is None else base.model_copy(update={"sheet": sheet})
 
 
+def default_profile() -> Profile:
+    """The profile of a platform without sources.yaml (and of tests that need no other)."""
+    return _resolve(DEFAULT, _DefaultFields(), _ProfileFields())
+
+
 # --- Datetime patterns --------------------------------------------------------------------------
 # The letters a format may use, with the digits they take. Anything else is refused when loading,
 # so a typo cannot silently accept everything or nothing.

@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass, field
 @dataclass(kw_only=True)
 class DatasetReport:
     dataset: str
-    rows_in: int = 0
+    rows_in: int = 0  # records read from this run's files
+    from_waiting: int = 0  # rows of earlier runs that were waiting for their patient
     curated: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)  # by first broken rule
     duplicates: int = 0
+    waiting: int = 0  # rows whose patient (or encounter) is not known yet: kept in `waiting`
     replaced_files: int = 0
     seconds: float = 0.0
     quality_passed: bool | None = None
@@ -23,8 +25,10 @@ class DatasetReport:
 
     @property
     def balanced(self) -> bool:
-        """Nothing lost: every input row is curated, quarantined or a removed duplicate."""
-        return self.rows_in == self.curated + self.quarantined_total + self.duplicates
+        """Nothing lost: every input row is curated, quarantined, waiting or a removed duplicate."""
+        return self.rows_in + self.from_waiting == (
+            self.curated + self.quarantined_total + self.duplicates + self.waiting
+        )
 
 
 @dataclass(kw_only=True)
@@ -39,6 +43,8 @@ class RunReport:
     files_corrected: int = 0
     files_unchanged: int = 0
     files_rejected: list[dict[str, str]] = field(default_factory=list)
+    # Every file read: key, status, the encoding found, the profile read with, records in it.
+    files: list[dict[str, object]] = field(default_factory=list)
     datasets: dict[str, DatasetReport] = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -5,14 +5,16 @@ valid) and `_reason` (readable), plus typed columns and the `month` partition va
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from ingestion.codes import code_set
-from ingestion.defects import MALFORMED_LINE, REQUIRED_MISSING, TYPE_INVALID
+from ingestion.defects import REQUIRED_MISSING, TYPE_INVALID
 from ingestion.identity_spark import resident_id_mismatch_col, resident_id_problem_col
+from ingestion.profiles import DEFAULT, Profile, default_profile, pattern_regex
 from lakehouse.contracts import Column as ContractColumn
 from lakehouse.contracts import Contract, Rule
 
@@ -43,22 +45,57 @@ def raw(name: str) -> Column:
     return F.col(f"`{name}`")
 
 
-def local_value(column: ContractColumn) -> Column:
-    """The typed value as written in the export (timestamps still in local time)."""
+def _parse_time(value: Column, formats: Sequence[str], column_type: str) -> Column:
+    """The first of `formats` that the whole value matches (checked by a regular expression
+    first: Spark's parser alone would also take '2025-1-5', or a timestamp for a date)."""
+    parsed = [
+        F.when(value.rlike(pattern_regex(fmt)), F.try_to_timestamp(value, F.lit(fmt))) for fmt in formats
+    ]
+    out = parsed[0] if len(parsed) == 1 else F.coalesce(*parsed)
+    return out.cast("date") if column_type == "date" else out
+
+
+def local_value(column: ContractColumn, profiles: Mapping[str, Profile] | None = None) -> Column:
+    """The typed value as written in the export (timestamps still in local time), read with the
+    date and time formats of the profile each row's file was read with (`_profile`)."""
     value = F.trim(raw(column.name))
-    if column.type == "date":
-        # Strict format: try_cast would also accept '2025-1-5' or a timestamp.
-        return F.when(
-            value.rlike(r"^\d{4}-\d{2}-\d{2}$"), F.try_to_timestamp(value, F.lit("yyyy-MM-dd"))
-        ).cast("date")
-    if column.type == "timestamp":
-        return F.when(
-            value.rlike(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"),
-            F.try_to_timestamp(F.regexp_replace(value, " ", "T"), F.lit("yyyy-MM-dd'T'HH:mm[:ss][.SSSSSS]")),
+    if column.type in ("date", "timestamp"):
+        used = profiles or {DEFAULT: default_profile()}
+        formats = {
+            name: p.date_formats if column.type == "date" else p.timestamp_formats for name, p in used.items()
+        }
+        distinct = set(formats.values())
+        if len(distinct) == 1:
+            return _parse_time(value, next(iter(distinct)), column.type)
+        return F.coalesce(
+            *[
+                F.when(F.col("_profile") == name, _parse_time(value, fmts, column.type))
+                for name, fmts in formats.items()
+            ]
         )
     if column.type == "string":
         return raw(column.name)
     return value.try_cast(SPARK_TYPES[column.type])
+
+
+def conform(df: DataFrame, contract: Contract, profiles: Mapping[str, Profile]) -> DataFrame:
+    """Values spelled the way a hospital writes them (男, 门诊) replaced by the contract's (M,
+    outpatient), by the spellings of each row's profile; anything else is left as written."""
+    replaced = {}
+    for column in contract.column_names:
+        spellings = {name: p.values.get(column) for name, p in profiles.items() if p.values.get(column)}
+        if not spellings:
+            continue
+        value = F.trim(raw(column))
+        cases = [
+            F.when(
+                F.col("_profile") == name,
+                F.try_element_at(F.create_map(*[F.lit(x) for kv in sorted(m.items()) for x in kv]), value),
+            )
+            for name, m in spellings.items()
+        ]
+        replaced[column] = F.coalesce(*cases, raw(column))
+    return df.withColumns(replaced) if replaced else df
 
 
 def _failures(
@@ -193,10 +230,12 @@ def validate(
     city_hospitals: list[str],
     all_hospitals: list[str],
     now_local: dt.datetime,
+    profiles: Mapping[str, Profile] | None = None,
 ) -> DataFrame:
-    """Adds `__typed_<col>`, `_rules`, `_reason` and `_month` to a DataFrame of raw string columns
-    (plus `_error` for malformed lines)."""
-    typed = df.select("*", *[local_value(c).alias(f"__typed_{c.name}") for c in contract.columns])
+    """Adds `__typed_<col>`, `_rules`, `_reason` and `_month` to a DataFrame of raw string columns.
+    A row the reader could not map (`_rule` set, `_error` saying why) breaks that rule alone.
+    `profiles`: the source profiles named in `_profile` (their date and time formats)."""
+    typed = df.select("*", *[local_value(c, profiles).alias(f"__typed_{c.name}") for c in contract.columns])
     # The landing layout is <hospital>/<dataset|fhir|dicom>/<file>.
     sender = F.split(F.col("_source"), "/").getItem(0) if "_source" in df.columns else None
     checks = _failures(
@@ -206,13 +245,13 @@ def validate(
         now_local=now_local,
         sender=sender,
     )
-    malformed = F.col("_error").isNotNull()
-    rules = F.when(malformed, F.array(F.lit(MALFORMED_LINE))).otherwise(
+    unread = F.col("_rule").isNotNull()
+    rules = F.when(unread, F.array(F.col("_rule"))).otherwise(
         F.array_distinct(
             F.array_compact(F.array(*[F.when(broken, F.lit(name)) for name, broken, _ in checks]))
         )
     )
-    reasons = F.when(malformed, F.col("_error")).otherwise(
+    reasons = F.when(unread, F.col("_error")).otherwise(
         F.concat_ws("; ", *[F.when(broken, reason) for _, broken, reason in checks])
     )
     month_col = contract.partition_by.month

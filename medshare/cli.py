@@ -152,13 +152,34 @@ def generate(
         float,
         typer.Option(help="Multiply every defect rate (0 = clean data; 1 = defaults, about 7% of rows)."),
     ] = 1.0,
+    dialects: Annotated[
+        str | None,
+        typer.Option(
+            help="Shares of the dialects among the extracts of hospitals with the default source "
+            "profile, e.g. csv=0.3,jsonl=0.2,csv-gb18030=0.2,csv-bom-multiline=0.15,xlsx=0.15 "
+            "(weights, normalised; a dialect not named gets none). Default: every dialect."
+        ),
+    ] = None,
+    fhir_ndjson_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of the cities whose FHIR export is Bulk Data NDJSON."),
+    ] = 0.5,
+    pacs_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of the DICOM studies written PACS-style (DICOMDIR)."),
+    ] = 0.5,
 ) -> None:
     """Write seeded, realistic hospital exports with injected defects, and a manifest of them."""
     from ingestion.defects import DefectRates
+    from ingestion.dialects import DEFAULT_SHARES, parse_shares
     from ingestion.generate import GenerateOptions, summary
     from ingestion.generate import generate as run_generate
     from lakehouse.contracts import load_contracts
 
+    try:
+        shares = DEFAULT_SHARES if dialects is None else parse_shares(dialects)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dialects") from None
     settings = get_settings()
     try:
         topology = load_topology(settings.platform_dir)
@@ -168,6 +189,9 @@ def generate(
             cities=tuple(city or ()),
             rates=DefectRates().scaled(defect_scale),
             truncated_file=defect_scale > 0,
+            dialects=dict(shares),
+            fhir_ndjson_share=fhir_ndjson_share,
+            pacs_share=pacs_share,
         )
         with _progress_bar() as bar:
             task = bar.add_task("generating patients", total=patients)
@@ -223,14 +247,18 @@ def ingest(
 
     Exits 1 when the run failed or a dataset's row accounting does not balance."""
     from ingestion.job import IngestOptions, report_key, run_ingestion
+    from ingestion.profiles import load_profiles
+    from ingestion.read import store_access
     from lakehouse.contracts import load_contracts
     from lakehouse.spark import build_spark_session
-    from lakehouse.storage import s3_client, site_credentials
+    from lakehouse.storage import site_credentials
 
     settings = get_settings()
     try:
         topology = load_topology(settings.platform_dir)
         topology.city(city)
+        contracts = load_contracts(settings.platform_dir)
+        profiles = load_profiles(settings.platform_dir, topology, contracts)
         creds = site_credentials(settings, city)
         spark = build_spark_session(settings, creds, app_name=f"medshare-ingest-{city}")
         with _progress_bar() as bar:
@@ -243,21 +271,18 @@ def ingest(
 
             options = IngestOptions(city=city)
             report = run_ingestion(
-                spark,
-                s3_client(settings, creds),
-                topology,
-                load_contracts(settings.platform_dir),
-                options,
-                progress,
+                spark, store_access(settings, creds), topology, contracts, options, progress, profiles=profiles
             )
     except MedshareError as exc:
         _fail(exc)
     table = Table(
         "dataset",
         "rows in",
+        "from waiting",
         "curated",
         "quarantined",
         "duplicates",
+        "waiting",
         "balanced",
         "quality",
         "seconds",
@@ -269,22 +294,32 @@ def ingest(
         table.add_row(
             ds.dataset,
             str(ds.rows_in),
+            str(ds.from_waiting),
             str(ds.curated),
             str(ds.quarantined_total),
             str(ds.duplicates),
+            f"[yellow]{ds.waiting}[/yellow]" if ds.waiting else "0",
             "yes" if ds.balanced else "[red]NO[/red]",
             quality,
             f"{ds.seconds:.1f}",
         )
         for rule, count in sorted(ds.quarantined.items()):
             rules.add_row(ds.dataset, rule, str(count))
-    out = Console(width=max(Console().width, 110))
+    out = Console(width=max(Console().width, 130))
     out.print(table)
     out.print(rules)
     console.print(
         f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
         f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected"
     )
+    read = Counter(f"{f['encoding']} ({f['profile']})" for f in report.files if f.get("encoding"))
+    if read:
+        console.print("read as: " + ", ".join(f"{n} × {how}" for how, n in read.most_common()))
+    if any(ds.waiting for ds in report.datasets.values()):
+        console.print(
+            "[yellow]waiting[/yellow]: rows whose patient is not known yet (e.g. a PACS study before "
+            "its patient's registration); they are linked again by every run"
+        )
     stored = f"s3://{topology.city(city).buckets.bronze}/{report_key(options)}"
     _print_rejected(report.files_rejected, stored)
     if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):

@@ -123,12 +123,15 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
     from ingestion.generate import GenerateOptions, generate
     from ingestion.job import IngestOptions, run_ingestion
     from ingestion.landing import land
+    from ingestion.profiles import load_profiles
+    from ingestion.read import store_access
     from lakehouse.contracts import load_contracts
     from lakehouse.spark import build_spark_session
     from lakehouse.storage import s3_client
 
     topology = load_topology(settings.platform_dir)
     contracts = load_contracts(settings.platform_dir)
+    profiles = load_profiles(settings.platform_dir, topology, contracts)
     exports = settings.state_dir / "demo-exports"
     report(f"generating exports of {DEMO_PATIENTS} patients for {', '.join(DEMO_CITIES)} in {exports}")
     generate(
@@ -155,7 +158,14 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
         report(f"{city_id}: landed {len(landed)} new or changed file(s); running the ingestion job")
         spark = build_spark_session(settings, creds, app_name=f"medshare-demo-ingest-{city_id}")
         try:
-            run = run_ingestion(spark, client, topology, contracts, IngestOptions(city=city_id))
+            run = run_ingestion(
+                spark,
+                store_access(settings, creds),
+                topology,
+                contracts,
+                IngestOptions(city=city_id),
+                profiles=profiles,
+            )
         finally:
             spark.stop()
         if not run.datasets:

@@ -1,25 +1,42 @@
-"""DICOM files: a study/series index for `imaging_studies` and `imaging_series` (never pixel data),
-plus the synthetic-data side — rewriting pydicom's bundled sample files to a generated patient and
-corrupting a file on purpose for defect injection.
+"""DICOM files as modalities and PACS export them: a study/series index for `imaging_studies` and
+`imaging_series` (never pixel data), the DICOMDIR media index of a CD/DVD-style export, plus the
+synthetic-data side — rewriting pydicom's bundled sample files to a generated patient (as a
+modality or as a PACS exports them), writing a DICOMDIR, and corrupting a file on purpose for
+defect injection.
 
-A file that is not DICOM, is cut short or corrupt, or lacks a Study/Series/SOP Instance UID becomes
-a `Reject` with a reason; nothing here raises for bad input.
+Files are recognised by content, whatever their name (`IMG00001`, `1.2.3.dcm`, `I0`). A file that
+is not DICOM, is cut short or corrupt, or lacks a Study/Series/SOP Instance UID becomes a `Reject`
+with a reason; nothing here raises for bad input.
+
+PatientID is the hospital's MRN (`patient_mrn`). The resident ID number is taken only from
+OtherPatientIDs / OtherPatientIDsSequence, and only when shaped like one; a record without one
+carries `_link_mrn` (the PatientID), the key by which a later step links it to the hospital's
+`patients` rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
+import re
+import shutil
 import struct
-from collections.abc import Iterable, Sequence
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import pydicom
 import pydicom.data
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.fileset import FileSet, is_conformant_file_id
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, generate_uid
 
@@ -51,11 +68,13 @@ SERIES_COLUMNS = (
     "number_of_instances",
     "series_date",
 )
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the SOP class of a DICOMDIR
 
 # What a damaged file makes pydicom raise (found by fuzzing its sample files): a missing 'DICM'
 # prefix, a value whose length is not a multiple of its size, a read past the end (OSError
 # "No tag to read", struct.error on a short header, EOFError), garbage where a VR should be
-# (NotImplementedError "Unknown Value Representation"), undecodable or NUL-laden text (ValueError).
+# (NotImplementedError "Unknown Value Representation"), undecodable or NUL-laden text (ValueError),
+# a flipped byte where a sequence item or a character set should be (TypeError).
 _READ_ERRORS = (
     InvalidDicomError,
     BytesLengthException,
@@ -64,8 +83,22 @@ _READ_ERRORS = (
     struct.error,
     NotImplementedError,
     ValueError,
+    TypeError,
 )
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)*")
+_RESIDENT_ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
+_NOT_DICOM = (
+    "not a DICOM file: no 'DICM' prefix after the 128-byte preamble, "
+    "nor a bare dataset with Study/Series/SOP Instance UIDs"
+)
+# The dataset itself is deflated: the stream pydicom read from is not the file.
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
+_SEQUENCE_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 
 
 @dataclass(frozen=True)
@@ -75,10 +108,24 @@ class Reject:
 
 
 @dataclass(frozen=True)
+class DicomIndex:
+    """A DICOMDIR read: how many records of each level it lists. `note` says where it and the
+    files read in the same batch disagree; None when they agree."""
+
+    source: str
+    patients: int
+    studies: int
+    series: int
+    instances: int  # records referencing an instance file: IMAGE, WAVEFORM, SR DOCUMENT, …
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class DicomBatch:
     studies: list[RawRecord] = field(default_factory=list)
     series: list[RawRecord] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    indexes: list[DicomIndex] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +137,28 @@ class _Instance:
     tags: dict[str, str | None]
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Directory:
+    index: DicomIndex
+    listed: frozenset[str]  # the SOP Instance UIDs it references
+
+
+@dataclass(kw_only=True)
+class _Group:
+    """A study or series being gathered: its first instance, the distinct members (series or SOP
+    instances), and the first patient identifiers any of its instances carried."""
+
+    first: _Instance
+    members: set[str] = field(default_factory=set)
+    resident_id: str | None = None
+    patient_mrn: str | None = None
+
+    def add(self, instance: _Instance, member: str) -> None:
+        self.members.add(member)
+        self.resident_id = self.resident_id or instance.tags["resident_id"]
+        self.patient_mrn = self.patient_mrn or instance.tags["patient_mrn"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 
@@ -98,7 +167,6 @@ def _text(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, MultiValue):
-        # OtherPatientIDs may list several IDs; the resident ID is the one our hospitals put first.
         if not len(value):
             return None
         value = value[0]
@@ -119,6 +187,142 @@ def canonical_date(raw: str | None) -> str | None:
     return raw
 
 
+def resident_id_of(ds: Dataset) -> str | None:
+    """The 18-character resident ID number among the patient's other IDs (OtherPatientIDs, then
+    OtherPatientIDsSequence), or None. Only a value shaped like one (17 digits + digit or X) is
+    taken: PACS put insurance and archive numbers there too. Its check digit is left to the
+    `resident_id` rule, so that a mistyped ID is quarantined rather than silently ignored."""
+    other = ds.get("OtherPatientIDs")
+    values = list(other) if isinstance(other, MultiValue) else [other]
+    values += [item.get("PatientID") for item in ds.get("OtherPatientIDsSequence") or ()]
+    for value in values:
+        text = _text(value)
+        if text and _RESIDENT_ID_SHAPE.fullmatch(text):
+            return text
+    return None
+
+
+def _uid_shaped(value: object) -> bool:
+    text = _text(value)
+    return text is not None and len(text) <= 64 and _UID_SHAPE.fullmatch(text) is not None
+
+
+def _is_dicomdir_name(source: str) -> bool:
+    return source.replace("\\", "/").rsplit("/", 1)[-1].upper() == "DICOMDIR"
+
+
+def _is_directory(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    return media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds
+
+
+@contextmanager
+def _opened(content: bytes | Path) -> Iterator[tuple[BinaryIO, int]]:
+    if isinstance(content, Path):
+        with content.open("rb") as fp:
+            yield fp, content.stat().st_size
+    else:
+        # BytesIO shares the bytes object until written to: no copy of the file.
+        yield io.BytesIO(content), len(content)
+
+
+def _cut_short(ds: Dataset, fp: BinaryIO, size: int) -> str | None:
+    """Why the file ends before its data does, or None. pydicom reads a value cut short without a
+    complaint, so check what it read: where it stopped at the end of the file, the last element
+    must be whole; where it stopped before the pixel data (which a transfer cut short is most
+    often cut inside), the pixel data must fit in the file. Element boundaries are not checked."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") in _DEFLATED:
+        return None  # pydicom read an inflated copy: positions in `fp` mean nothing
+    tags = list(ds.keys())
+    if not tags:
+        return None
+    if fp.tell() >= size:
+        return _cut_in_last_element(ds.get_item(tags[-1]), fp, size)
+    return _cut_in_pixel_data(ds, fp, size)
+
+
+def _cut_in_last_element(last: DataElement | RawDataElement, fp: BinaryIO, size: int) -> str | None:
+    if isinstance(last, DataElement):
+        if last.VR == "SQ" and last.is_undefined_length:
+            # pydicom parses such a sequence as it reads, and stops quietly where the file does.
+            fp.seek(size - 8)
+            if fp.read(8) not in _SEQUENCE_DELIMITERS:
+                return f"truncated DICOM file: it ends inside sequence {last.tag}"
+        return None
+    if last.length == 0xFFFFFFFF:
+        return None
+    end = last.value_tell + last.length
+    if end > size:
+        return f"truncated DICOM file: it ends inside element {last.tag}"
+    if end < size:
+        # Fewer than 8 bytes after it: pydicom stops without a word when a header is cut.
+        return f"truncated DICOM file: it ends inside the header of the element after {last.tag}"
+    return None
+
+
+def _cut_in_pixel_data(ds: Dataset, fp: BinaryIO, size: int) -> str | None:
+    implicit, little = ds.original_encoding
+    order = "<" if little or little is None else ">"
+    start = fp.tell()
+    header = fp.read(12)
+    if len(header) < 8 or struct.unpack(f"{order}HH", header[:4]) not in _PIXEL_TAGS:
+        return None
+    # Some writers switch to implicit VR inside an explicit VR file; pydicom reads on, so do we.
+    if implicit or not b"AA" <= header[4:6] <= b"ZZ":
+        (length,), value_at = struct.unpack(f"{order}L", header[4:8]), start + 8
+    elif header[4:6] in _LONG_VRS:
+        if len(header) < 12:
+            return "truncated DICOM file: it ends inside the pixel data element's header"
+        (length,), value_at = struct.unpack(f"{order}L", header[8:12]), start + 12
+    else:
+        (length,), value_at = struct.unpack(f"{order}H", header[6:8]), start + 8
+    if length != 0xFFFFFFFF:
+        if value_at + length > size:
+            present = max(size - value_at, 0)
+            return f"truncated DICOM file: pixel data of {length} bytes, only {present} present"
+        return None
+    # Encapsulated: items (FFFE,E000) with their lengths, up to a sequence delimiter (FFFE,E0DD).
+    at = value_at
+    while True:
+        fp.seek(at)
+        item = fp.read(8)
+        if len(item) < 8:
+            return "truncated DICOM file: encapsulated pixel data ends before its delimiter"
+        group, element, length = struct.unpack(f"{order}HHL", item)
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            return None  # the delimiter, or something this check does not judge
+        at += 8 + length
+        if at > size:
+            return "truncated DICOM file: encapsulated pixel data ends inside a fragment"
+
+
+def _dcmread(fp: BinaryIO, size: int) -> tuple[Dataset, str | None] | None:
+    """The dataset and why it is cut short (None: it is whole), or None when it is not DICOM."""
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        # Before any value is decoded: decoding drops the length the element was written with.
+        return ds, _cut_short(ds, fp, size)
+    except InvalidDicomError:
+        pass
+    # No 'DICM' prefix: old modalities and archives write the bare dataset (implicit VR little
+    # endian, no preamble, no file meta). pydicom's `force` reads any bytes as such a dataset, so
+    # the result counts only if it really yields an instance's UIDs, or directory records.
+    fp.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a failed probe's complaints about garbage
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            cut = _cut_short(ds, fp, size)
+            if all(_uid_shaped(ds.get(kw)) for kw in _UIDS) or "DirectoryRecordSequence" in ds:
+                return ds, cut
+    # Arbitrary bytes read as a dataset can fail in any way; every failure means "not DICOM".
+    except Exception:
+        pass
+    return None
+
+
 def _instance(source: str, ds: Dataset) -> _Instance | str:
     if len(ds) == 0:
         # pydicom stops quietly at the end of the data; a file cut inside its header reads as
@@ -132,7 +336,7 @@ def _instance(source: str, ds: Dataset) -> _Instance | str:
     tags = {
         "accession_number": _text(ds.get("AccessionNumber")),
         "patient_mrn": _text(ds.get("PatientID")),
-        "resident_id": _text(ds.get("OtherPatientIDs")),
+        "resident_id": resident_id_of(ds),
         "encounter_id": _text(ds.get("AdmissionID")),
         "modality": _text(ds.get("Modality")),
         "body_part": _text(ds.get("BodyPartExamined")),
@@ -152,67 +356,146 @@ def _instance(source: str, ds: Dataset) -> _Instance | str:
     )
 
 
-def _read_one(source: str, content: bytes | Path) -> _Instance | str:
-    """The instance, or why the file was rejected."""
+def _directory(source: str, ds: Dataset) -> _Directory | str:
+    records = ds.get("DirectoryRecordSequence")
+    if records is None:
+        return "DICOMDIR without a Directory Record Sequence: not a DICOM media directory"
+    levels: Counter[str] = Counter()
+    instances = 0
+    listed: set[str] = set()
+    for record in records:
+        if record.get("RecordInUseFlag") == 0:
+            continue  # an inactive record (PS3.3 F.3.2.2, retired but still written)
+        levels[_text(record.get("DirectoryRecordType")) or ""] += 1
+        uid = _text(record.get("ReferencedSOPInstanceUIDInFile"))
+        if uid:
+            instances += 1
+            listed.add(uid)
+    index = DicomIndex(
+        source=source,
+        patients=levels["PATIENT"],
+        studies=levels["STUDY"],
+        series=levels["SERIES"],
+        instances=instances,
+    )
+    return _Directory(index=index, listed=frozenset(listed))
+
+
+def _read_one(source: str, content: bytes | Path) -> _Instance | _Directory | str:
+    """The instance or the media directory in the file, or why the file was rejected."""
+    named_dicomdir = _is_dicomdir_name(source)
     try:
-        if isinstance(content, Path):
-            if content.stat().st_size == 0:
+        with _opened(content) as (fp, size):
+            if size == 0:
                 return "empty file"
-            ds = pydicom.dcmread(content, stop_before_pixels=True)
-        else:
-            if not content:
-                return "empty file"
-            ds = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True)
+            read = _dcmread(fp, size)
+        if read is None:
+            return f"DICOMDIR is {_NOT_DICOM}" if named_dicomdir else _NOT_DICOM
+        ds, cut = read
+        if cut:
+            return cut
         # Inside the try: pydicom decodes values lazily, so a corrupt value only fails here.
+        if named_dicomdir or _is_directory(ds):
+            return _directory(source, ds)
         return _instance(source, ds)
-    except InvalidDicomError:
-        return "not a DICOM file: no 'DICM' prefix after the 128-byte preamble"
     except _READ_ERRORS as exc:
         return f"truncated or corrupt DICOM file: {type(exc).__name__}: {exc}"
 
 
-def _study_record(hospital_id: str, first: _Instance, series: set[str]) -> RawRecord:
+def _with_link(record: RawRecord, group: _Group) -> RawRecord:
+    record["resident_id"] = group.resident_id
+    if group.resident_id is None and group.patient_mrn:
+        record["_link_mrn"] = group.patient_mrn
+    return record
+
+
+def _study_record(hospital_id: str, group: _Group) -> RawRecord:
+    first = group.first
     record: RawRecord = {c: first.tags.get(c) for c in STUDY_COLUMNS}
     record.update(
         hospital_id=hospital_id,
         study_instance_uid=first.study_uid,
-        number_of_series=str(len(series)),
+        patient_mrn=group.patient_mrn,
+        number_of_series=str(len(group.members)),
         _source=first.source,
     )
-    return record
+    return _with_link(record, group)
 
 
-def _series_record(hospital_id: str, first: _Instance, sops: set[str]) -> RawRecord:
+def _series_record(hospital_id: str, group: _Group) -> RawRecord:
+    first = group.first
     record: RawRecord = {c: first.tags.get(c) for c in SERIES_COLUMNS}
     record.update(
         hospital_id=hospital_id,
         series_instance_uid=first.series_uid,
         study_instance_uid=first.study_uid,
-        number_of_instances=str(len(sops)),
+        number_of_instances=str(len(group.members)),
         _source=first.source,
     )
-    return record
+    return _with_link(record, group)
 
 
-def read_dicom_files(paths: Iterable[tuple[str, bytes | Path]], *, hospital_id: str) -> DicomBatch:
+def _folder(key: str) -> str:
+    return key.replace("\\", "/").rpartition("/")[0]
+
+
+def _indexes(directories: list[_Directory], found: dict[str, str]) -> list[DicomIndex]:
+    """Each DICOMDIR with a note comparing what it lists with the instances read: listed but not
+    read (by SOP Instance UID, anywhere in the batch), and read under its folder but not listed
+    (an instance belongs to the deepest folder holding a DICOMDIR, so nested exports are apart)."""
+    folders = {_folder(d.index.source) for d in directories}
+    owned: dict[str, set[str]] = {}
+    for sop, source in found.items():
+        folder = _folder(source)
+        while folder not in folders and folder:
+            folder = _folder(folder)
+        if folder in folders:
+            owned.setdefault(folder, set()).add(sop)
+    out = []
+    for d in directories:
+        problems = []
+        missing = len(d.listed - found.keys())
+        unlisted = len(owned.get(_folder(d.index.source), set()) - d.listed)
+        if missing:
+            problems.append(f"{missing} of the {len(d.listed)} instances it lists were not among the files")
+        if unlisted:
+            problems.append(f"{unlisted} instance file(s) under its folder are not listed")
+        out.append(dataclasses.replace(d.index, note="; ".join(problems) or None))
+    return out
+
+
+def read_dicom_files(files: Iterable[tuple[str, bytes | Path]], *, hospital_id: str) -> DicomBatch:
     """One `imaging_studies` record per study and one `imaging_series` record per series, in order
-    of first appearance. Study- and series-level values come from the first instance read (the
-    first file is the `_source`); counts are of distinct series / SOP instances, so a file sent
-    twice is not counted twice."""
+    of first appearance; one `DicomIndex` per DICOMDIR. Study- and series-level values come from
+    the first instance read (the first file is the `_source`), the patient's identifiers from the
+    first instance that has them; counts are of distinct series / SOP instances, so a file sent
+    twice is not counted twice. A record none of whose instances has a resident ID carries
+    `_link_mrn` = their PatientID (when they have one).
+
+    `files` is consumed lazily, one (key, bytes or path) at a time, and nothing of a file but a few
+    short tag values is kept once it is read: the caller may stream any number of them."""
     rejects: list[Reject] = []
-    studies: dict[str, tuple[_Instance, set[str]]] = {}
-    series: dict[str, tuple[_Instance, set[str]]] = {}
-    for source, content in paths:
+    directories: list[_Directory] = []
+    studies: dict[str, _Group] = {}
+    series: dict[str, _Group] = {}
+    found: dict[str, str] = {}  # SOP Instance UID → key of its first file
+    for source, content in files:
         result = _read_one(source, content)
+        # Let this file's bytes go before the next one is fetched.
+        del content
         if isinstance(result, str):
             rejects.append(Reject(source=source, reason=result))
-            continue
-        studies.setdefault(result.study_uid, (result, set()))[1].add(result.series_uid)
-        series.setdefault(result.series_uid, (result, set()))[1].add(result.sop_uid)
+        elif isinstance(result, _Directory):
+            directories.append(result)
+        else:
+            studies.setdefault(result.study_uid, _Group(first=result)).add(result, result.series_uid)
+            series.setdefault(result.series_uid, _Group(first=result)).add(result, result.sop_uid)
+            found.setdefault(result.sop_uid, source)
     return DicomBatch(
-        studies=[_study_record(hospital_id, first, s) for first, s in studies.values()],
-        series=[_series_record(hospital_id, first, s) for first, s in series.values()],
+        studies=[_study_record(hospital_id, g) for g in studies.values()],
+        series=[_series_record(hospital_id, g) for g in series.values()],
         rejects=rejects,
+        indexes=_indexes(directories, found),
     )
 
 
@@ -295,15 +578,13 @@ def _age(birth: dt.date, on: dt.date) -> str:
     return f"{max(years, 0):03d}Y"
 
 
-def _uid(seed: int, patient: PatientTags, study: StudyTags, *parts: str) -> UID:
+def _uid(seed: int, patient_key: str, study: StudyTags, *parts: str) -> UID:
     # Patient and accession are mixed in so that two studies given the same seed by mistake still
     # get distinct UIDs; the same inputs always give the same UIDs.
-    return generate_uid(
-        entropy_srcs=["medshare", str(seed), patient.resident_id, study.accession_number, *parts]
-    )
+    return generate_uid(entropy_srcs=["medshare", str(seed), patient_key, study.accession_number, *parts])
 
 
-def _retag(ds: Dataset, patient: PatientTags, study: StudyTags) -> None:
+def _retag(ds: Dataset, patient: PatientTags, study: StudyTags, *, pacs_style: bool) -> None:
     # Decode every text value with the template's character set before declaring UTF-8, so that
     # values we do not touch are re-encoded rather than written as bytes in the old encoding.
     ds.decode()
@@ -314,7 +595,12 @@ def _retag(ds: Dataset, patient: PatientTags, study: StudyTags) -> None:
     date, time = study.study_date.strftime("%Y%m%d"), study.study_time.strftime("%H%M%S")
     ds.PatientName = patient.name
     ds.PatientID = patient.mrn
-    ds.OtherPatientIDs = patient.resident_id
+    if pacs_style:
+        # A PACS knows the patient by the hospital's MRN only.
+        if "OtherPatientIDs" in ds:
+            del ds.OtherPatientIDs
+    else:
+        ds.OtherPatientIDs = patient.resident_id
     ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d")
     ds.PatientSex = patient.sex
     ds.PatientAge = _age(patient.birth_date, study.study_date)
@@ -331,34 +617,99 @@ def _retag(ds: Dataset, patient: PatientTags, study: StudyTags) -> None:
 
 
 def write_dicom_study(
-    out_dir: Path, *, templates: Sequence[Path], patient: PatientTags, study: StudyTags, seed: int
+    out_dir: Path,
+    *,
+    templates: Sequence[Path],
+    patient: PatientTags,
+    study: StudyTags,
+    seed: int,
+    pacs_style: bool = False,
 ) -> list[Path]:
     """Write one study of `study.number_of_series` × `study.instances_per_series` files under
     `out_dir/<StudyInstanceUID>/`, pixel data kept. Series k is made from templates[k % len] —
-    pass a single template for a single-modality study. Same arguments, same UIDs and files."""
+    pass a single template for a single-modality study. Same arguments, same UIDs and files.
+
+    As a modality sends it (default): `s<k>/i<n>.dcm`, PatientID = MRN and OtherPatientIDs = the
+    resident ID. As a PACS exports it (`pacs_style`): `IMG00001`, `IMG00002`… (no extension,
+    numbered across the study), PatientID = MRN and no resident ID anywhere — not even mixed into
+    the UIDs, which then derive from the MRN. `write_dicomdir(<the study's folder>)` adds the
+    DICOMDIR such an export carries."""
     if not templates:
         raise ValueError("write_dicom_study needs at least one template")
-    study_uid = _uid(seed, patient, study, "study")
+    patient_key = patient.mrn if pacs_style else patient.resident_id
+    study_uid = _uid(seed, patient_key, study, "study")
     written: list[Path] = []
     for k in range(study.number_of_series):
         template = templates[k % len(templates)]
-        series_uid = _uid(seed, patient, study, "series", str(k))
+        series_uid = _uid(seed, patient_key, study, "series", str(k))
         for i in range(study.instances_per_series):
             ds = pydicom.dcmread(template)
-            _retag(ds, patient, study)
-            sop_uid = _uid(seed, patient, study, "sop", str(k), str(i))
+            _retag(ds, patient, study, pacs_style=pacs_style)
+            sop_uid = _uid(seed, patient_key, study, "sop", str(k), str(i))
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
             ds.SOPInstanceUID = sop_uid
             ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             if "FrameOfReferenceUID" in ds:
                 # Shared with the template's original patient otherwise.
-                ds.FrameOfReferenceUID = _uid(seed, patient, study, "frame", str(k))
+                ds.FrameOfReferenceUID = _uid(seed, patient_key, study, "frame", str(k))
             ds.SeriesNumber, ds.InstanceNumber = k + 1, i + 1
-            path = out_dir / study_uid / f"s{k + 1}" / f"i{i + 1}.dcm"
+            if pacs_style:
+                path = out_dir / study_uid / f"IMG{k * study.instances_per_series + i + 1:05d}"
+            else:
+                path = out_dir / study_uid / f"s{k + 1}" / f"i{i + 1}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             written.append(path)
     return written
+
+
+def write_dicomdir(folder: Path) -> Path:
+    """Write `folder/DICOMDIR` (replacing one already there) listing the DICOM instance files under
+    `folder` where they are; files pydicom cannot read as DICOM are left out. Returns its path.
+
+    pydicom's FileSet builds the directory records but writes instances into its own layout
+    (`PT000000/ST000000/…`): it is written to a scratch folder, its records are pointed at the
+    files in place, and the FileSet reloaded from them rewrites the DICOMDIR with its offsets
+    (`write(use_existing=True)`). Raises ValueError when there is no instance, when a file's
+    path is not a valid File ID (PS3.10 8.2: at most 8 components of at most 8 characters of
+    A-Z 0-9 _), or when an instance lacks what its directory records need (PatientID, StudyID,
+    SeriesNumber, InstanceNumber…)."""
+    target = folder / "DICOMDIR"
+    file_ids: dict[str, list[str]] = {}  # SOP Instance UID → File ID components
+    fileset = FileSet()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != target):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except _READ_ERRORS:
+            continue
+        if _is_directory(ds):
+            continue
+        relative = path.relative_to(folder)
+        if not is_conformant_file_id(relative):
+            raise ValueError(f"{relative.as_posix()!r} is not a valid DICOM File ID (PS3.10 8.2)")
+        try:
+            fileset.add(ds)
+        except ValueError as exc:
+            raise ValueError(f"{relative.as_posix()}: {exc}") from exc
+        file_ids[str(ds.SOPInstanceUID)] = list(relative.parts)
+    if not file_ids:
+        raise ValueError(f"no DICOM instance under {folder}")
+    # The same instances give the same DICOMDIR.
+    fileset.UID = generate_uid(entropy_srcs=["medshare-dicomdir", *sorted(file_ids)])
+    with tempfile.TemporaryDirectory() as scratch:
+        fileset.write(scratch)
+        dicomdir = pydicom.dcmread(Path(scratch) / "DICOMDIR")
+        for record in dicomdir.DirectoryRecordSequence:
+            uid = record.get("ReferencedSOPInstanceUIDInFile")
+            if uid is not None:
+                parts = file_ids[str(uid)]
+                record.ReferencedFileID = parts if len(parts) > 1 else parts[0]
+        # FileSet.load wants the DICOMDIR's own file at the root of the instances it lists.
+        shutil.copyfile(Path(scratch) / "DICOMDIR", target)
+    dicomdir.filename = str(target)
+    in_place = FileSet(dicomdir)
+    in_place.write(use_existing=True)
+    return target
 
 
 # A deterministic junk pattern, so that the generator's defects are reproducible from its seed.

@@ -1,63 +1,96 @@
-"""FHIR R4 Bundles (type `collection` or `transaction`) ↔ raw records (see ingestion.sources).
+"""FHIR R4 ↔ raw records (see ingestion.sources): Bundles, and FHIR Bulk Data NDJSON (`$export`:
+one file per resource type, one resource a line).
 
 patients ← Patient, encounters ← Encounter, diagnoses ← Condition, lab_results ← Observation
 (category laboratory), medications ← MedicationRequest, imaging_studies and imaging_series ←
-ImagingStudy and its `series`. Teleconsultations have no FHIR form here. Organizations are
-read only as reference targets.
+ImagingStudy and its `series`. Teleconsultations have no FHIR form here. Other resources
+(Organization, Practitioner, Location, non-laboratory Observations, …) are only counted, by
+type, in `skipped` — Organizations and Medications are read as reference targets.
 
-Where each column lives (h = hospital_id; "Patient" = the entry's subject Patient, resolved in
-the bundle; timestamps are FHIR dateTimes at +08:00, read back as local time without a zone):
+Where each column lives (h = hospital_id; "Patient" = the entry's subject Patient; timestamps
+are FHIR dateTimes at +08:00 when we write them, read back from any zone as local time):
 
-    patients         hospital_id  managingOrganization `Organization/<h>`
-                     patient_mrn  identifier `urn:medshare:mrn:<h>` (type MR)
-                     resident_id  identifier RESIDENT_ID_SYSTEM (type NNCHN)
-                     name, phone  name[0].text, telecom[system=phone].value
+    patients         hospital_id  managingOrganization (see Hospitals below)
+                     patient_mrn  identifier: system `urn:medshare:mrn:<h>`, else a system the
+                                  hospital's profile declares (FhirSystems.mrn_systems), else
+                                  type MR (v2-0203)
+                     resident_id  identifier: RESIDENT_ID_SYSTEM, else a declared system
+                                  (resident_id_systems), else type NNCHN (national person id, China)
+                     name, phone  the official (else first) name: text, else family + given;
+                                  the first telecom[system=phone] with a value
                      sex          gender (M↔male, F↔female)
                      birth_date   birthDate
-                     address      address[0].text; county_code: extension COUNTY_CODE_URL on it
+                     address      address[0].text (else its lines); county_code: extension
+                                  COUNTY_CODE_URL on it
                      registered_at extension REGISTERED_AT_URL
-    encounters       hospital_id  serviceProvider `Organization/<h>`
-                     encounter_id identifier `urn:medshare:encounter:<h>`
+    encounters       hospital_id  serviceProvider, else the Patient's
+                     encounter_id identifier `urn:medshare:encounter:<h>`, else type VN, else the
+                                  first identifier, else the logical id
                      patient_mrn, resident_id  from the Patient
                      encounter_type  class (v3 ActCode AMB/IMP/EMER/VR)
-                     department   serviceType.text
+                     department   serviceType.text, else its code
                      admit_time, discharge_time  period.start, period.end
-                     referred_from_hospital_id  hospitalization.origin `Organization/<id>`
-    diagnoses        hospital_id, resident_id  from the Patient
-                     encounter_id `encounter.identifier.value` (the Encounter's, when the
-                                  reference has no identifier)
+                     referred_from_hospital_id  hospitalization.origin (an Organization's
+                                  hospital or id; anything else as its reference text)
+    diagnoses        hospital_id  the Encounter's, else the Patient's
+                     resident_id  from the Patient
+                     encounter_id `encounter.identifier.value`, else the Encounter's (as above)
                      icd10_code   code.coding[system=ICD-10]
-                     diagnosis_seq, diagnosis_type  extensions DIAGNOSIS_SEQ_URL, DIAGNOSIS_TYPE_URL
+                     diagnosis_seq, diagnosis_type  extensions DIAGNOSIS_SEQ_URL, DIAGNOSIS_TYPE_URL,
+                                  else the Encounter's `diagnosis.rank` (rank 1: primary)
                      diagnosed_at recordedDate
-    lab_results      lab_result_id identifier `urn:medshare:lab-result:<h>`; loinc_code
-                     code.coding[system=LOINC]; value_num/unit valueQuantity.value/unit;
-                     value_text valueString (extension VALUE_TEXT_URL beside a valueQuantity);
-                     reference_low/high referenceRange[0].low/high.value; abnormal_flag
-                     interpretation (v3 ObservationInterpretation); collected_at effectiveDateTime
-    medications      medication_id identifier `urn:medshare:medication:<h>`; atc_code
-                     medicationCodeableConcept.coding[system=ATC], drug_name its text;
+    lab_results      lab_result_id identifier `urn:medshare:lab-result:<h>`, else type FILL or
+                     PLAC, else the first, else the logical id; hospital_id performer, else as
+                     diagnoses; loinc_code code.coding[system=LOINC]; value_num/unit
+                     valueQuantity.value/unit; value_text valueString (extension VALUE_TEXT_URL
+                     beside a valueQuantity); reference_low/high referenceRange[0].low/high.value;
+                     abnormal_flag interpretation (v3 ObservationInterpretation); collected_at
+                     effectiveDateTime (else effectivePeriod.start, effectiveInstant)
+    medications      medication_id as lab_result_id (`urn:medshare:medication:<h>`);
+                     hospital_id performer, else as diagnoses; atc_code
+                     medicationCodeableConcept (or the referenced Medication's code)
+                     .coding[system=ATC], drug_name its text (else a coding's display);
                      dosageInstruction[0]: doseAndRate[0].doseQuantity value/unit = dose/dose_unit,
                      route.coding[ROUTE_SYSTEM], timing.code.text = frequency,
-                     timing.repeat.boundsPeriod start/end = start_date/end_date
+                     timing.repeat.boundsPeriod start/end = start_date/end_date (start: else
+                     authoredOn)
     imaging_studies  study_instance_uid identifier `urn:dicom:uid` (`urn:oid:<uid>`);
-                     accession_number identifier `urn:medshare:accession:<h>` (type ACSN);
-                     patient_mrn from the Patient; modality modality[system=DCM]; body_part
-                     extension BODY_PART_URL; study_date started; study_description
-                     description; referring_physician referrer.display; number_of_series
-                     numberOfSeries
+                     accession_number identifier `urn:medshare:accession:<h>`, else type ACSN;
+                     hospital_id as diagnoses; patient_mrn from the Patient; modality
+                     modality[system=DCM]; body_part extension BODY_PART_URL; study_date
+                     started; study_description description; referring_physician
+                     referrer.display; number_of_series numberOfSeries
     imaging_series   series[]: uid, modality, bodySite, description, numberOfInstances, started,
-                     sop_class_uid extension SOP_CLASS_URL; study_instance_uid and hospital /
-                     resident from the enclosing ImagingStudy
+                     sop_class_uid extension SOP_CLASS_URL (else instance[0].sopClass);
+                     study_instance_uid and hospital / resident from the enclosing ImagingStudy
+
+Hospitals: an Organization reference names a hospital by our HOSPITAL_SYSTEM identifier (on the
+reference or on the Organization), or by the Organization's id — but when the caller gives the
+`hospital_id` of the landing folder, an id counts only if it is that one (a hospital system's
+`Organization/1` names nothing of ours). A resource that names no hospital gets `hospital_id`;
+without it, the entry cannot be mapped.
+
+References resolve within a bundle by fullUrl (`urn:uuid:`, absolute) and by `Type/id`
+(relative, absolute, versioned `…/_history/n`), and to contained resources (`#id`). A Patient or
+Encounter that is elsewhere (an earlier file, every NDJSON reference) leaves its logical id in
+`_link_patient` / `_link_encounter`, the columns it would give None, for a later step to match
+against the `_fhir_id` of records read before; a logical reference (Reference.identifier) gives a
+resident ID directly, an MRN as `patient_mrn` and `_link_mrn`, an encounter id directly.
+
+Every record has `_source`, `_line` (bundle: the entry's 1-based index; NDJSON: the line) and
+`_fhir_id` (the resource's logical id: `id`, else the uuid of its `urn:uuid:` fullUrl). Reading
+never raises for bad input: an entry that cannot be mapped becomes a record of its dataset with
+`_rule` (FHIR_ENTRY_INVALID), `_error` (every reason, naming the entry and resource id), `_raw`
+(the entry's JSON, cut at RAW_LIMIT characters) and the columns that could be read; an NDJSON
+line that is not a resource is a MALFORMED_LINE record; an entry that is not a resource at all
+is a Reject. Values the contract would reject (a bad date, an unknown code) pass through as
+text — validation happens later, in Spark.
 
 Rows that do not agree with a Patient or study of the same bundle (a resident ID that differs
 from the patients row's, a series whose study is missing) still get one: the writer adds a
 *reference-only* Patient or ImagingStudy, tagged REFERENCE_ONLY, which the reader resolves but
-does not turn into a row of its own. So a defect injected into one dataset survives the round
-trip without leaking into another.
-
-Reading never raises for bad input: an entry that cannot be mapped becomes a Reject naming the
-entry index and resource id, and the rest of the bundle is still read. Values the contract would
-reject (a bad date, an unknown code) pass through as text — validation happens later, in Spark.
+does not turn into a row of its own (in NDJSON the Patient is contained instead). So a defect
+injected into one dataset survives the round trip without leaking into another.
 """
 
 from __future__ import annotations
@@ -66,10 +99,14 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ingestion.profiles import FhirSystems
 
 RawRecord = dict[str, str | None]
 Json = dict[str, Any]
@@ -217,16 +254,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 FHIR_DATASETS = tuple(COLUMNS)
-RESOURCE_TYPES = (
-    "Organization",
-    "Patient",
-    "Encounter",
-    "Condition",
-    "Observation",
-    "MedicationRequest",
-    "ImagingStudy",
-)
-BUNDLE_TYPES = ("collection", "transaction")
+BUNDLE_TYPES = ("collection", "transaction")  # what records_to_bundle writes
 
 # Exports are in China Standard Time, which has no daylight saving: a fixed offset is exact.
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8))
@@ -241,10 +269,14 @@ class Reject:
 
 @dataclass
 class FhirBatch:
-    """Raw records by dataset (only datasets that have some), each with `_source`."""
+    """Raw records by dataset (only datasets that have some), each with `_source`, `_line` and
+    `_fhir_id` (and `_rule`, `_error`, `_raw` when its entry could not be mapped); a Reject for
+    each entry that is not a resource at all (or one for the whole file); a count, by resource
+    type, of the resources that no dataset holds."""
 
     records: dict[str, list[RawRecord]] = field(default_factory=dict)
     rejects: list[Reject] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 # =============================================================================================
@@ -325,6 +357,12 @@ def _coding(system: str, code: str | None) -> Json:
     return {"system": system, "code": code}
 
 
+def _id_identifier(system: str, value: str | None) -> Json:
+    # The system stays even without a value: the export had no id, and the reader must not
+    # fall back to another identifier or the logical id.
+    return {"system": system, "value": value}
+
+
 def _ref(resource_type: str, resource_id: str) -> Json:
     return {"reference": f"{resource_type}/{resource_id}"}
 
@@ -334,7 +372,11 @@ def _scoped(prefix: str, hospital_id: str | None) -> str:
 
 
 class _BundleWriter:
-    def __init__(self) -> None:
+    def __init__(self, *, bulk: bool = False) -> None:
+        # bulk: resources for Bulk Data NDJSON, where each one is read alone — references by
+        # relative `Type/id` only, and what a row needs that no Patient row gives is contained.
+        self.bulk = bulk
+        self._contained: list[Json] = []
         self.orgs: dict[str, Json] = {}
         self.patients: list[Json] = []
         self.stubs: list[Json] = []
@@ -432,8 +474,23 @@ class _BundleWriter:
 
     def patient_ref(self, r: Mapping[str, str | None], *, with_mrn: bool) -> Json:
         """The Patient whose identifiers give back this row's resident ID (and MRN, when the
-        row has one): a patients row's Patient when one agrees, else a reference-only one."""
+        row has one): a patients row's Patient when one agrees, else a reference-only one (in
+        bulk mode a contained one, which `contained()` hands to the resource being built)."""
         h, rid = r.get("hospital_id"), r.get("resident_id")
+        if self.bulk:
+            mrn = r.get("patient_mrn") if with_mrn else None
+            found = self._patient.get((h, mrn, rid)) if with_mrn else self._patient_any.get((h, rid))
+            if found is not None:
+                return _ref("Patient", found)
+            self._contained.append(
+                {
+                    "resourceType": "Patient",
+                    "id": "patient",
+                    "identifier": self._patient_identifiers(h, mrn, rid),
+                    "managingOrganization": self.org(h),
+                }
+            )
+            return {"reference": "#patient"}
         if with_mrn:
             key = (h, r.get("patient_mrn"), rid)
             pid = self._patient.get(key) or self._stub.get(key) or self._stub_patient(*key)
@@ -445,14 +502,21 @@ class _BundleWriter:
             )
         return _ref("Patient", pid)
 
+    def contained(self) -> list[Json]:
+        taken, self._contained = self._contained, []
+        return taken
+
     def encounter_ref(self, h: str | None, encounter_id: str | None) -> Json | None:
         # The identifier carries the value even when the Encounter is not in this bundle.
         if encounter_id is None:
             return None
         eid = self._encounter.get((h, encounter_id))
+        identifier = {"system": _scoped(ENCOUNTER_SYSTEM, h), "value": encounter_id}
+        if self.bulk:  # as Bulk Data refers: by `Type/id` alone, logically when there is none
+            return _ref("Encounter", eid) if eid else {"identifier": identifier}
         return {
             "reference": f"Encounter/{eid}" if eid else None,
-            "identifier": {"system": _scoped(ENCOUNTER_SYSTEM, h), "value": encounter_id},
+            "identifier": identifier,
         }
 
     # -- encounters and what hangs off them ------------------------------------------------
@@ -461,15 +525,17 @@ class _BundleWriter:
         eid = self.new_id("Encounter", h, encounter_id)
         self._encounter.setdefault((h, encounter_id), eid)
         referred = r.get("referred_from_hospital_id")
+        subject = self.patient_ref(r, with_mrn=True)
         self.resources.append(
             {
                 "resourceType": "Encounter",
                 "id": eid,
-                "identifier": [_identifier(_scoped(ENCOUNTER_SYSTEM, h), encounter_id)],
+                "contained": self.contained(),
+                "identifier": [_id_identifier(_scoped(ENCOUNTER_SYSTEM, h), encounter_id)],
                 "status": "finished" if r.get("discharge_time") else "in-progress",
                 "class": _coding(ACT_CODE_SYSTEM, ENCOUNTER_CLASS.get(kind, kind) if kind else None),
                 "serviceType": {"text": r.get("department")},
-                "subject": self.patient_ref(r, with_mrn=True),
+                "subject": subject,
                 "period": {
                     "start": _fhir_datetime(r.get("admit_time")),
                     "end": _fhir_datetime(r.get("discharge_time")),
@@ -481,17 +547,19 @@ class _BundleWriter:
 
     def condition(self, r: Mapping[str, str | None]) -> None:
         h, encounter_id = r.get("hospital_id"), r.get("encounter_id")
+        subject = self.patient_ref(r, with_mrn=False)
         self.resources.append(
             {
                 "resourceType": "Condition",
                 "id": self.new_id("Condition", h, encounter_id, r.get("diagnosis_seq")),
+                "contained": self.contained(),
                 "extension": [
                     _extension(DIAGNOSIS_SEQ_URL, "Integer", _fhir_number(r.get("diagnosis_seq"))),
                     _extension(DIAGNOSIS_TYPE_URL, "Code", r.get("diagnosis_type")),
                 ],
                 "category": [{"coding": [_coding(CONDITION_CATEGORY_SYSTEM, "encounter-diagnosis")]}],
                 "code": {"coding": [_coding(ICD10_SYSTEM, r.get("icd10_code"))]},
-                "subject": self.patient_ref(r, with_mrn=False),
+                "subject": subject,
                 "encounter": self.encounter_ref(h, encounter_id),
                 "recordedDate": _fhir_datetime(r.get("diagnosed_at")),
             }
@@ -507,17 +575,19 @@ class _BundleWriter:
             return None if value is None else {"value": _fhir_number(value), "unit": unit}
 
         flag = r.get("abnormal_flag")
+        subject = self.patient_ref(r, with_mrn=False)
         self.resources.append(
             {
                 "resourceType": "Observation",
                 "id": self.new_id("Observation", h, r.get("lab_result_id")),
+                "contained": self.contained(),
                 # value[x] holds one value: text beside a quantity goes to an extension.
                 "extension": [_extension(VALUE_TEXT_URL, "String", text if quantity else None)],
-                "identifier": [_identifier(_scoped(LAB_RESULT_SYSTEM, h), r.get("lab_result_id"))],
+                "identifier": [_id_identifier(_scoped(LAB_RESULT_SYSTEM, h), r.get("lab_result_id"))],
                 "status": "final",
                 "category": [{"coding": [_coding(OBSERVATION_CATEGORY_SYSTEM, "laboratory")]}],
                 "code": {"coding": [_coding(LOINC_SYSTEM, r.get("loinc_code"))]},
-                "subject": self.patient_ref(r, with_mrn=False),
+                "subject": subject,
                 "encounter": self.encounter_ref(h, r.get("encounter_id")),
                 "effectiveDateTime": _fhir_datetime(r.get("collected_at")),
                 "valueQuantity": quantity,
@@ -531,18 +601,20 @@ class _BundleWriter:
 
     def medication(self, r: Mapping[str, str | None]) -> None:
         h, route = r.get("hospital_id"), r.get("route")
+        subject = self.patient_ref(r, with_mrn=False)
         self.resources.append(
             {
                 "resourceType": "MedicationRequest",
                 "id": self.new_id("MedicationRequest", h, r.get("medication_id")),
-                "identifier": [_identifier(_scoped(MEDICATION_SYSTEM, h), r.get("medication_id"))],
+                "contained": self.contained(),
+                "identifier": [_id_identifier(_scoped(MEDICATION_SYSTEM, h), r.get("medication_id"))],
                 "status": "unknown",  # exports say nothing about it; the dates are in the timing
                 "intent": "order",
                 "medicationCodeableConcept": {
                     "coding": [_coding(ATC_SYSTEM, r.get("atc_code"))],
                     "text": r.get("drug_name"),
                 },
-                "subject": self.patient_ref(r, with_mrn=False),
+                "subject": subject,
                 "encounter": self.encounter_ref(h, r.get("encounter_id")),
                 "dosageInstruction": [
                     {
@@ -572,9 +644,11 @@ class _BundleWriter:
     # -- imaging ---------------------------------------------------------------------------
     def study(self, r: Mapping[str, str | None]) -> None:
         h, uid, rid = r.get("hospital_id"), r.get("study_instance_uid"), r.get("resident_id")
+        subject = self.patient_ref(r, with_mrn=True)
         resource: Json = {
             "resourceType": "ImagingStudy",
             "id": self.new_id("ImagingStudy", h, uid),
+            "contained": self.contained(),
             "extension": [_extension(BODY_PART_URL, "Coding", _body_part(r.get("body_part")))],
             "identifier": [
                 _uid_identifier(uid),
@@ -582,7 +656,7 @@ class _BundleWriter:
             ],
             "status": "available",
             "modality": [_coding(DICOM_SYSTEM, r.get("modality"))],
-            "subject": self.patient_ref(r, with_mrn=True),
+            "subject": subject,
             "encounter": self.encounter_ref(h, r.get("encounter_id")),
             "started": r.get("study_date"),
             "referrer": {"display": r.get("referring_physician")},
@@ -599,13 +673,15 @@ class _BundleWriter:
         key = (r.get("hospital_id"), r.get("study_instance_uid"), r.get("resident_id"))
         study = self._study.get(key) or self._stub_study.get(key)
         if study is None:
+            subject = self.patient_ref(r, with_mrn=False)
             study = {
                 "resourceType": "ImagingStudy",
                 "id": self.new_id("ImagingStudy", "reference-only", *key),
                 "meta": {"tag": [{"system": TAG_SYSTEM, "code": REFERENCE_ONLY}]},
+                "contained": self.contained(),
                 "identifier": [_uid_identifier(key[1])],
                 "status": "available",
-                "subject": self.patient_ref(r, with_mrn=False),
+                "subject": subject,
                 "series": [],
             }
             self._stub_study[key] = study
@@ -680,12 +756,70 @@ def records_to_bundle(
     return bundle
 
 
+def records_to_ndjson(records: Mapping[str, Sequence[Mapping[str, str | None]]]) -> dict[str, list[Json]]:
+    """The resources of a FHIR Bulk Data export (`$export`: one NDJSON file per resource type),
+    by resource type: those of records_to_bundle, but referring to Patients and Encounters by
+    relative `Type/id` alone, as Bulk Data does. A row whose Patient no patients row gives (a
+    resident ID that differs from its patient's, a study without MRN) carries it as a contained
+    Patient; a series whose study is not exported still needs its reference-only ImagingStudy.
+    read_fhir_ndjson, with `_link_patient` / `_link_encounter` resolved against the `_fhir_id`s
+    of the Patient and Encounter records, gives the same records back."""
+    writer = _BundleWriter(bulk=True)
+    for dataset, write in _WRITERS.items():
+        for record in records.get(dataset, ()):
+            write(writer, record)
+    out: dict[str, list[Json]] = {}
+    for resource in (*writer.orgs.values(), *writer.patients, *writer.resources, *writer.stub_studies):
+        out.setdefault(resource["resourceType"], []).append(_clean(resource))
+    return out
+
+
 # =============================================================================================
 # Reading
 
+FHIR_ENTRY_INVALID = "fhir_entry_invalid"
+MALFORMED_LINE = "malformed_line"  # as ingestion.defects names it
+# The dataset read_fhir_ndjson gives a bad line of a file whose name names no resource type: it
+# belongs to no dataset, and the caller must still account for it.
+UNPLACED = "_unplaced"
+RAW_LIMIT = 65536
+
+# The resources that become rows (an ImagingStudy's series become imaging_series rows too).
+DATASET_OF_TYPE = {
+    "Patient": "patients",
+    "Encounter": "encounters",
+    "Condition": "diagnoses",
+    "Observation": "lab_results",
+    "MedicationRequest": "medications",
+    "ImagingStudy": "imaging_studies",
+}
+# Bundles whose entries hold resources to read. Not `history`: its entries are past versions and
+# deletions of the same resources, not the resources as they are.
+READ_BUNDLE_TYPES = (
+    "collection",
+    "transaction",
+    "batch",
+    "searchset",
+    "document",
+    "transaction-response",
+    "batch-response",
+)
+# v2 table 0203 and the observation categories had other URLs before R4; exports still use them.
+IDENTIFIER_TYPE_SYSTEMS = (IDENTIFIER_TYPE_SYSTEM, "http://hl7.org/fhir/v2/0203")
+OBSERVATION_CATEGORY_SYSTEMS = (OBSERVATION_CATEGORY_SYSTEM, "http://hl7.org/fhir/observation-category")
+
+# `Type/id`, absolute or relative, optionally version-specific.
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([^/]+)(?:/_history/[^/]+)?$")
+# Bulk Data file names: `Patient.ndjson`, `Patient.000.ndjson`, `Patient_1.ndjson`, `1.Patient.ndjson`.
+_BULK_FILE = re.compile(r"(?:\d+[._-])?([A-Za-z]+)(?:[._-]\d+)*\.ndjson", re.IGNORECASE)
+SEX = {v: k for k, v in GENDER.items()}
+ENCOUNTER_TYPE = {v: k for k, v in ENCOUNTER_CLASS.items()}
+
+_T = TypeVar("_T")
+
 
 class _Bad(Exception):
-    """Why an entry (or one series) cannot be mapped; becomes a Reject, never leaves the module."""
+    """Why a value (and so its entry) cannot be mapped; never leaves the module."""
 
 
 def _text(value: object, where: str) -> str | None:
@@ -773,32 +907,109 @@ def _extension_value(node: object, url: str) -> object:
     return None
 
 
-def _identifier_value(resource: object, system: str, *, prefix: bool = False) -> str | None:
+def _identifier_value(resource: object, system: str) -> str | None:
     for ident in _items(resource, "identifier"):
-        found = ident.get("system")
-        if isinstance(found, str) and (found.startswith(system) if prefix else found == system):
+        if ident.get("system") == system:
             return _str(ident, "value")
     return None
 
 
 def _is_reference_only(resource: object) -> bool:
-    return any(
-        t.get("system") == TAG_SYSTEM and t.get("code") == REFERENCE_ONLY
-        for t in _items(resource, "meta.tag")
-    )
+    try:
+        tags = _items(resource, "meta.tag")
+    except _Bad:
+        return False
+    return any(t.get("system") == TAG_SYSTEM and t.get("code") == REFERENCE_ONLY for t in tags)
 
 
-# `Type/id`, absolute or relative, optionally version-specific.
-_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([^/]+)(?:/_history/[^/]+)?$")
-SEX = {v: k for k, v in GENDER.items()}
-ENCOUNTER_TYPE = {v: k for k, v in ENCOUNTER_CLASS.items()}
+# --- identifiers ------------------------------------------------------------------------------
+_Match = Callable[[dict[str, Any]], bool]
+
+
+def _system_is(*systems: str) -> _Match:
+    return lambda ident: ident.get("system") in systems
+
+
+def _system_starts(prefix: str) -> _Match:
+    return lambda ident: str(ident.get("system") or "").startswith(prefix)
+
+
+def _type_is(*codes: str) -> _Match:
+    """An identifier whose `type` has one of these v2-0203 codes (MR, NNCHN, VN, ACSN…)."""
+
+    def match(ident: dict[str, Any]) -> bool:
+        return any(
+            c.get("system") in IDENTIFIER_TYPE_SYSTEMS and c.get("code") in codes
+            for c in _codings(ident.get("type"), "identifier.type")
+        )
+
+    return match
+
+
+def _first(identifiers: Sequence[dict[str, Any]], *matches: _Match) -> dict[str, Any] | None:
+    """The identifier the first match to accept any accepts: matches go in order of trust."""
+    for match in matches:
+        for ident in identifiers:
+            if match(ident):
+                return ident
+    return None
+
+
+def _value(identifier: dict[str, Any] | None, what: str) -> str | None:
+    return None if identifier is None else _text(identifier.get("value"), f"{what} value")
+
+
+def _business_id(resource: object, logical_id: str | None, ours: str, *types: str) -> str | None:
+    """An Encounter's, lab result's or order's id: our own system's identifier, else one of the
+    given v2-0203 types, else the first identifier with a value, else the logical id."""
+    identifiers = _items(resource, "identifier")
+    own = _first(identifiers, _system_starts(ours))
+    if own is not None:
+        return _value(own, "identifier")  # ours without a value: the export had none
+    given = [i for i in identifiers if i.get("value") not in (None, "")]
+    chosen = _first(given, _type_is(*types), lambda _: True)
+    # A business id is what the hospital itself uses, in this export and in its other systems;
+    # the logical id is only a server's key for the resource, the last resort.
+    return _value(chosen, "identifier") if chosen is not None else logical_id
+
+
+# --- entries and references -------------------------------------------------------------------
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "boolean" if isinstance(value, bool) else "number"
+
+
+def _dumps(value: object) -> str:
+    """JSON text of a parsed value, its decimals written as they were read."""
+    try:
+        return _encode(value)
+    except RecursionError:
+        return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(str(k), ensure_ascii=False)}: {_encode(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_encode(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
 class _Entry:
-    index: int
-    full_url: str | None
+    where: str  # how reasons name it: "entry 3", "line 5", "line 5 entry 3"
+    line: int  # `_line`: the entry's 1-based place in its bundle, or its NDJSON line
     resource: dict[str, Any]
+    raw: object  # the entry as read (an NDJSON line: its text), for `_raw`
+    full_url: str | None = None
 
     @property
     def type(self) -> str:
@@ -806,336 +1017,592 @@ class _Entry:
 
     @property
     def id(self) -> str | None:
+        """The logical id: `id`, else the uuid of a `urn:uuid:` fullUrl (or the id of a RESTful
+        one) — what references from other resources and files name."""
         value = self.resource.get("id")
-        return value if isinstance(value, str) else None
+        if isinstance(value, str) and value:
+            return value
+        url = self.full_url or ""
+        if url.startswith("urn:uuid:"):
+            return url[len("urn:uuid:") :]
+        match = _REFERENCE.search(url)
+        return match.group(2) if match and match.group(1) == self.type else None
 
     def label(self) -> str:
-        return f"entry {self.index} ({self.type}/{self.id or self.full_url or '?'})"
+        return f"{self.where} ({self.type}/{self.id or '?'})"
+
+    def raw_text(self) -> str:
+        return (self.raw if isinstance(self.raw, str) else _dumps(self.raw))[:RAW_LIMIT]
 
 
-@dataclass(frozen=True)
-class _Patient:
-    hospital_id: str
-    patient_mrn: str | None
-    resident_id: str | None
+class _Index:
+    """The entries of one bundle by fullUrl and by `Type/id` (none for an NDJSON line)."""
 
-
-class _BundleReader:
-    def __init__(self, source: str, where: str) -> None:
-        self.source, self.where = source, where  # `where` prefixes reasons ("line 3: ")
-        self.batch = FhirBatch()
+    def __init__(self, entries: Sequence[_Entry] = ()) -> None:
         self.by_url: dict[str, _Entry] = {}
         self.by_key: dict[tuple[str, str], _Entry] = {}
-        self.patients: dict[int, _Patient] = {}
-
-    def reject(self, reason: str) -> None:
-        self.batch.rejects.append(Reject(self.source, f"{self.where}{reason}"))
-
-    def add(self, dataset: str, record: RawRecord) -> None:
-        record["_source"] = self.source
-        self.batch.records.setdefault(dataset, []).append(record)
-
-    def read(self, bundle: object) -> FhirBatch:
-        if not isinstance(bundle, dict):
-            self.reject(f"not a FHIR Bundle but a JSON {_json_kind(bundle)}")
-            return self.batch
-        if bundle.get("resourceType") != "Bundle":
-            self.reject(f"not a FHIR Bundle (resourceType {bundle.get('resourceType')!r})")
-            return self.batch
-        if bundle.get("type") not in BUNDLE_TYPES:
-            self.reject(
-                f"Bundle type {bundle.get('type')!r} is not read (expected {' or '.join(BUNDLE_TYPES)})"
-            )
-            return self.batch
-        raw_entries = bundle.get("entry", [])
-        if not isinstance(raw_entries, list):
-            self.reject("Bundle.entry is not a list")
-            return self.batch
-        entries = [e for i, raw in enumerate(raw_entries) if (e := self._entry(i, raw))]
         for entry in entries:  # the first one wins when an id or fullUrl repeats
             if entry.full_url:
                 self.by_url.setdefault(entry.full_url, entry)
             if entry.id:
                 self.by_key.setdefault((entry.type, entry.id), entry)
-        # Patients first: every other entry resolves its subject among them.
-        for entry in entries:
-            if entry.type == "Patient":
-                self._guarded(entry, _BundleReader._patient)
-        for entry in entries:
-            if entry.type in _READERS:
-                self._guarded(entry, _READERS[entry.type])
-        return self.batch
 
-    def _entry(self, index: int, raw: object) -> _Entry | None:
-        if not isinstance(raw, dict) or not isinstance(raw.get("resource"), dict):
-            self.reject(f"entry {index}: no resource object")
-            return None
-        full_url = raw.get("fullUrl")
-        entry = _Entry(index, full_url if isinstance(full_url, str) else None, raw["resource"])
-        kind = entry.resource.get("resourceType")
-        if not isinstance(kind, str):
-            self.reject(f"entry {index}: resource has no resourceType")
-            return None
-        if kind not in RESOURCE_TYPES:
-            self.reject(
-                f"{entry.label()}: resourceType {kind!r} is not read "
-                f"(expected one of {', '.join(RESOURCE_TYPES)})"
-            )
-            return None
-        return entry
-
-    def _guarded(self, entry: _Entry, read: Callable[[_BundleReader, _Entry], None]) -> None:
-        try:
-            read(self, entry)
-        except _Bad as exc:
-            self.reject(f"{entry.label()}: {exc}")
-
-    # -- references ------------------------------------------------------------------------
-    def resolve(self, reference: str, resource_type: str) -> _Entry | None:
+    def find(self, reference: str) -> _Entry | None:
         found = self.by_url.get(reference)
         if found is None and (match := _REFERENCE.search(reference)):
+            # Relative, versioned (`…/_history/2`), or absolute on a server whose fullUrls the
+            # bundle does not use: by type and id (unique per type within an export).
             found = self.by_key.get((match.group(1), match.group(2)))
-        return found if found is not None and found.type == resource_type else None
+        return found
 
-    def organization_id(self, reference: str) -> str | None:
-        # The hospital id is the Organization's id; the Organization need not be in the bundle.
-        match = _REFERENCE.search(reference)
-        if match and match.group(1) == "Organization":
-            return match.group(2)
-        target = self.resolve(reference, "Organization")
-        return target.id if target else None
 
-    def hospital(self, resource: object, path: str) -> str:
-        reference = _str(resource, f"{path}.reference")
+def _parse_reference(reference: str) -> tuple[str | None, str]:
+    """(resource type if it says, logical id) of a reference to something not in the bundle."""
+    if reference.startswith("urn:uuid:"):
+        return None, reference[len("urn:uuid:") :]
+    match = _REFERENCE.search(reference)
+    if match is None:
+        raise _Bad(f"reference {reference!r} is neither Type/id, a URL ending in Type/id, urn:uuid: nor #id")
+    return match.group(1), match.group(2)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a Reference leads: a resource of the bundle or a contained one (with the entry whose
+    contained resources its own `#` references name), else only a logical id or identifier."""
+
+    resource: dict[str, Any] | None
+    host: _Entry | None
+    logical_id: str | None
+    identifier: dict[str, Any] | None  # Reference.identifier: a logical reference
+
+
+@dataclass(frozen=True)
+class _Subject:
+    hospital_id: str | None = None  # by the Patient's managingOrganization
+    patient_mrn: str | None = None
+    resident_id: str | None = None
+    link_patient: str | None = None  # a Patient elsewhere: its logical id
+    link_mrn: str | None = None  # a Patient elsewhere, named by MRN
+
+
+@dataclass(frozen=True)
+class _Encounter:
+    encounter_id: str | None = None
+    hospital_id: str | None = None  # by the Encounter's serviceProvider
+    resource: dict[str, Any] | None = None
+    host: _Entry | None = None
+    link: str | None = None  # an Encounter elsewhere: its logical id
+
+
+_NO_SUBJECT = _Subject()
+_NO_IDS: tuple[str | None, str | None] = (None, None)
+_NO_VALUE: tuple[str | None, str | None, str | None] = (None, None, None)
+_NO_ENCOUNTER = _Encounter()
+_DEPENDANT = "neither its Encounter's serviceProvider nor its Patient's managingOrganization names one"
+
+
+class _Row:
+    """A record read column by column: a column that cannot be read stays None and its reason is
+    kept, so a rejected entry still carries every value that could be read, and every reason."""
+
+    def __init__(self, base: _Row | None = None) -> None:
+        self.values: RawRecord = dict(base.values) if base else {}
+        self.errors: list[str] = list(base.errors) if base else []
+
+    def attempt(self, read: Callable[[], _T], default: _T) -> _T:
+        try:
+            return read()
+        except _Bad as exc:
+            self.errors.append(str(exc))
+            return default
+
+    def set(self, column: str, read: Callable[[], str | None]) -> None:
+        self.values[column] = self.attempt(read, None)
+
+
+class _Reader:
+    """Maps resources to records: those of one bundle (whose references it resolves), or one
+    NDJSON line at a time (references leave `_link_*` fields for a later step)."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        hospital_id: str | None,
+        systems: FhirSystems | None,
+        index: _Index | None = None,
+        skipped: dict[str, int] | None = None,
+    ) -> None:
+        self.source, self.hospital_id = source, hospital_id
+        self.index = index or _Index()
+        self.skipped: dict[str, int] = {} if skipped is None else skipped
+        mrn_systems = systems.mrn_systems if systems else ()
+        resident_systems = systems.resident_id_systems if systems else ()
+        # In order of trust: our own system, the hospital profile's, then the identifier's type.
+        self.mrn = (_system_starts(MRN_SYSTEM), _system_is(*mrn_systems), _type_is("MR"))
+        self.resident = (
+            _system_is(RESIDENT_ID_SYSTEM),
+            _system_is(*resident_systems),
+            _type_is("NNCHN"),  # v2-0203 NN + ISO 3166 country: China's national person identifier
+        )
+
+    def skip(self, kind: str) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+
+    def read(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        mapper = _MAPPERS.get(entry.type)
+        if mapper is None:
+            self.skip(entry.type)
+            return []
+        try:
+            return mapper(self, entry)
+        except _Bad as exc:  # a problem no column could be charged with
+            row = _Row()
+            row.errors.append(str(exc))
+            return [self.emit(DATASET_OF_TYPE[entry.type], entry, row)]
+
+    def emit(
+        self,
+        dataset: str,
+        entry: _Entry,
+        row: _Row,
+        subject: _Subject = _NO_SUBJECT,
+        encounter: _Encounter = _NO_ENCOUNTER,
+        part: str = "",
+    ) -> tuple[str, RawRecord]:
+        record: RawRecord = {c: row.values.get(c) for c in COLUMNS[dataset]}
+        if row.errors and record["hospital_id"] is None:
+            record["hospital_id"] = self.hospital_id
+        record["_source"] = self.source
+        record["_line"] = str(entry.line)
+        record["_fhir_id"] = entry.id
+        links = {
+            "_link_patient": subject.link_patient,
+            "_link_mrn": subject.link_mrn,
+            "_link_encounter": encounter.link,
+        }
+        record.update({k: v for k, v in links.items() if v is not None})
+        if row.errors:
+            record["_rule"] = FHIR_ENTRY_INVALID
+            reasons = dict.fromkeys(row.errors)  # once each (low and high share a broken range)
+            record["_error"] = f"{entry.label()}{part}: {'; '.join(reasons)}"
+            record["_raw"] = entry.raw_text()
+        return dataset, record
+
+    # -- references ------------------------------------------------------------------------
+    def follow(
+        self, host: _Entry, node: object, where: str, expected: str, *, strict: bool = True
+    ) -> _Target | None:
+        """Where the Reference `node` of a resource of `host` leads; None when it names nothing
+        (and, not strict, when it names another resource type, such as a Practitioner)."""
+        if node is None:
+            return None
+        if not isinstance(node, dict):
+            raise _Bad(f"{where} is not a Reference")
+        reference = _str(node, "reference")
+        identifier = node.get("identifier")
+        if identifier is not None and not isinstance(identifier, dict):
+            raise _Bad(f"{where}.identifier is not an Identifier")
+        kind = _str(node, "type")
+        resource: dict[str, Any] | None = None
+        found_in: _Entry | None = None
+        logical: str | None = None
         if reference is None:
-            raise _Bad(f"has no {path} reference to an Organization")
-        hospital_id = self.organization_id(reference)
+            if identifier is None:
+                return None  # a display alone
+        elif reference.startswith("#"):
+            contained = _items(host.resource, "contained")
+            resource = next((c for c in contained if c.get("id") == reference[1:]), None)
+            if resource is None:
+                raise _Bad(f"{where} {reference!r} names no contained resource")
+            kind, found_in = _text(resource.get("resourceType"), "contained resourceType"), host
+        elif (hit := self.index.find(reference)) is not None:
+            resource, found_in, logical, kind = hit.resource, hit, hit.id, hit.type
+        else:
+            named, logical = _parse_reference(reference)
+            kind = named or kind
+        if kind is not None and kind != expected:
+            if strict:
+                named = repr(reference) if reference else "(a logical reference)"
+                raise _Bad(f"{where} {named} is a {kind}, not a {expected}")
+            return None
+        return _Target(resource, found_in, logical, identifier)
+
+    def patient_ids(self, patient: object) -> tuple[str | None, str | None]:
+        """(MRN, resident ID card number) of a Patient."""
+        identifiers = _items(patient, "identifier")
+        return (
+            _value(_first(identifiers, *self.mrn), "MRN identifier"),
+            _value(_first(identifiers, *self.resident), "resident ID identifier"),
+        )
+
+    def subject(self, entry: _Entry) -> _Subject:
+        node = entry.resource.get("subject")
+        target = self.follow(entry, node, "subject", "Patient")
+        if target is None:
+            raise _Bad(
+                "has no subject reference to a Patient"
+                if node is None
+                else "subject has neither a reference nor an identifier"
+            )
+        if target.resource is not None and target.host is not None:
+            mrn, rid = self.patient_ids(target.resource)
+            hospital_id = self.org_hospital(
+                target.host, target.resource.get("managingOrganization"), "Patient's managingOrganization"
+            )
+            return _Subject(hospital_id=hospital_id, patient_mrn=mrn, resident_id=rid)
+        # A Patient elsewhere (an earlier file, the hospital's server): a later step finds it
+        # among the Patients already read, by logical id or by MRN. A resident ID needs no finding.
+        mrn = rid = None
+        ident = target.identifier
+        if ident is not None:
+            if any(match(ident) for match in self.resident):
+                rid = _value(ident, "subject identifier")
+            elif any(match(ident) for match in self.mrn):
+                mrn = _value(ident, "subject identifier")
+            elif target.logical_id is None:
+                raise _Bad("subject identifier is neither an MRN nor a resident ID (by type or system)")
+        if target.logical_id is None and mrn is None and rid is None:
+            raise _Bad("subject identifier has no value")
+        return _Subject(patient_mrn=mrn, resident_id=rid, link_patient=target.logical_id, link_mrn=mrn)
+
+    def encounter(self, entry: _Entry) -> _Encounter:
+        target = self.follow(entry, entry.resource.get("encounter"), "encounter", "Encounter")
+        if target is None:
+            return _NO_ENCOUNTER
+        value = _value(target.identifier, "encounter identifier")
+        if target.resource is not None and target.host is not None:
+            return _Encounter(
+                encounter_id=value
+                or _business_id(target.resource, target.logical_id, ENCOUNTER_SYSTEM, "VN"),
+                hospital_id=self.org_hospital(
+                    target.host, target.resource.get("serviceProvider"), "Encounter's serviceProvider"
+                ),
+                resource=target.resource,
+                host=target.host,
+            )
+        # An Encounter elsewhere: its identifier carries the value; failing that, a later step
+        # finds it among the Encounters already read, by logical id.
+        return _Encounter(encounter_id=value, link=None if value else target.logical_id)
+
+    def org_hospital(self, host: _Entry, node: object, where: str) -> str | None:
+        """The hospital an Organization reference names: by our HOSPITAL_SYSTEM identifier (of
+        the reference or of the Organization), else by the Organization's id."""
+        target = self.follow(host, node, where, "Organization", strict=False)
+        if target is None:
+            return None
+        identifiers = [target.identifier] if target.identifier else []
+        ours = _first([*identifiers, *_items(target.resource, "identifier")], _system_is(HOSPITAL_SYSTEM))
+        if (value := _value(ours, f"{where} hospital identifier")) is not None:
+            return value
+        # Our own exports name a hospital by its Organization's id. A hospital system's own ids
+        # (`Organization/1`) mean nothing here: with the hospital of the landing folder known, an
+        # id counts only when it is that hospital's.
+        if target.logical_id is not None and self.hospital_id in (None, target.logical_id):
+            return target.logical_id
+        return None
+
+    def hospital(self, looked: str, *found: str | None) -> str:
+        """The first hospital found in the resource and what it refers to, else the file's."""
+        hospital_id = next((h for h in found if h), self.hospital_id)
         if hospital_id is None:
-            raise _Bad(f"{path} {reference!r} is not an Organization reference")
+            raise _Bad(f"names no hospital ({looked}) and the file came with no hospital_id")
         return hospital_id
 
-    def subject(self, resource: object) -> _Patient:
-        reference = _str(resource, "subject.reference")
-        if reference is None:
-            raise _Bad("has no subject reference to a Patient")
-        target = self.resolve(reference, "Patient")
+    def referred_from(self, entry: _Entry) -> str | None:
+        node = _get(entry.resource, "hospitalization.origin")
+        target = self.follow(entry, node, "hospitalization.origin", "Organization", strict=False)
         if target is None:
-            raise _Bad(f"subject {reference!r} is not a Patient in this bundle")
-        patient = self.patients.get(target.index)
-        if patient is None:
-            raise _Bad(f"subject {reference!r} is a Patient that was rejected ({target.label()})")
-        return patient
+            # A Location, say: its reference text goes through for validation to judge.
+            return _str(node, "reference") if node is not None else None
+        identifiers = [target.identifier] if target.identifier else []
+        ours = _first([*identifiers, *_items(target.resource, "identifier")], _system_is(HOSPITAL_SYSTEM))
+        return _value(ours, "origin hospital identifier") or target.logical_id or _str(node, "reference")
 
-    def encounter_id(self, resource: object) -> str | None:
-        value = _str(resource, "encounter.identifier.value")
-        reference = _str(resource, "encounter.reference")
-        if value is not None or reference is None:
-            return value
-        target = self.resolve(reference, "Encounter")
-        if target is None:
+    def medication(self, entry: _Entry) -> tuple[object, str]:
+        """The medication's CodeableConcept, inline or in a referenced (bundled, contained)
+        Medication, and how to name it."""
+        r = entry.resource
+        if "medicationReference" not in r:
+            return r.get("medicationCodeableConcept"), "medicationCodeableConcept"
+        target = self.follow(entry, r["medicationReference"], "medicationReference", "Medication")
+        if target is None or target.resource is None:
             raise _Bad(
-                f"encounter {reference!r} is not an Encounter in this bundle and the "
-                "reference carries no identifier"
+                "medicationReference is not a Medication of this bundle or contained: no ATC code to read"
             )
-        return _identifier_value(target.resource, ENCOUNTER_SYSTEM, prefix=True)
+        return target.resource.get("code"), "Medication.code"
+
+    def diagnosis_rank(self, entry: _Entry, encounter: _Encounter) -> str | None:
+        """The rank the Condition's Encounter gives it in `Encounter.diagnosis`, if any."""
+        if encounter.resource is None or encounter.host is None:
+            return None
+        for diagnosis in _items(encounter.resource, "diagnosis"):
+            node = diagnosis.get("condition")
+            target = self.follow(encounter.host, node, "Encounter.diagnosis.condition", "Condition")
+            if target is not None and target.resource is entry.resource:
+                return _str(diagnosis, "rank")
+        return None
 
     # -- resources -------------------------------------------------------------------------
-    def _patient(self, entry: _Entry) -> None:
+    def _patient(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
-        patient = _Patient(
-            self.hospital(r, "managingOrganization"),
-            _identifier_value(r, MRN_SYSTEM, prefix=True),
-            _identifier_value(r, RESIDENT_ID_SYSTEM),
+        if _is_reference_only(r):  # a reference target of our writer's, not a row
+            return []
+        row = _Row()
+        mrn, rid = row.attempt(lambda: self.patient_ids(r), _NO_IDS)
+        row.set(
+            "hospital_id",
+            lambda: self.hospital(
+                "no managingOrganization names one",
+                self.org_hospital(entry, r.get("managingOrganization"), "managingOrganization"),
+            ),
         )
-        if not _is_reference_only(r):
-            sex = _str(r, "gender")
-            self.add(
-                "patients",
-                {
-                    "hospital_id": patient.hospital_id,
-                    "patient_mrn": patient.patient_mrn,
-                    "resident_id": patient.resident_id,
-                    "name": _name(r),
-                    "sex": SEX.get(sex or "", sex),
-                    "birth_date": _local_date(_str(r, "birthDate")),
-                    "phone": next(
-                        (_str(t, "value") for t in _items(r, "telecom") if t.get("system") == "phone"),
-                        None,
-                    ),
-                    "address": _str(r, "address.0.text") or _joined(r, "address.0.line"),
-                    "county_code": _text(
-                        _extension_value(_get(r, "address.0"), COUNTY_CODE_URL), "county-code"
-                    ),
-                    "registered_at": _local_timestamp(
-                        _text(_extension_value(r, REGISTERED_AT_URL), "registered-at")
-                    ),
-                },
-            )
-        # Only now: a Patient rejected above is not a subject its dependants can use.
-        self.patients[entry.index] = patient
-
-    def _encounter(self, entry: _Entry) -> None:
-        r = entry.resource
-        hospital_id = self.hospital(r, "serviceProvider")
-        patient = self.subject(r)
-        kind = _code(_get(r, "class"), "class", ACT_CODE_SYSTEM)
-        origin = _str(r, "hospitalization.origin.reference")
-        self.add(
-            "encounters",
-            {
-                "hospital_id": hospital_id,
-                "encounter_id": _identifier_value(r, ENCOUNTER_SYSTEM, prefix=True),
-                "patient_mrn": patient.patient_mrn,
-                "resident_id": patient.resident_id,
-                "encounter_type": ENCOUNTER_TYPE.get(kind or "", kind),
-                "department": (
-                    _str(r, "serviceType.text") or _loose_code(_get(r, "serviceType"), "serviceType", "")
-                ),
-                "admit_time": _local_timestamp(_str(r, "period.start")),
-                "discharge_time": _local_timestamp(_str(r, "period.end")),
-                # A non-Organization origin (a Location, say) goes through as its reference text.
-                "referred_from_hospital_id": origin and (self.organization_id(origin) or origin),
-            },
+        row.values.update(patient_mrn=mrn, resident_id=rid)
+        row.set("name", lambda: _name(r))
+        row.set("sex", lambda: SEX.get(_str(r, "gender") or "", _str(r, "gender")))
+        row.set("birth_date", lambda: _local_date(_str(r, "birthDate")))
+        row.set("phone", lambda: _phone(r))
+        row.set("address", lambda: _str(r, "address.0.text") or _joined(r, "address.0.line"))
+        row.set(
+            "county_code",
+            lambda: _text(_extension_value(_get(r, "address.0"), COUNTY_CODE_URL), "county-code"),
         )
-
-    def _condition(self, entry: _Entry) -> None:
-        r = entry.resource
-        patient = self.subject(r)
-        self.add(
-            "diagnoses",
-            {
-                "hospital_id": patient.hospital_id,
-                "encounter_id": self.encounter_id(r),
-                "diagnosis_seq": _text(_extension_value(r, DIAGNOSIS_SEQ_URL), "diagnosis-seq"),
-                "resident_id": patient.resident_id,
-                "icd10_code": _code(_get(r, "code"), "code", ICD10_SYSTEM),
-                "diagnosis_type": _text(_extension_value(r, DIAGNOSIS_TYPE_URL), "diagnosis-type"),
-                "diagnosed_at": _local_timestamp(_str(r, "recordedDate")),
-            },
+        row.set(
+            "registered_at",
+            lambda: _local_timestamp(_text(_extension_value(r, REGISTERED_AT_URL), "registered-at")),
         )
+        return [self.emit("patients", entry, row)]
 
-    def _observation(self, entry: _Entry) -> None:
+    def _encounter(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
-        if not any(
-            c.get("system") == OBSERVATION_CATEGORY_SYSTEM and c.get("code") == "laboratory"
-            for concept in _items(r, "category")
-            for c in _codings(concept, "category")
-        ):
-            raise _Bad(
-                f"not a laboratory Observation (category has no 'laboratory' in "
-                f"{OBSERVATION_CATEGORY_SYSTEM})"
-            )
-        patient = self.subject(r)
-        loinc = _code(_get(r, "code"), "code", LOINC_SYSTEM)
-        value_num, value_text, unit = _observation_value(r)
-        self.add(
-            "lab_results",
-            {
-                "hospital_id": patient.hospital_id,
-                "lab_result_id": _identifier_value(r, LAB_RESULT_SYSTEM, prefix=True),
-                "encounter_id": self.encounter_id(r),
-                "resident_id": patient.resident_id,
-                "loinc_code": loinc,
-                "value_num": value_num,
-                "value_text": value_text or _text(_extension_value(r, VALUE_TEXT_URL), "value-text"),
-                "unit": unit,
-                "reference_low": _str(r, "referenceRange.0.low.value"),
-                "reference_high": _str(r, "referenceRange.0.high.value"),
-                "abnormal_flag": _loose_code(
-                    _get(r, "interpretation.0"), "interpretation", INTERPRETATION_SYSTEM
-                ),
-                "collected_at": _local_timestamp(_str(r, "effectiveDateTime")),
-            },
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        row.set(
+            "hospital_id",
+            lambda: self.hospital(
+                "neither its serviceProvider nor its Patient's managingOrganization names one",
+                self.org_hospital(entry, r.get("serviceProvider"), "serviceProvider"),
+                subject.hospital_id,
+            ),
         )
+        row.set("encounter_id", lambda: _business_id(r, entry.id, ENCOUNTER_SYSTEM, "VN"))
+        row.values.update(patient_mrn=subject.patient_mrn, resident_id=subject.resident_id)
+        row.set("encounter_type", lambda: _encounter_type(r))
+        row.set(
+            "department",
+            lambda: _str(r, "serviceType.text") or _loose_code(_get(r, "serviceType"), "serviceType", ""),
+        )
+        row.set("admit_time", lambda: _local_timestamp(_str(r, "period.start")))
+        row.set("discharge_time", lambda: _local_timestamp(_str(r, "period.end")))
+        row.set("referred_from_hospital_id", lambda: self.referred_from(entry))
+        return [self.emit("encounters", entry, row, subject)]
 
-    def _medication(self, entry: _Entry) -> None:
+    def _condition(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
-        patient = self.subject(r)
-        # A medicationReference (a Medication resource) is not read: no ATC coding to find.
-        atc = _code(_get(r, "medicationCodeableConcept"), "medicationCodeableConcept", ATC_SYSTEM)
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        row.set("hospital_id", lambda: self.hospital(_DEPENDANT, encounter.hospital_id, subject.hospital_id))
+        row.values.update(encounter_id=encounter.encounter_id, resident_id=subject.resident_id)
+        rank = row.attempt(lambda: self.diagnosis_rank(entry, encounter), None)
+        row.set(
+            "diagnosis_seq",
+            lambda: _text(_extension_value(r, DIAGNOSIS_SEQ_URL), "diagnosis-seq") or rank,
+        )
+        row.set(
+            "diagnosis_type",
+            lambda: (
+                _text(_extension_value(r, DIAGNOSIS_TYPE_URL), "diagnosis-type")
+                # An encounter's first-ranked diagnosis is its primary one (主要诊断).
+                or (None if rank is None else "primary" if rank == "1" else "secondary")
+            ),
+        )
+        row.set("icd10_code", lambda: _code(_get(r, "code"), "code", ICD10_SYSTEM))
+        row.set("diagnosed_at", lambda: _local_timestamp(_str(r, "recordedDate")))
+        return [self.emit("diagnoses", entry, row, subject, encounter)]
+
+    def _observation(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        r = entry.resource
+        if not _is_laboratory(r):  # vital signs, surveys, imaging findings: no dataset of ours
+            self.skip("Observation")
+            return []
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        row.set(
+            "hospital_id",
+            lambda: self.hospital(
+                f"neither its performer nor {_DEPENDANT.removeprefix('neither ')}",
+                *(self.org_hospital(entry, p, "performer") for p in _items(r, "performer")),
+                encounter.hospital_id,
+                subject.hospital_id,
+            ),
+        )
+        row.set("lab_result_id", lambda: _business_id(r, entry.id, LAB_RESULT_SYSTEM, "FILL", "PLAC"))
+        row.values.update(encounter_id=encounter.encounter_id, resident_id=subject.resident_id)
+        row.set("loinc_code", lambda: _code(_get(r, "code"), "code", LOINC_SYSTEM))
+        value_num, value_text, unit = row.attempt(lambda: _observation_value(r), _NO_VALUE)
+        row.values.update(value_num=value_num, unit=unit)
+        row.set("value_text", lambda: value_text or _text(_extension_value(r, VALUE_TEXT_URL), "value-text"))
+        row.set("reference_low", lambda: _str(r, "referenceRange.0.low.value"))
+        row.set("reference_high", lambda: _str(r, "referenceRange.0.high.value"))
+        row.set(
+            "abnormal_flag",
+            lambda: _loose_code(_get(r, "interpretation.0"), "interpretation", INTERPRETATION_SYSTEM),
+        )
+        row.set(
+            "collected_at",
+            lambda: _local_timestamp(
+                _str(r, "effectiveDateTime")
+                or _str(r, "effectivePeriod.start")
+                or _str(r, "effectiveInstant")
+            ),
+        )
+        return [self.emit("lab_results", entry, row, subject, encounter)]
+
+    def _medication(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        r = entry.resource
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        row.set(
+            "hospital_id",
+            lambda: self.hospital(
+                f"neither its performer nor {_DEPENDANT.removeprefix('neither ')}",
+                self.org_hospital(entry, r.get("performer"), "performer"),
+                encounter.hospital_id,
+                subject.hospital_id,
+            ),
+        )
+        row.set("medication_id", lambda: _business_id(r, entry.id, MEDICATION_SYSTEM, "FILL", "PLAC"))
+        row.values.update(encounter_id=encounter.encounter_id, resident_id=subject.resident_id)
+        medication = row.attempt(lambda: self.medication(entry), None)
+        if medication is not None:
+            concept, where = medication
+            row.set("atc_code", lambda: _code(concept, where, ATC_SYSTEM))
+            row.set("drug_name", lambda: _drug_name(concept, where))
         dosage = "dosageInstruction.0"
-        self.add(
-            "medications",
-            {
-                "hospital_id": patient.hospital_id,
-                "medication_id": _identifier_value(r, MEDICATION_SYSTEM, prefix=True),
-                "encounter_id": self.encounter_id(r),
-                "resident_id": patient.resident_id,
-                "atc_code": atc,
-                "drug_name": _str(r, "medicationCodeableConcept.text"),
-                "dose": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.value"),
-                "dose_unit": _str(r, f"{dosage}.doseAndRate.0.doseQuantity.unit"),
-                "route": _loose_code(_get(r, f"{dosage}.route"), f"{dosage}.route", ROUTE_SYSTEM),
-                "frequency": _loose_code(_get(r, f"{dosage}.timing.code"), f"{dosage}.timing.code", ""),
-                "start_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.start")),
-                "end_date": _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.end")),
-            },
+        row.set("dose", lambda: _str(r, f"{dosage}.doseAndRate.0.doseQuantity.value"))
+        row.set("dose_unit", lambda: _str(r, f"{dosage}.doseAndRate.0.doseQuantity.unit"))
+        row.set("route", lambda: _loose_code(_get(r, f"{dosage}.route"), f"{dosage}.route", ROUTE_SYSTEM))
+        row.set(
+            "frequency",
+            lambda: _loose_code(_get(r, f"{dosage}.timing.code"), f"{dosage}.timing.code", ""),
         )
+        row.set(
+            "start_date",
+            # Without a stated period, an order starts when it is written.
+            lambda: (
+                _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.start"))
+                or _local_date(_str(r, "authoredOn"))
+            ),
+        )
+        row.set("end_date", lambda: _local_date(_str(r, f"{dosage}.timing.repeat.boundsPeriod.end")))
+        return [self.emit("medications", entry, row, subject, encounter)]
 
-    def _imaging_study(self, entry: _Entry) -> None:
+    def _imaging_study(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
-        patient = self.subject(r)
-        uid = _strip_oid(_identifier_value(r, DICOM_UID_SYSTEM))
+        shared = _Row()  # what the study and each of its series share
+        own = _Row()  # the study's alone
+        subject = shared.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = own.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        found = (encounter.hospital_id, subject.hospital_id)
+        shared.set("hospital_id", lambda: self.hospital(_DEPENDANT, *found))
+        shared.set("study_instance_uid", lambda: _strip_oid(_identifier_value(r, DICOM_UID_SYSTEM)))
+        shared.values["resident_id"] = subject.resident_id
+        out: list[tuple[str, RawRecord]] = []
         if not _is_reference_only(r):
-            self.add(
-                "imaging_studies",
-                {
-                    "hospital_id": patient.hospital_id,
-                    "study_instance_uid": uid,
-                    "accession_number": _identifier_value(r, ACCESSION_SYSTEM, prefix=True),
-                    "patient_mrn": patient.patient_mrn,
-                    "resident_id": patient.resident_id,
-                    "encounter_id": self.encounter_id(r),
-                    "modality": _code(_get(r, "modality"), "modality", DICOM_SYSTEM),
-                    "body_part": _loose_code(
-                        _extension_value(r, BODY_PART_URL), "body-part", BODY_PART_SYSTEM
-                    ),
-                    "study_date": _local_date(_str(r, "started")),
-                    "study_description": _str(r, "description"),
-                    "referring_physician": _str(r, "referrer.display"),
-                    "number_of_series": _str(r, "numberOfSeries"),
-                },
+            row = _Row(shared)
+            row.errors += own.errors
+            row.values.update(patient_mrn=subject.patient_mrn, encounter_id=encounter.encounter_id)
+            row.set("accession_number", lambda: _accession(r))
+            row.set("modality", lambda: _code(_get(r, "modality"), "modality", DICOM_SYSTEM))
+            row.set(
+                "body_part",
+                lambda: _loose_code(_extension_value(r, BODY_PART_URL), "body-part", BODY_PART_SYSTEM),
             )
-        for i, series in enumerate(_items(r, "series")):
-            try:
-                self.add("imaging_series", _series(series, patient, uid))
-            except _Bad as exc:  # one bad series does not cost the study its other series
-                self.reject(f"{entry.label()} series {i}: {exc}")
+            row.set("study_date", lambda: _local_date(_str(r, "started")))
+            row.set("study_description", lambda: _str(r, "description"))
+            row.set("referring_physician", lambda: _str(r, "referrer.display"))
+            row.set("number_of_series", lambda: _str(r, "numberOfSeries"))
+            out.append(self.emit("imaging_studies", entry, row, subject, encounter))
+        try:
+            series = _items(r, "series")
+        except _Bad as exc:
+            row = _Row(shared)
+            row.errors.append(str(exc))
+            return [*out, self.emit("imaging_series", entry, row, subject, part=" series")]
+        for i, s in enumerate(series, start=1):
+            # One bad series costs the study nothing, nor its other series.
+            out.append(self.emit("imaging_series", entry, _series(shared, s), subject, part=f" series {i}"))
+        return out
 
 
-_READERS: dict[str, Callable[[_BundleReader, _Entry], None]] = {
-    "Encounter": _BundleReader._encounter,
-    "Condition": _BundleReader._condition,
-    "Observation": _BundleReader._observation,
-    "MedicationRequest": _BundleReader._medication,
-    "ImagingStudy": _BundleReader._imaging_study,
+_MAPPERS: dict[str, Callable[[_Reader, _Entry], list[tuple[str, RawRecord]]]] = {
+    "Patient": _Reader._patient,
+    "Encounter": _Reader._encounter,
+    "Condition": _Reader._condition,
+    "Observation": _Reader._observation,
+    "MedicationRequest": _Reader._medication,
+    "ImagingStudy": _Reader._imaging_study,
 }
 
 
-def _series(s: dict[str, Any], patient: _Patient, study_uid: str | None) -> RawRecord:
-    return {
-        "hospital_id": patient.hospital_id,
-        "series_instance_uid": _str(s, "uid"),
-        "study_instance_uid": study_uid,
-        "resident_id": patient.resident_id,
-        "modality": _code(_get(s, "modality"), "modality", DICOM_SYSTEM),
-        "body_part": _loose_code(_get(s, "bodySite"), "bodySite", BODY_PART_SYSTEM),
-        "series_description": _str(s, "description"),
-        "sop_class_uid": _strip_oid(
+def _series(shared: _Row, s: dict[str, Any]) -> _Row:
+    row = _Row(shared)
+    row.set("series_instance_uid", lambda: _str(s, "uid"))
+    row.set("modality", lambda: _code(_get(s, "modality"), "modality", DICOM_SYSTEM))
+    row.set("body_part", lambda: _loose_code(_get(s, "bodySite"), "bodySite", BODY_PART_SYSTEM))
+    row.set("series_description", lambda: _str(s, "description"))
+    row.set(
+        "sop_class_uid",
+        lambda: _strip_oid(
             _loose_code(_extension_value(s, SOP_CLASS_URL), "sop-class", RFC3986_SYSTEM)
+            # R4's own place: each instance's sopClass (the series' instances share one).
+            or _loose_code(_get(s, "instance.0.sopClass"), "instance.0.sopClass", RFC3986_SYSTEM)
         ),
-        "number_of_instances": _str(s, "numberOfInstances"),
-        "series_date": _local_date(_str(s, "started")),
-    }
+    )
+    row.set("number_of_instances", lambda: _str(s, "numberOfInstances"))
+    row.set("series_date", lambda: _local_date(_str(s, "started")))
+    return row
+
+
+def _is_laboratory(r: dict[str, Any]) -> bool:
+    return any(
+        c.get("system") in OBSERVATION_CATEGORY_SYSTEMS and c.get("code") == "laboratory"
+        for concept in _items(r, "category")
+        for c in _codings(concept, "category")
+    )
+
+
+def _encounter_type(r: dict[str, Any]) -> str | None:
+    kind = _code(_get(r, "class"), "class", ACT_CODE_SYSTEM)
+    return ENCOUNTER_TYPE.get(kind or "", kind)
+
+
+def _accession(r: dict[str, Any]) -> str | None:
+    found = _first(_items(r, "identifier"), _system_starts(ACCESSION_SYSTEM), _type_is("ACSN"))
+    return _value(found, "accession identifier")
+
+
+def _drug_name(concept: object, where: str) -> str | None:
+    if concept is not None and not isinstance(concept, dict):
+        raise _Bad(f"{where} is not a CodeableConcept")
+    displays = (_text(c.get("display"), f"{where} display") for c in _codings(concept, where))
+    return _str(concept, "text") or next((d for d in displays if d), None)
 
 
 def _name(resource: object) -> str | None:
+    names = _items(resource, "name")
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
     # Chinese order without a separator when there is no text: family name, then given names.
-    return (
-        _str(resource, "name.0.text")
-        or "".join(filter(None, [_str(resource, "name.0.family"), _joined(resource, "name.0.given")]))
-        or None
-    )
+    return _str(name, "text") or "".join(filter(None, [_str(name, "family"), _joined(name, "given")])) or None
+
+
+def _phone(resource: object) -> str | None:
+    phones = (_str(t, "value") for t in _items(resource, "telecom") if t.get("system") == "phone")
+    return next((p for p in phones if p), None)
 
 
 def _joined(node: object, path: str) -> str | None:
@@ -1168,19 +1635,69 @@ def _strip_oid(uid: str | None) -> str | None:
     return uid[len("urn:oid:") :] if uid is not None and uid.startswith("urn:oid:") else uid
 
 
-def _json_kind(value: object) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    return "null" if value is None else "boolean" if isinstance(value, bool) else "number"
+# --- bundles, files, lines --------------------------------------------------------------------
+def _read_bundle(
+    bundle: object,
+    *,
+    source: str,
+    hospital_id: str | None,
+    systems: FhirSystems | None,
+    line: int | None = None,
+) -> FhirBatch:
+    batch = FhirBatch()
+    at = "" if line is None else f"line {line}: "
+
+    def rejected(reason: str) -> FhirBatch:
+        batch.rejects.append(Reject(source, f"{at}{reason}"))
+        return batch
+
+    if not isinstance(bundle, dict):
+        return rejected(f"not a FHIR Bundle but a JSON {_json_kind(bundle)}")
+    if bundle.get("resourceType") != "Bundle":
+        return rejected(f"not a FHIR Bundle (resourceType {bundle.get('resourceType')!r})")
+    kind = bundle.get("type")
+    if kind not in READ_BUNDLE_TYPES:
+        return rejected(f"Bundle type {kind!r} is not read (expected {', '.join(READ_BUNDLE_TYPES)})")
+    raw_entries = bundle.get("entry", [])
+    if not isinstance(raw_entries, list):
+        return rejected("Bundle.entry is not a list")
+    entries: list[_Entry] = []
+    for i, raw in enumerate(raw_entries, start=1):
+        if not isinstance(raw, dict):
+            rejected(f"entry {i}: not an entry but a JSON {_json_kind(raw)}")
+            continue
+        resource = raw.get("resource")
+        if resource is None and str(kind).endswith("-response"):
+            # What a server answered for a request, without the resource: nothing to read.
+            batch.skipped["Bundle.entry.response"] = batch.skipped.get("Bundle.entry.response", 0) + 1
+            continue
+        if not isinstance(resource, dict):
+            request = raw.get("request")
+            method = request.get("method") if isinstance(request, dict) else None
+            rejected(f"entry {i}: no resource object" + (f" (request {method})" if method else ""))
+            continue
+        if not isinstance(resource.get("resourceType"), str) or not resource["resourceType"]:
+            rejected(f"entry {i}: resource has no resourceType")
+            continue
+        full_url = raw.get("fullUrl")
+        where = f"entry {i}" if line is None else f"line {line} entry {i}"
+        entries.append(
+            _Entry(where, line or i, resource, raw, full_url if isinstance(full_url, str) else None)
+        )
+    reader = _Reader(
+        source, hospital_id=hospital_id, systems=systems, index=_Index(entries), skipped=batch.skipped
+    )
+    for entry in entries:
+        for dataset, record in reader.read(entry):
+            batch.records.setdefault(dataset, []).append(record)
+    return batch
 
 
-def bundle_to_records(bundle: object, *, source: str) -> FhirBatch:
-    """Raw records by dataset from one parsed Bundle, each with `_source`, and a Reject for
-    every entry that cannot be mapped — or one for the whole bundle when it is not a
-    collection or transaction Bundle."""
-    return _BundleReader(source, "").read(bundle)
+def bundle_to_records(
+    bundle: object, *, source: str, hospital_id: str | None = None, systems: FhirSystems | None = None
+) -> FhirBatch:
+    """Raw records by dataset from one parsed Bundle (see read_fhir_file)."""
+    return _read_bundle(bundle, source=source, hospital_id=hospital_id, systems=systems)
 
 
 def _loads(text: str) -> object:
@@ -1193,9 +1710,24 @@ def _rejected(name: str, reason: str) -> FhirBatch:
     return FhirBatch(rejects=[Reject(name, reason)])
 
 
-def read_fhir_file(name: str, content: bytes) -> FhirBatch:
+def _merge(into: FhirBatch, batch: FhirBatch) -> None:
+    for dataset, records in batch.records.items():
+        into.records.setdefault(dataset, []).extend(records)
+    into.rejects += batch.rejects
+    for kind, n in batch.skipped.items():
+        into.skipped[kind] = into.skipped.get(kind, 0) + n
+
+
+def read_fhir_file(
+    name: str, content: bytes, *, hospital_id: str | None = None, systems: FhirSystems | None = None
+) -> FhirBatch:
     """A FHIR export file: one Bundle as JSON, or NDJSON with one Bundle per line (by the
-    `.ndjson` suffix, or when a `.json` file holds several JSON values)."""
+    `.ndjson` suffix, or when a `.json` file holds several JSON values).
+
+    `hospital_id` is the hospital whose landing folder the file came from: the hospital of every
+    resource that names none of ours (by HOSPITAL_SYSTEM identifier or, without `hospital_id`,
+    by Organization id). `systems` are the identifier systems the hospital's profile declares
+    for MRNs and resident ID numbers, besides those recognised by identifier type."""
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -1204,12 +1736,14 @@ def read_fhir_file(name: str, content: bytes) -> FhirBatch:
         return _rejected(name, "empty file")
     if not name.lower().endswith(".ndjson"):
         try:
-            return bundle_to_records(_loads(text), source=name)
+            document = _loads(text)
         except json.JSONDecodeError as exc:
             if exc.msg != "Extra data":
                 return _rejected(name, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
             return _rejected(name, f"invalid JSON: {exc}")
+        else:
+            return _read_bundle(document, source=name, hospital_id=hospital_id, systems=systems)
     merged = FhirBatch()
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -1220,8 +1754,99 @@ def read_fhir_file(name: str, content: bytes) -> FhirBatch:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             merged.rejects.append(Reject(name, f"line {number}: invalid JSON ({reason})"))
             continue
-        batch = _BundleReader(name, f"line {number}: ").read(document)
-        for dataset, records in batch.records.items():
-            merged.records.setdefault(dataset, []).extend(records)
-        merged.rejects += batch.rejects
+        batch = _read_bundle(document, source=name, hospital_id=hospital_id, systems=systems, line=number)
+        _merge(merged, batch)
     return merged
+
+
+def resource_type_of_file(name: str) -> str | None:
+    """The resource type a Bulk Data file's name says it holds — `Patient.ndjson`,
+    `Patient.000.ndjson`, `Patient_1.ndjson` → "Patient" — else None."""
+    match = _BULK_FILE.fullmatch(PurePosixPath(name).name)
+    if match is None:
+        return None
+    word = match.group(1)
+    known = {t.lower(): t for t in (*DATASET_OF_TYPE, "Bundle")}
+    return known.get(word.lower()) or (word if word[0].isupper() else None)
+
+
+def _unreadable(
+    dataset: str, *, source: str, line: int, hospital_id: str, rule: str, error: str, raw: str
+) -> RawRecord:
+    record: RawRecord = {c: None for c in COLUMNS.get(dataset, ())}
+    record.update(
+        hospital_id=hospital_id,
+        _source=source,
+        _line=str(line),
+        _fhir_id=None,
+        _rule=rule,
+        _error=error,
+        _raw=raw[:RAW_LIMIT],
+    )
+    return record
+
+
+def read_fhir_ndjson(
+    name: str,
+    lines: Iterable[bytes],
+    *,
+    hospital_id: str,
+    systems: FhirSystems | None = None,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[tuple[str, RawRecord]]:
+    """(dataset, record) pairs from a FHIR Bulk Data NDJSON file (one resource a line), read one
+    line at a time. Each resource is read alone: its references to Patients and Encounters
+    become `_link_patient` / `_link_encounter` (or `_link_mrn`) for a later step to resolve
+    against the `_fhir_id`s of records read before. A line that is not a resource becomes a
+    `malformed_line` record of the dataset the file name says (UNPLACED when it names no type);
+    a Bundle on a line is read as one. Resources not ingested, and bad lines of a file of such a
+    type, are counted in `skipped` by type."""
+    file_type = resource_type_of_file(name)
+    counts: dict[str, int] = {} if skipped is None else skipped
+    reader = _Reader(name, hospital_id=hospital_id, systems=systems, skipped=counts)
+    place = DATASET_OF_TYPE.get(file_type or "") or (UNPLACED if file_type in (None, "Bundle") else None)
+
+    def bad(number: int, rule: str, error: str, raw: str) -> list[tuple[str, RawRecord]]:
+        if place is None:  # a line of a resource type no dataset holds
+            reader.skip(file_type or "")
+            return []
+        record = _unreadable(
+            place, source=name, line=number, hospital_id=hospital_id, rule=rule, error=error, raw=raw
+        )
+        return [(place, record)]
+
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text, problem = raw.decode("utf-8-sig" if number == 1 else "utf-8"), None
+        except UnicodeDecodeError as exc:
+            text = raw.decode("utf-8", "replace")
+            problem = f"not UTF-8 text: byte {exc.start} cannot be decoded"
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            continue
+        document: object = None
+        if problem is None:
+            try:
+                document = _loads(text)
+            except (ValueError, RecursionError) as exc:
+                problem = f"invalid JSON ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"
+        if problem is None and not (isinstance(document, dict) and document.get("resourceType")):
+            kind = _json_kind(document)
+            problem = "a JSON object without resourceType" if kind == "object" else f"a JSON {kind}"
+            problem = f"not a FHIR resource: {problem}"
+        if problem is not None or not isinstance(document, dict):
+            yield from bad(number, MALFORMED_LINE, f"line {number}: {problem}", text)
+            continue
+        if document["resourceType"] == "Bundle":
+            batch = _read_bundle(document, source=name, hospital_id=hospital_id, systems=systems, line=number)
+            for dataset, records in batch.records.items():
+                yield from ((dataset, record) for record in records)
+            for reject in batch.rejects:
+                yield from bad(number, FHIR_ENTRY_INVALID, reject.reason, text)
+            for kind, n in batch.skipped.items():
+                counts[kind] = counts.get(kind, 0) + n
+            continue
+        if not isinstance(document["resourceType"], str):
+            yield from bad(number, MALFORMED_LINE, f"line {number}: resourceType is not a string", text)
+            continue
+        yield from reader.read(_Entry(f"line {number}", number, document, text))

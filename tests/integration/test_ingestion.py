@@ -18,6 +18,8 @@ from ingestion.defects import DUPLICATE, DefectRates
 from ingestion.generate import GenerateOptions, Manifest, generate
 from ingestion.job import IngestOptions, run_ingestion
 from ingestion.landing import land
+from ingestion.profiles import load_profiles
+from ingestion.read import store_access
 from ingestion.report import RunReport
 from ingestion.shareable import shareable
 from lakehouse.contracts import Contract, load_contracts
@@ -52,6 +54,13 @@ class Ingested:
         return IngestOptions(city=CITY, table_root=root, landing_prefix=root, now=NOW)
 
 
+def _run(spark, ing: Ingested, topology: Topology, options: IngestOptions) -> RunReport:
+    """A run of the job as `medshare ingest` makes it: the city's identity, the platform's profiles."""
+    access = store_access(ing.settings, site_credentials(ing.settings, CITY))
+    profiles = load_profiles(ing.settings.platform_dir, topology, ing.contracts)
+    return run_ingestion(spark, access, topology, ing.contracts, options, profiles=profiles)
+
+
 @pytest.fixture(scope="module")
 def ingested(
     spark, stack: Settings, topology: Topology, tmp_path_factory: pytest.TempPathFactory
@@ -78,7 +87,7 @@ def ingested(
         settings=stack,  # type: ignore[arg-type]
         contracts=contracts,
     )
-    ing.report = run_ingestion(spark, client, topology, contracts, ing.options())
+    ing.report = _run(spark, ing, topology, ing.options())
     return ing
 
 
@@ -128,7 +137,7 @@ def test_same_files_again_change_nothing(spark, ingested: Ingested, topology: To
     versions = {n: ingested.table(f"{CITY}-curated", n).version() for n in ingested.report.datasets}
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     assert land(client, f"{CITY}-landing", ingested.exports, prefix=ingested.root) == []
-    again = run_ingestion(spark, client, topology, ingested.contracts, ingested.options())
+    again = _run(spark, ingested, topology, ingested.options())
     assert again.status == "succeeded"
     assert again.files_unchanged == ingested.report.files_seen
     assert again.datasets == {}
@@ -193,13 +202,7 @@ def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(
     root = ingested.root.rstrip("/") + "-csv/"
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     land(client, f"{CITY}-landing", ingested.exports.parent / CROSSCHECK / CITY, prefix=root)
-    report = run_ingestion(
-        spark,
-        client,
-        topology,
-        ingested.contracts,
-        ingested.options(root),
-    )
+    report = _run(spark, ingested, topology, ingested.options(root))
     assert report.status == "succeeded" and not report.files_rejected
     compared = 0
     for dataset in (
@@ -239,13 +242,7 @@ def test_bad_files_are_rejected_with_reasons_and_never_crash(
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     for key, content in files.items():
         client.put_object(f"{CITY}-landing", root + key, io.BytesIO(content), len(content))
-    report = run_ingestion(
-        spark,
-        client,
-        topology,
-        ingested.contracts,
-        ingested.options(root),
-    )
+    report = _run(spark, ingested, topology, ingested.options(root))
     assert report.status == "succeeded"
     rejected = {r["key"]: r["reason"] for r in report.files_rejected}
     expected = {
@@ -253,7 +250,7 @@ def test_bad_files_are_rejected_with_reasons_and_never_crash(
         "empty.csv": "empty",
         "no-header.csv": "lacks required",
         "corrupt.dcm": "DICOM",
-        "export.xlsx": "unknown file type",
+        "export.xlsx": "not an Excel workbook",
         "bundle.json": "JSON",
         "kaifeng-c1/encounters/e.csv": "not a hospital of this city",
     }
@@ -308,7 +305,7 @@ def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(
 
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     assert land(client, f"{CITY}-landing", ingested.exports, prefix=ingested.root) == [ingested.root + key]
-    report = run_ingestion(spark, client, topology, ingested.contracts, ingested.options())
+    report = _run(spark, ingested, topology, ingested.options())
     assert report.status == "succeeded" and report.files_corrected == 1
     assert report.datasets["encounters"].replaced_files == 1
 
@@ -360,7 +357,7 @@ def test_a_hospital_export_carries_its_own_rows_only(spark, ingested: Ingested, 
     client = s3_client(ingested.settings, site_credentials(ingested.settings, CITY))
     key = f"{root}{sender}/encounters/forged.csv"
     client.put_object(f"{CITY}-landing", key, io.BytesIO(text.encode()), len(text))
-    report = run_ingestion(spark, client, topology, ingested.contracts, ingested.options(root))
+    report = _run(spark, ingested, topology, ingested.options(root))
     encounters = report.datasets["encounters"]
     assert encounters.rows_in == 4 and encounters.curated == 2
     assert encounters.quarantined == {"hospital_not_sender": 1, "referral_hospital_unknown": 1}

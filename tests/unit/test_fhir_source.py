@@ -1,5 +1,6 @@
-"""FHIR R4 Bundles ↔ raw records: exact round trip, a structurally sound bundle, rejects with
-reasons for what cannot be mapped, and bad values passed through untouched."""
+"""FHIR R4 Bundles ↔ raw records: exact round trip, a structurally sound bundle, records with
+reasons for what cannot be mapped, and bad values passed through untouched. (Standard FHIR from
+other systems and Bulk Data NDJSON: test_fhir_standard.py.)"""
 
 from __future__ import annotations
 
@@ -338,11 +339,30 @@ def defective_records() -> dict[str, list[dict[str, str | None]]]:
 
 
 def without_source(batch: FhirBatch) -> dict[str, list[dict[str, str | None]]]:
+    """The records without their meta fields, checking those: every record read, none linked
+    (the bundle holds every Patient and Encounter it refers to, or names them by identifier)."""
     out = {}
     for dataset, records in batch.records.items():
         assert all(r["_source"] == "hosp/fhir/b.json" for r in records)
-        out[dataset] = [{k: v for k, v in r.items() if k != "_source"} for r in records]
+        assert all(r["_fhir_id"] and r["_line"].isdigit() for r in records)
+        assert all(not k.startswith(("_rule", "_error", "_link")) for r in records for k in r)
+        out[dataset] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     return out
+
+
+def invalid(batch: FhirBatch) -> dict[str, list[dict[str, str | None]]]:
+    """The records of entries that could not be mapped, by dataset."""
+    out: dict[str, list[dict[str, str | None]]] = {}
+    for dataset, records in batch.records.items():
+        for r in records:
+            if r.get("_rule") is not None:
+                assert r["_rule"] == "fhir_entry_invalid" and r["_error"] and r["_raw"]
+                out.setdefault(dataset, []).append(r)
+    return out
+
+
+def valid(batch: FhirBatch, dataset: str) -> list[dict[str, str | None]]:
+    return [r for r in batch.records.get(dataset, []) if r.get("_rule") is None]
 
 
 def as_file(bundle: dict[str, Any]) -> bytes:
@@ -371,7 +391,10 @@ def test_rows_carry_exactly_the_contract_columns() -> None:
     assert set(batch.records) == set(COLUMNS)
     for dataset, records in batch.records.items():
         assert COLUMNS[dataset] == contracts[dataset].column_names
-        assert all(list(r) == [*contracts[dataset].column_names, "_source"] for r in records)
+        # The contract's columns, in order, then meta fields only.
+        n = len(COLUMNS[dataset])
+        assert all(list(r)[:n] == list(contracts[dataset].column_names) for r in records)
+        assert all(k.startswith("_") for r in records for k in list(r)[n:])
 
 
 def test_bad_values_pass_through_unchanged() -> None:
@@ -498,22 +521,28 @@ def mixed_bundle() -> dict[str, Any]:
 
 def test_unmappable_entries_are_rejected_with_reasons_and_the_rest_is_read() -> None:
     bundle = mixed_bundle()
-    n = len(bundle["entry"])
-    batch = read_fhir_file("hosp/fhir/b.json", as_file(bundle))
-    reasons = sorted(r.reason for r in batch.rejects)
-    assert all(r.source == "hosp/fhir/b.json" for r in batch.rejects)
-    assert reasons == sorted(
-        [
-            f"entry {n - 3} (Condition/orphan): subject 'Patient/nope' is not a Patient in this bundle",
-            f"entry {n - 2} (Procedure/p1): resourceType 'Procedure' is not read (expected one of "
-            "Organization, Patient, Encounter, Condition, Observation, MedicationRequest, "
-            "ImagingStudy)",
-            f"entry {n - 1}: no resource object",
-            next(r for r in reasons if "(Observation/no-loinc)" in r),
-        ]
+    n = len(bundle["entry"])  # entries count from 1, like `_line`
+    lab_entry = 1 + next(i for i, e in enumerate(bundle["entry"]) if e["resource"].get("id") == "no-loinc")
+    batch = read_fhir_file("hosp/fhir/b.json", as_file(bundle), hospital_id=H)
+    # Not a resource at all: a Reject. A resource type no dataset holds: counted, not rejected.
+    assert [(r.source, r.reason) for r in batch.rejects] == [
+        ("hosp/fhir/b.json", f"entry {n}: not an entry but a JSON string")
+    ]
+    assert batch.skipped == {"Organization": 1, "Procedure": 1}
+    # A Patient not in the bundle is no longer a reject: the row waits to be linked to it.
+    [orphan] = [r for r in batch.records["diagnoses"] if r["_fhir_id"] == "orphan"]
+    assert (orphan["_link_patient"], orphan["resident_id"], orphan["_line"]) == ("nope", None, str(n - 2))
+    assert "_rule" not in orphan
+    [lab] = invalid(batch)["lab_results"]
+    assert lab["_error"] == (
+        f"entry {lab_entry} (Observation/no-loinc): code has no coding in {LOINC_SYSTEM}"
     )
-    assert f"code has no coding in {LOINC_SYSTEM}" in next(r for r in reasons if "no-loinc" in r)
-    assert [len(batch.records[d]) for d in ("patients", "diagnoses", "lab_results")] == [2, 3, 3]
+    assert lab["_line"] == str(lab_entry) and lab["loinc_code"] is None
+    assert json.loads(lab["_raw"])["resource"]["code"]["text"] == "葡萄糖"
+    # What could be read is there: hospital, ids, the value.
+    assert (lab["hospital_id"], lab["resident_id"], lab["value_num"]) == (H, WANG, "6.8")
+    assert set(invalid(batch)) == {"lab_results"}
+    assert [len(valid(batch, d)) for d in ("patients", "diagnoses", "lab_results")] == [2, 4, 3]
 
 
 def test_a_rejected_patient_takes_its_dependants_along_with_reasons() -> None:
@@ -522,12 +551,24 @@ def test_a_rejected_patient_takes_its_dependants_along_with_reasons() -> None:
     )
     wang = next(e["resource"] for e in bundle["entry"] if e["resource"].get("name") == [{"text": "王建国"}])
     del wang["managingOrganization"]
+    # Without the hospital of the landing folder, nothing names Wang's hospital: not his
+    # Patient, nor his diagnoses (whose Encounters are not in the bundle).
     batch = bundle_to_records(bundle, source="s")
-    assert [len(batch.records[d]) for d in ("patients", "diagnoses")] == [1, 1]
-    assert len(batch.rejects) == 3
-    reason = batch.rejects[0].reason
-    assert f"(Patient/{wang['id']}): has no managingOrganization reference" in reason
-    assert all("is a Patient that was rejected" in r.reason for r in batch.rejects[1:])
+    assert batch.rejects == []
+    assert [len(valid(batch, d)) for d in ("patients", "diagnoses")] == [1, 1]
+    bad = invalid(batch)
+    assert [len(bad[d]) for d in ("patients", "diagnoses")] == [1, 2]
+    assert bad["patients"][0]["_error"].endswith(
+        f"(Patient/{wang['id']}): names no hospital (no managingOrganization names one) "
+        "and the file came with no hospital_id"
+    )
+    assert all("names no hospital" in r["_error"] for r in bad["diagnoses"])
+    # Everything else was read.
+    assert [r["resident_id"] for r in bad["patients"] + bad["diagnoses"]] == [WANG] * 3
+    assert [r["icd10_code"] for r in bad["diagnoses"]] == ["I10", "E11.9"]
+    # With it, all is well.
+    batch = bundle_to_records(bundle, source="s", hospital_id=H)
+    assert invalid(batch) == {} and batch.records["patients"][0]["hospital_id"] == H
 
 
 def test_a_series_without_a_dicom_modality_costs_only_that_series() -> None:
@@ -538,10 +579,11 @@ def test_a_series_without_a_dicom_modality_costs_only_that_series() -> None:
     study = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy")
     study["series"][0]["modality"] = {"system": "urn:local", "code": "CT"}
     batch = bundle_to_records(bundle, source="s")
-    assert len(batch.records["imaging_studies"]) == 2
-    assert len(batch.records["imaging_series"]) == 2
-    [reject] = batch.rejects
-    assert "series 0: modality has no coding in http://dicom.nema.org" in reject.reason
+    assert len(valid(batch, "imaging_studies")) == 2
+    assert len(valid(batch, "imaging_series")) == 2
+    [bad] = invalid(batch)["imaging_series"]
+    assert "series 1: modality has no coding in http://dicom.nema.org" in bad["_error"]
+    assert (bad["series_instance_uid"], bad["modality"]) == (f"{CT_STUDY}.1", None)
 
 
 def test_condition_needs_an_icd10_coding() -> None:
@@ -551,8 +593,10 @@ def test_condition_needs_an_icd10_coding() -> None:
     condition = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition")
     condition["code"] = {"text": "高血压"}
     batch = bundle_to_records(bundle, source="s")
-    assert len(batch.records["diagnoses"]) == 2
-    assert [r.reason.split(": ", 1)[1] for r in batch.rejects] == [f"code has no coding in {ICD10_SYSTEM}"]
+    assert len(valid(batch, "diagnoses")) == 2
+    assert [r["_error"].split(": ", 1)[1] for r in invalid(batch)["diagnoses"]] == [
+        f"code has no coding in {ICD10_SYSTEM}"
+    ]
 
 
 def test_a_value_where_an_object_belongs_is_a_reject_not_an_exception() -> None:
@@ -565,8 +609,8 @@ def test_a_value_where_an_object_belongs_is_a_reject_not_an_exception() -> None:
     lab_two = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"][1]
     lab_two["referenceRange"] = "115-150"
     batch = bundle_to_records(bundle, source="s")
-    assert len(batch.records["lab_results"]) == 2
-    assert sorted(r.reason.split(": ", 1)[1] for r in batch.rejects) == [
+    assert len(valid(batch, "lab_results")) == 2
+    assert sorted(r["_error"].split(": ", 1)[1] for r in invalid(batch)["lab_results"]) == [
         "referenceRange is not a list",
         "valueQuantity.value is a object, not a value",
     ]
@@ -582,8 +626,9 @@ def test_a_value_where_an_object_belongs_is_a_reject_not_an_exception() -> None:
         (b'[1, "x", {}, null]', "not a FHIR Bundle but a JSON array"),
         (b'{"resourceType": "Patient", "id": "p"}', "not a FHIR Bundle (resourceType 'Patient')"),
         (
-            b'{"resourceType": "Bundle", "type": "searchset"}',
-            "Bundle type 'searchset' is not read (expected collection or transaction)",
+            b'{"resourceType": "Bundle", "type": "history"}',
+            "Bundle type 'history' is not read (expected collection, transaction, batch, searchset, "
+            "document, transaction-response, batch-response)",
         ),
         (
             b'{"resourceType": "Bundle", "type": "collection", "entry": {}}',
@@ -667,7 +712,7 @@ def test_reads_references_by_urn_uuid_and_encounter_by_reference_only() -> None:
         ],
     }
     batch = bundle_to_records(bundle, source="s")
-    assert batch.rejects == []
+    assert batch.rejects == [] and invalid(batch) == {}
     assert batch.records["patients"][0]["name"] == "李秀英"
     assert batch.records["patients"][0]["sex"] == "F"
     assert batch.records["encounters"][0]["encounter_type"] == "outpatient"
@@ -681,5 +726,7 @@ def test_reads_references_by_urn_uuid_and_encounter_by_reference_only() -> None:
             "diagnosis_type": None,
             "diagnosed_at": "2025-05-05T08:30:00",
             "_source": "s",
+            "_line": "3",
+            "_fhir_id": "c1",  # no id: the uuid of its urn:uuid fullUrl
         }
     ]
