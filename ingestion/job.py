@@ -21,7 +21,8 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,21 @@ class _Known:
     etag: str | None
 
 
+class _Stages:
+    """Seconds spent per stage of the run, summed over datasets (the run report's `stages`)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.into[name] = round(self.into.get(name, 0.0) + time.monotonic() - started, 2)
+
+
 def _table_exists(spark: SparkSession, uri: str) -> bool:
     from delta.tables import DeltaTable
 
@@ -144,6 +160,7 @@ class CityIngestion:
         now = options.now or dt.datetime.now(dt.UTC)
         self.now_local = now.astimezone(ZoneInfo(SOURCE_TIME_ZONE)).replace(tzinfo=None)
         self.report = RunReport(city=city.id, run_id=options.run_id, started_at=now.isoformat())
+        self.stage = _Stages(self.report.stages)
         self._cached: list[DataFrame] = []
 
     # -- planning (driver: a listing, no file content) ----------------------------------------
@@ -269,31 +286,20 @@ class CityIngestion:
         *,
         from_media: bool,
     ) -> DatasetReport | None:
-        from pyspark.sql import Window
+        """Bronze, then link, validate and count in one pass over a cached frame; then waiting,
+        quarantine and curated are written from it."""
         from pyspark.sql import functions as F
 
         started = time.monotonic()
-        run_id, name = self.options.run_id, contract.name
+        name = contract.name
         earlier = self._waiting(name)
         if records is None and earlier is None:
             return None
         report = DatasetReport(dataset=name)
         if records is not None:
-            (
-                records.withColumn("_line", F.col("_line").cast("string"))
-                .drop("_order")
-                .withColumn("_run_id", F.lit(run_id))
-                .withColumn("_ingested_at", F.current_timestamp())
-                .write.format("delta")
-                .mode("append")
-                .option("mergeSchema", "true")
-                .save(self.tables.bronze_table(name))
-            )
-            if name in ("patients", "encounters"):
-                self._new_fhir_ids.append(fhir_ids_of(records, name, contract.column_names))
-        incoming = []
-        if records is not None:
-            incoming.append(records.withColumn("first_run", F.lit(run_id)))
+            with self.stage("bronze"):
+                self._bronze(name, contract, records)
+        incoming = [] if records is None else [records.withColumn("first_run", F.lit(self.options.run_id))]
         if earlier is not None:
             incoming.append(earlier)
         rows = incoming[0] if len(incoming) == 1 else incoming[0].unionByName(incoming[1])
@@ -302,9 +308,8 @@ class CityIngestion:
             linked = link(rows, contract, registry=registry, fhir_ids=fhir)
         else:  # only FHIR and DICOM records come without their patient
             linked = rows.withColumn(WAITING_REASON, F.lit(None).cast("string"))
-        conformed = conform(linked, contract, profiles)
         checked = validate(
-            conformed,
+            conform(linked, contract, profiles),
             contract,
             city_hospitals=self.hospitals,
             all_hospitals=[h.id for h in self.topology.hospitals],
@@ -312,80 +317,120 @@ class CityIngestion:
             profiles=profiles,
         ).cache()
         try:
-            # One pass counts everything the report balances: new rows, rows back from waiting,
-            # rows still waiting, and quarantined rows by their first rule.
-            counts = (
-                checked.groupBy(
-                    (F.col("first_run") == run_id).alias("new"),
-                    F.col(WAITING_REASON).isNotNull().alias("waiting"),
-                    F.get(F.col("_rules"), 0).alias("rule"),
-                )
-                .count()
-                .collect()
-            )
-            report.rows_in = sum(r["count"] for r in counts if r["new"])
-            report.from_waiting = sum(r["count"] for r in counts if not r["new"])
-            report.waiting = sum(r["count"] for r in counts if r["waiting"])
-            report.quarantined = {}
-            for r in counts:
-                if not r["waiting"] and r["rule"] is not None:
-                    report.quarantined[r["rule"]] = report.quarantined.get(r["rule"], 0) + r["count"]
-            valid = sum(r["count"] for r in counts if not r["waiting"] and r["rule"] is None)
-            self._store_waiting(
-                contract, checked.where(F.col(WAITING_REASON).isNotNull()), earlier is not None
-            )
+            with self.stage("link, validate, count"):
+                valid = self._count(checked, report)
+            with self.stage("waiting"):
+                waiting = checked.where(F.col(WAITING_REASON).isNotNull())
+                self._store_waiting(contract, waiting, had_earlier=earlier is not None)
             settled = checked.where(F.col(WAITING_REASON).isNull())
-            bad = settled.where(F.size("_rules") > 0)
-            raw_json = F.coalesce(
-                F.col("_raw"),
-                F.to_json(F.struct(*[F.col(f"`{c}`") for c in contract.column_names])),
-            )
-            (
-                bad.select(
-                    F.lit(name).alias("dataset"),
-                    F.col(f"`{contract.partition_by.hospital}`").alias("hospital_id"),
-                    F.col("_source").alias("source_file"),
-                    F.col("_line").cast("int").alias("line"),
-                    F.col("_rules")[0].alias("rule"),
-                    F.col("_rules").alias("rules"),
-                    F.col("_reason").alias("reason"),
-                    raw_json.alias("raw"),
-                    F.col("_checksum").alias("file_checksum"),
-                    F.lit(run_id).alias("run_id"),
-                    F.current_timestamp().alias("quarantined_at"),
-                )
-                .write.format("delta")
-                .mode("append")
-                .partitionBy("dataset")
-                .save(self.tables.quarantine_table(QUARANTINE_ROWS))
-            )
-            # Last delivered wins among rows with the same business key.
-            keys = [F.col(f"`{k}`") for k in contract.business_key]
-            latest = Window.partitionBy(*keys).orderBy(F.col("_order").desc(), F.col("_line").desc())
-            good = (
-                settled.where(F.size("_rules") == 0)
-                .withColumn("_rank", F.row_number().over(latest))
-                .where("_rank = 1")
-            )
-            curated = good.select(
-                *typed_columns(contract),
-                F.col("_month").alias("month"),
-                F.col("_source").alias("_source_file"),
-                F.col("_checksum").alias("_source_checksum"),
-                F.lit(run_id).alias("_run_id"),
-            ).cache()
-            report.curated = curated.count()
-            report.duplicates = valid - report.curated
-            if report.curated:
-                self._check_quality(contract, curated, report)
-            self._commit_curated(contract, curated, corrected)
-            curated.unpersist()
+            with self.stage("quarantine"):
+                self._quarantine(contract, settled.where(F.size("_rules") > 0))
+            self._curate(contract, settled.where(F.size("_rules") == 0), corrected, report, valid)
         finally:
             checked.unpersist()
         report.seconds = round(time.monotonic() - started, 2)
         return report
 
-    def _store_waiting(self, contract: Contract, waiting: DataFrame, had_earlier: bool) -> None:
+    def _count(self, checked: DataFrame, report: DatasetReport) -> int:
+        """Everything the report balances, in one pass: new rows, rows back from waiting, rows
+        still waiting, quarantined rows by their first rule. Returns the valid rows."""
+        from pyspark.sql import functions as F
+
+        counts = (
+            checked.groupBy(
+                (F.col("first_run") == self.options.run_id).alias("new"),
+                F.col(WAITING_REASON).isNotNull().alias("waiting"),
+                F.get(F.col("_rules"), 0).alias("rule"),
+            )
+            .count()
+            .collect()
+        )
+        report.rows_in = sum(r["count"] for r in counts if r["new"])
+        report.from_waiting = sum(r["count"] for r in counts if not r["new"])
+        report.waiting = sum(r["count"] for r in counts if r["waiting"])
+        report.quarantined = {}
+        for r in counts:
+            if not r["waiting"] and r["rule"] is not None:
+                report.quarantined[r["rule"]] = report.quarantined.get(r["rule"], 0) + r["count"]
+        return sum(r["count"] for r in counts if not r["waiting"] and r["rule"] is None)
+
+    def _quarantine(self, contract: Contract, bad: DataFrame) -> None:
+        from pyspark.sql import functions as F
+
+        raw_json = F.coalesce(
+            F.col("_raw"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in contract.column_names]))
+        )
+        (
+            bad.select(
+                F.lit(contract.name).alias("dataset"),
+                F.col(f"`{contract.partition_by.hospital}`").alias("hospital_id"),
+                F.col("_source").alias("source_file"),
+                F.col("_line").cast("int").alias("line"),
+                F.col("_rules")[0].alias("rule"),
+                F.col("_rules").alias("rules"),
+                F.col("_reason").alias("reason"),
+                raw_json.alias("raw"),
+                F.col("_checksum").alias("file_checksum"),
+                F.lit(self.options.run_id).alias("run_id"),
+                F.current_timestamp().alias("quarantined_at"),
+            )
+            .write.format("delta")
+            .mode("append")
+            .partitionBy("dataset")
+            .save(self.tables.quarantine_table(QUARANTINE_ROWS))
+        )
+
+    def _curate(
+        self, contract: Contract, good: DataFrame, corrected: set[str], report: DatasetReport, valid: int
+    ) -> None:
+        """Last delivered wins among rows with the same business key; the batch passes its quality
+        suite before anything is committed."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        keys = [F.col(f"`{k}`") for k in contract.business_key]
+        latest = Window.partitionBy(*keys).orderBy(F.col("_order").desc(), F.col("_line").desc())
+        curated = (
+            good.withColumn("_rank", F.row_number().over(latest))
+            .where("_rank = 1")
+            .select(
+                *typed_columns(contract),
+                F.col("_month").alias("month"),
+                F.col("_source").alias("_source_file"),
+                F.col("_checksum").alias("_source_checksum"),
+                F.lit(self.options.run_id).alias("_run_id"),
+            )
+            .cache()
+        )
+        try:
+            with self.stage("deduplicate"):
+                report.curated = curated.count()
+            report.duplicates = valid - report.curated
+            if report.curated:
+                with self.stage("quality suite"):
+                    self._check_quality(contract, curated, report)
+            with self.stage("commit curated"):
+                self._commit_curated(contract, curated, corrected)
+        finally:
+            curated.unpersist()
+
+    def _bronze(self, name: str, contract: Contract, records: DataFrame) -> None:
+        from pyspark.sql import functions as F
+
+        (
+            records.withColumn("_line", F.col("_line").cast("string"))
+            .drop("_order")
+            .withColumn("_run_id", F.lit(self.options.run_id))
+            .withColumn("_ingested_at", F.current_timestamp())
+            .write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")
+            .save(self.tables.bronze_table(name))
+        )
+        if name in ("patients", "encounters"):
+            self._new_fhir_ids.append(fhir_ids_of(records, name, contract.column_names))
+
+    def _store_waiting(self, contract: Contract, waiting: DataFrame, *, had_earlier: bool) -> None:
         """The dataset's waiting rows become exactly these (earlier ones linked now are gone)."""
         from pyspark.sql import functions as F
 
@@ -456,7 +501,8 @@ class CityIngestion:
         self._new_fhir_ids: list[DataFrame] = []
         try:
             self.progress("listing the landing bucket", 0, 1)
-            files, rejected_by_name, corrected = self._plan()
+            with self.stage("plan (list the landing bucket, ledger)"):
+                files, rejected_by_name, corrected = self._plan()
             self.progress("listing the landing bucket", 1, 1)
             self.report.files_corrected = len(corrected)
             media = self._read(
@@ -485,8 +531,9 @@ class CityIngestion:
                 if tabular is not None:
                     tabular.unpersist()
             self.progress("ingesting datasets", len(names), len(names))
-            self._new_fhir_ids_commit()
-            self._record_files(files, rejected_by_name, file_rows, corrected)
+            with self.stage("ledger"):
+                self._new_fhir_ids_commit()
+                self._record_files(files, rejected_by_name, file_rows, corrected)
             self.report.status = "succeeded"
         except MedshareError as exc:
             self.report.status, self.report.error = "failed", str(exc)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from lakehouse.contracts import Contract
@@ -31,7 +32,7 @@ LINKS = ("_link_patient", "_link_encounter", "_link_mrn")
 WAITING_REASON = "_waiting"
 
 
-def _needs(contract: Contract) -> tuple[F.Column, F.Column]:
+def _needs(contract: Contract) -> tuple[Column, Column]:
     columns = set(contract.column_names)
     patient = F.lit(False)
     if "resident_id" in columns:
@@ -154,7 +155,7 @@ def fhir_ids_of(records: DataFrame, dataset: str, columns: Sequence[str]) -> Dat
     """The FHIR resources among `records` of `dataset` (patients or encounters) as `_fhir_ids` rows."""
     kind = {"patients": "Patient", "encounters": "Encounter"}[dataset]
 
-    def col(name: str) -> F.Column:
+    def col(name: str) -> Column:
         return F.col(name) if name in columns else F.lit(None).cast("string")
 
     return records.where(F.col("_fhir_id").isNotNull() & F.col("_rule").isNull()).select(

@@ -261,7 +261,12 @@ class _Batches:
         return self._build(len(records), arrays, constants)
 
     def file_row(self, f: SourceFile, **values: object) -> pa.RecordBatch:
-        row = {"_dataset": FILE, "_source": f.key, "_profile": f.profile.name, "_checksum": f.etag}
+        row: dict[str, object] = {
+            "_dataset": FILE,
+            "_source": f.key,
+            "_profile": f.profile.name,
+            "_checksum": f.etag,
+        }
         row.update({k: v for k, v in values.items() if v is not None})
         return self._build(1, {}, row)
 
@@ -433,11 +438,13 @@ class FileReader:
         batch = read_fhir_file(f.key, content, hospital_id=f.hospital_id, systems=f.profile.fhir)
         records = {d: [r for r in rs if d in self.datasets] for d, rs in batch.records.items()}
         yield from self._emit(f, records)
-        for number, reject in enumerate(batch.rejects, start=1):
-            yield self.out.file_row(f, _status="entry_rejected", _error=reject.reason, _line=number)
-        # Nothing readable at all is a rejected file; otherwise the entries that were not are
-        # listed above, each with its reason. Resource types that no dataset holds are counted.
+        # Nothing readable at all is a rejected file (its reasons in one row); otherwise every
+        # entry that was not readable is listed with its reason. Resource types that no dataset
+        # holds are counted.
         rejected = bool(batch.rejects) and not any(records.values())
+        if not rejected:
+            for number, reject in enumerate(batch.rejects, start=1):
+                yield self.out.file_row(f, _status="entry_rejected", _error=reject.reason, _line=number)
         yield self.out.file_row(
             f,
             _status="rejected" if rejected else "ingested",
@@ -450,21 +457,28 @@ class FileReader:
         )
 
     def _fhir_ndjson(self, f: SourceFile) -> Iterator[pa.RecordBatch]:
-        from ingestion.sources.fhir import read_fhir_ndjson
+        from ingestion.sources.fhir import UNPLACED, read_fhir_ndjson
 
         response = self._open(f)
         stream = _Hashing(response)
-        pending: dict[str, list[dict[str, object]]] = {}
+        pending: dict[str, list[Mapping[str, object]]] = {}
+        skipped: dict[str, int] = {}
         records = 0
         try:
-            lines = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+            lines = io.BufferedReader(stream, buffer_size=1 << 20)
             for dataset, record in read_fhir_ndjson(
-                f.key, lines, hospital_id=f.hospital_id, systems=f.profile.fhir
+                f.key, lines, hospital_id=f.hospital_id, systems=f.profile.fhir, skipped=skipped
             ):
-                if dataset not in self.datasets:
+                records += 1
+                if dataset == UNPLACED:  # a bad line of a file whose name gives no resource type
+                    yield self.out.file_row(
+                        f,
+                        _status="entry_rejected",
+                        _error=record.get("_error"),
+                        _line=int(str(record.get("_line"))),
+                    )
                     continue
                 pending.setdefault(dataset, []).append(record)
-                records += 1
                 if len(pending[dataset]) >= 8192:
                     yield from self._emit(f, {dataset: pending.pop(dataset)})
             yield from self._emit(f, pending)
@@ -478,6 +492,7 @@ class FileReader:
             _records=records,
             _sha256=stream.sha256.hexdigest(),
             _size=stream.size,
+            _raw=json.dumps(skipped, ensure_ascii=False),
         )
 
     def dicom(self, files: Sequence[SourceFile]) -> Iterator[pa.RecordBatch]:
@@ -503,7 +518,7 @@ class FileReader:
             for record in records:
                 # A study or series is made of many files: its source is the first one read.
                 source = by_key[str(record["_source"])]
-                record["_checksum"], record["_order"] = source.etag, source.order
+                record["_checksum"], record["_order"] = source.etag, str(source.order)
             for start in range(0, len(records), 8192):
                 yield self.out.records(dataset, records[start : start + 8192], base)
         rejected = {r.source: r.reason for r in batch.rejects}

@@ -47,6 +47,7 @@ class RunReport:
     files: list[dict[str, object]] = field(default_factory=list)
     datasets: dict[str, DatasetReport] = field(default_factory=dict)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, over all datasets
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -83,7 +83,7 @@ def conform(df: DataFrame, contract: Contract, profiles: Mapping[str, Profile]) 
     outpatient), by the spellings of each row's profile; anything else is left as written."""
     replaced = {}
     for column in contract.column_names:
-        spellings = {name: p.values.get(column) for name, p in profiles.items() if p.values.get(column)}
+        spellings = {name: p.values[column] for name, p in profiles.items() if p.values.get(column)}
         if not spellings:
             continue
         value = F.trim(raw(column))

@@ -271,7 +271,13 @@ def ingest(
 
             options = IngestOptions(city=city)
             report = run_ingestion(
-                spark, store_access(settings, creds), topology, contracts, options, progress, profiles=profiles
+                spark,
+                store_access(settings, creds),
+                topology,
+                contracts,
+                options,
+                progress,
+                profiles=profiles,
             )
     except MedshareError as exc:
         _fail(exc)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -182,6 +183,12 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
             )
         if not all(ds.balanced for ds in run.datasets.values()):
             raise MedshareError(f"{city_id}: row accounting does not balance (run {run.run_id})")
+        read = Counter(
+            f"{f['encoding']}" + ("" if f["profile"] == "default" else f" ({f['profile']})")
+            for f in run.files
+            if f.get("encoding")
+        )
+        report(f"{city_id}: files read as " + ", ".join(f"{n} × {how}" for how, n in read.most_common()))
     return table
 
 

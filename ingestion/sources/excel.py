@@ -63,8 +63,9 @@ def read_xlsx(
     header = None
     for _, values in rows:
         if any(v not in (None, "") for v in values):
-            names = [_cell_text(v, "string") for v in values]
-            header = map_header(names, profile=profile, columns=columns, required=required)
+            header = map_header(
+                [_cell_text(v, "string") for v in values], profile=profile, columns=columns, required=required
+            )
             break
     if header is None:
         book.close()

@@ -22,7 +22,7 @@ are FHIR dateTimes at +08:00 when we write them, read back from any zone as loca
                      birth_date   birthDate
                      address      address[0].text (else its lines); county_code: extension
                                   COUNTY_CODE_URL on it
-                     registered_at extension REGISTERED_AT_URL
+                     registered_at extension REGISTERED_AT_URL, else meta.lastUpdated
     encounters       hospital_id  serviceProvider, else the Patient's
                      encounter_id identifier `urn:medshare:encounter:<h>`, else type VN, else the
                                   first identifier, else the logical id
@@ -1368,9 +1368,13 @@ class _Reader:
             "county_code",
             lambda: _text(_extension_value(_get(r, "address.0"), COUNTY_CODE_URL), "county-code"),
         )
+        # FHIR has no registration time: our extension, else when the hospital's system last
+        # updated the record (meta.lastUpdated) — the nearest a standard Patient says of it.
         row.set(
             "registered_at",
-            lambda: _local_timestamp(_text(_extension_value(r, REGISTERED_AT_URL), "registered-at")),
+            lambda: _local_timestamp(
+                _text(_extension_value(r, REGISTERED_AT_URL), "registered-at") or _str(r, "meta.lastUpdated")
+            ),
         )
         return [self.emit("patients", entry, row)]
 

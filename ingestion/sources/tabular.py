@@ -132,7 +132,7 @@ def _raw(text: str) -> str:
 class _Prefixed(io.RawIOBase):
     """`head` (bytes already read from `rest`), then the rest."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: BinaryIO | io.RawIOBase) -> None:
         self._head = memoryview(head)
         self._rest = rest
 
@@ -151,7 +151,7 @@ class _Prefixed(io.RawIOBase):
 
 
 def read_csv(
-    stream: BinaryIO,
+    stream: BinaryIO | io.RawIOBase,
     *,
     profile: Profile,
     columns: Sequence[str],
@@ -161,6 +161,7 @@ def read_csv(
     """Parts of a CSV file given as UTF-8 bytes (a text.Utf8Stream), parsed by pyarrow's
     streaming reader (RFC 4180: quoted delimiters, doubled quotes, line breaks in quoted fields,
     CRLF). Raises FileProblem, before any part, when the header cannot be used."""
+    errors_before = decode_errors()
     head = text_head(stream)
     reader = csv.reader(
         io.StringIO(head.decode(UTF8, "replace")),
@@ -177,10 +178,10 @@ def read_csv(
     if undecodable("".join(names)):
         raise FileProblem(f"the header has bytes that are not valid {encoding}: {_raw(','.join(names))!r}")
     header = map_header(names, profile=profile, columns=columns, required=required)
-    return _parts(_Prefixed(head, stream), header, profile, encoding)
+    return _parts(_Prefixed(head, stream), header, profile, encoding, errors_before)
 
 
-def text_head(stream: BinaryIO, size: int = 1 << 20) -> bytes:
+def text_head(stream: BinaryIO | io.RawIOBase, size: int = 1 << 20) -> bytes:
     chunks, left = [], size
     while left > 0:
         chunk = stream.read(left)
@@ -191,7 +192,9 @@ def text_head(stream: BinaryIO, size: int = 1 << 20) -> bytes:
     return b"".join(chunks)
 
 
-def _parts(stream: io.RawIOBase, header: Header, profile: Profile, encoding: str) -> Iterator[Part]:
+def _parts(
+    stream: io.RawIOBase, header: Header, profile: Profile, encoding: str, errors_before: int
+) -> Iterator[Part]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -206,7 +209,6 @@ def _parts(stream: io.RawIOBase, header: Header, profile: Profile, encoding: str
         invalid.append(BadRecord(int(row.number), MALFORMED, reason, _raw(row.text)))
         return "skip"
 
-    errors_before = decode_errors()
     batches = pcsv.open_csv(
         io.BufferedReader(stream, buffer_size=1 << 20),
         read_options=pcsv.ReadOptions(
@@ -233,6 +235,10 @@ def _parts(stream: io.RawIOBase, header: Header, profile: Profile, encoding: str
         try:
             batch = batches.read_next_batch()
         except StopIteration:
+            if invalid:  # bad records after the last batch (or in a file of bad records only)
+                yield Part(
+                    {c: pa.array([], pa.string()) for c in header.columns}, pa.array([], pa.int64()), invalid
+                )
             break
         except pa.ArrowInvalid as exc:
             # What is left cannot be split into records (e.g. a quote never closed): it is one

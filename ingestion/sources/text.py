@@ -24,12 +24,11 @@ REPLACEMENT = "\ufffd"
 
 # Undecodable bytes met by this process (one counter: a Python worker reads one file at a time).
 _errors = [0]
-_REPLACE = codecs.lookup_error("replace")
 
 
 def _counted_replace(exc: UnicodeError) -> tuple[str, int]:
     _errors[0] += 1
-    return _REPLACE(exc)  # type: ignore[no-any-return]
+    return "\ufffd", exc.end  # type: ignore[attr-defined]
 
 
 codecs.register_error("medshare-replace", _counted_replace)
@@ -51,7 +50,7 @@ def _errors_in(head: bytes, encoding: str, *, complete: bool) -> int:
 
     def count(exc: UnicodeError) -> tuple[str, int]:
         found[0] += 1
-        return _REPLACE(exc)  # type: ignore[no-any-return]
+        return "\ufffd", exc.end  # type: ignore[attr-defined]
 
     codecs.register_error("medshare-detect", count)
     codecs.getincrementaldecoder(encoding)("medshare-detect").decode(head, final=complete)
@@ -79,7 +78,7 @@ def detect_encoding(head: bytes, *, complete: bool) -> str:
     )
 
 
-def read_head(raw: BinaryIO, size: int = HEAD_BYTES) -> bytes:
+def read_head(raw: BinaryIO | io.RawIOBase, size: int = HEAD_BYTES) -> bytes:
     chunks, left = [], size
     while left > 0:
         chunk = raw.read(left)

@@ -278,7 +278,7 @@ def test_corrected_file_replaces_the_rows_of_the_earlier_delivery(
         for k, f in ingested.manifest.files.items()
         if k.startswith(f"{CITY}/")
         and f["dataset"] == "encounters"
-        and k.endswith(".csv")
+        and f["format"] == "csv"
         and k.removeprefix(f"{CITY}/") not in truncated
         and int(str(f["rows"])) >= 5
     )
