@@ -126,6 +126,16 @@ class _Stages:
             self.into[name] = round(self.into.get(name, 0.0) + time.monotonic() - started, 2)
 
 
+def _pinned(spark: SparkSession, uri: str) -> DataFrame:
+    """The table as it is now, pinned to its current version. A cached frame read from a table
+    this run then writes (the waiting rows, the patients registry) is recomputed after the write
+    — Delta invalidates caches by path — and must see the same rows again, not the new ones."""
+    from delta.tables import DeltaTable
+
+    version = DeltaTable.forPath(spark, uri).history(1).select("version").first()[0]
+    return spark.read.format("delta").option("versionAsOf", version).load(uri)
+
+
 def _table_exists(spark: SparkSession, uri: str) -> bool:
     from delta.tables import DeltaTable
 
@@ -254,22 +264,31 @@ class CityIngestion:
         from pyspark.sql import functions as F
 
         uri = self.tables.quarantine_table(WAITING)
-        if not _table_exists(self.spark, uri):
+        if not self._waiting_counts.get(name):
             return None
         contract = self.contracts[name]
         schema = ", ".join(f"`{c}` string" for c in contract.column_names)
-        rows = self.spark.read.format("delta").load(uri).where(F.col("dataset") == name)
+        rows = _pinned(self.spark, uri).where(F.col("dataset") == name)
         return rows.select(
             F.from_json("record", schema).alias("r"), *BRONZE_META, "_order", "first_run"
         ).select("r.*", *BRONZE_META, "_order", "first_run")
+
+    def _count_waiting(self) -> dict[str, int]:
+        """Rows left waiting by earlier runs, per dataset (most datasets have none)."""
+        uri = self.tables.quarantine_table(WAITING)
+        if not _table_exists(self.spark, uri):
+            return {}
+        counts = self.spark.read.format("delta").load(uri).groupBy("dataset").count().collect()
+        return {r["dataset"]: r["count"] for r in counts}
 
     def _links(self) -> tuple[DataFrame | None, DataFrame | None]:
         registry = fhir = None
         patients = self.tables.curated_table("patients")
         if _table_exists(self.spark, patients):
-            registry = registry_of(self.spark.read.format("delta").load(patients))
+            registry = registry_of(_pinned(self.spark, patients))
         ids = self.tables.bronze_table(FHIR_IDS)
-        parts = [self.spark.read.format("delta").load(ids)] if _table_exists(self.spark, ids) else []
+        columns = ["hospital_id", "resource_type", "fhir_id", "patient_mrn", "resident_id", "encounter_id"]
+        parts = [_pinned(self.spark, ids).select(*columns)] if _table_exists(self.spark, ids) else []
         parts += self._new_fhir_ids
         if parts:
             fhir = parts[0]
@@ -303,7 +322,7 @@ class CityIngestion:
         if earlier is not None:
             incoming.append(earlier)
         rows = incoming[0] if len(incoming) == 1 else incoming[0].unionByName(incoming[1])
-        if from_media or earlier is not None:
+        if (from_media or earlier is not None) and name != "patients":
             registry, fhir = self._links()
             linked = link(rows, contract, registry=registry, fhir_ids=fhir)
         else:  # only FHIR and DICOM records come without their patient
@@ -321,7 +340,7 @@ class CityIngestion:
                 valid = self._count(checked, report)
             with self.stage("waiting"):
                 waiting = checked.where(F.col(WAITING_REASON).isNotNull())
-                self._store_waiting(contract, waiting, had_earlier=earlier is not None)
+                self._store_waiting(contract, waiting, report.waiting, had_earlier=earlier is not None)
             settled = checked.where(F.col(WAITING_REASON).isNull())
             with self.stage("quarantine"):
                 self._quarantine(contract, settled.where(F.size("_rules") > 0))
@@ -430,8 +449,11 @@ class CityIngestion:
         if name in ("patients", "encounters"):
             self._new_fhir_ids.append(fhir_ids_of(records, name, contract.column_names))
 
-    def _store_waiting(self, contract: Contract, waiting: DataFrame, *, had_earlier: bool) -> None:
-        """The dataset's waiting rows become exactly these (earlier ones linked now are gone)."""
+    def _store_waiting(
+        self, contract: Contract, waiting: DataFrame, count: int, *, had_earlier: bool
+    ) -> None:
+        """The dataset's waiting rows become exactly these `count` rows (earlier ones linked now
+        are gone)."""
         from pyspark.sql import functions as F
 
         uri = self.tables.quarantine_table(WAITING)
@@ -444,9 +466,9 @@ class CityIngestion:
             F.col(WAITING_REASON).alias("reason"),
             F.current_timestamp().alias("checked_at"),
         )
-        if not had_earlier and not _table_exists(self.spark, uri):
-            if waiting.isEmpty():
-                return
+        if not had_earlier and not count:
+            return
+        if not _table_exists(self.spark, uri):
             rows.write.format("delta").partitionBy("dataset").save(uri)
             return
         (
@@ -499,12 +521,14 @@ class CityIngestion:
     def run(self) -> RunReport:
         started = time.monotonic()
         self._new_fhir_ids: list[DataFrame] = []
+        self._waiting_counts: dict[str, int] = {}
         try:
             self.progress("listing the landing bucket", 0, 1)
             with self.stage("plan (list the landing bucket, ledger)"):
                 files, rejected_by_name, corrected = self._plan()
             self.progress("listing the landing bucket", 1, 1)
             self.report.files_corrected = len(corrected)
+            self._waiting_counts = self._count_waiting()
             media = self._read(
                 [f for f in files if f.dataset is None], self.contracts
             )  # FHIR and DICOM: several datasets per file

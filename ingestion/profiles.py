@@ -232,8 +232,9 @@ def _check(data: _SourcesFile, path: Path, topology: Topology, contracts: Mappin
                     pattern_regex(fmt)
                 except ValueError as exc:
                     problems.append(f"{where}.{key}: {exc}")
-        if fields.delimiter is not None and fields.delimiter == fields.quote:
-            problems.append(f"{where}: delimiter and quote are the same character")
+        delimiter = fields.delimiter or data.default.delimiter
+        if delimiter == (fields.quote or data.default.quote):
+            problems.append(f"{where}: delimiter and quote are the same character ({delimiter!r})")
     known = {h.id for h in topology.hospitals}
     for hospital_id, hospital in data.hospitals.items():
         where = f"hospitals.{hospital_id}"

@@ -409,14 +409,15 @@ def bulk_export() -> dict[str, bytes]:
 
 
 PACS = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
-PACS_PATIENTS = ("77654033", "98890234")
+PACS_PATIENTS = ("77654033", "98890234")  # PatientIDs (the MRNs)
+PACS_FOLDERS = ("77654033", "98892001", "98892003")  # their folders on the CD (no DICOMDIR variants)
 
 
 def pacs_studies() -> dict[str, set[str]]:
     """PatientID → StudyInstanceUIDs, read with pydicom directly from the export's files."""
     out: dict[str, set[str]] = {}
-    for patient in PACS_PATIENTS:
-        for path in (PACS / patient).rglob("*"):
+    for folder in PACS_FOLDERS:
+        for path in (PACS / folder).rglob("*"):
             if path.is_file():
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
                 out.setdefault(str(ds.PatientID), set()).add(str(ds.StudyInstanceUID))
@@ -446,7 +447,7 @@ def test_every_dialect_ingests_exactly(city: City, tmp_path: Path) -> None:
     # The PACS export lands whole; only the first patient is in the hospital's registry yet.
     for path in sorted(p for p in PACS.rglob("*") if p.is_file()):
         relative = path.relative_to(PACS).as_posix()
-        if relative == "DICOMDIR" or relative.split("/")[0] in PACS_PATIENTS:
+        if relative == "DICOMDIR" or relative.split("/")[0] in PACS_FOLDERS:
             city.put(f"zz-hpph/dicom/CD0001/{relative}", path.read_bytes())
     city.put("zz-hpph/patients/registry-1.csv", registry({PACS_PATIENTS[0]: 301}))
 
