@@ -8,7 +8,7 @@ bronze → curated + quarantine + waiting + quality suite + report), on the runn
 JSON readers writing each dataset's tabular files straight to Delta — no validation, no
 quarantine, no report (Spark cannot read the workbooks, FHIR or DICOM: their rows are not in it).
 
-    ~/.cache/medshare/venv/bin/python benchmarks/ingest.py --province-rows 10000000 --repeats 2
+    PYTHONPATH=. ~/.cache/medshare/venv/bin/python benchmarks/ingest.py --province-rows 10000000 --repeats 2
 
 Recorded per run: rows, seconds and rows/s of both, their ratio, the job's seconds per stage,
 peak RSS of the driver (Python), of the JVM (driver and executors: local mode) and of the Python
@@ -63,6 +63,8 @@ def baseline(spark, manifest, contracts, bucket: str, prefix: str, out_root: str
         landing_key = key.removeprefix(f"{CITY}/")
         sep = ";" if info.get("profile") == "lis-semicolon" else ","
         groups.setdefault((str(info["dataset"]), fmt, sep), []).append(s3a_uri(bucket, prefix + landing_key))
+    # Spark 4 reads only a few charsets unless told to use Java's (GB18030 is not among them).
+    spark.conf.set("spark.sql.legacy.javaCharsets", "true")
     started = time.perf_counter()
     rows = 0
     for (dataset, fmt, sep), paths in sorted(groups.items()):

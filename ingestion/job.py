@@ -19,9 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +33,9 @@ from zoneinfo import ZoneInfo
 from ingestion.link import WAITING_REASON, fhir_ids_of, link, registry_of
 from ingestion.profiles import Profile, SourceProfiles, default_profile, parse_profiles
 from ingestion.quality import failed_expectations, run_suite
-from ingestion.read import FILE, SourceFile, StoreAccess, classify, plan, read_files
+from ingestion.read import FileResults, SourceFile, StoreAccess, classify, plan, read_files
 from ingestion.report import DatasetReport, RunReport
-from ingestion.validate import SOURCE_TIME_ZONE, conform, typed_columns, validate
+from ingestion.validate import SOURCE_TIME_ZONE, conform, rule_names, typed_values, validate
 from lakehouse.contracts import Contract
 from lakehouse.errors import MedshareError
 from lakehouse.storage import s3a_uri, storage_errors
@@ -41,7 +43,7 @@ from lakehouse.topology import Topology
 
 if TYPE_CHECKING:
     from minio import Minio
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -51,6 +53,7 @@ QUARANTINE_ROWS = "rows"
 QUARANTINE_FILES = "files"
 WAITING = "waiting"
 RUNS_PREFIX = "_runs"
+STATS_PROPERTY = "'delta.dataSkippingStatsColumns'"
 # Datasets whose rows others are linked to come first.
 FIRST = ("patients", "encounters")
 # Columns every bronze row carries beside the contract's (bronze keeps `_line` as text, as it
@@ -68,6 +71,11 @@ BRONZE_META = (
     "_link_encounter",
     "_link_mrn",
 )
+
+
+# Datasets ingested side by side after `patients` (2 cores: a third keeps them busy through the
+# driver-side gaps of the other two).
+PARALLEL_DATASETS = 3
 
 
 class IngestionError(MedshareError):
@@ -103,6 +111,16 @@ class CityTables:
         return s3a_uri(self.quarantine, f"{self.root}{name}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class _DatasetJob:
+    """What every dataset of a run needs: the files, the media read once, corrections, profiles."""
+
+    files: list[SourceFile]
+    media: DataFrame | None
+    corrected: set[str]
+    profiles: Mapping[str, Profile]
+
+
 @dataclass(frozen=True)
 class _Known:
     """What the ledger says of a key: the content's checksum and (since ETags are kept) its ETag."""
@@ -116,6 +134,7 @@ class _Stages:
 
     def __init__(self, into: dict[str, float]) -> None:
         self.into = into
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -123,7 +142,21 @@ class _Stages:
         try:
             yield
         finally:
-            self.into[name] = round(self.into.get(name, 0.0) + time.monotonic() - started, 2)
+            with self._lock:
+                self.into[name] = round(self.into.get(name, 0.0) + time.monotonic() - started, 2)
+
+
+def _count_expressions(contract: Contract) -> list[Column]:
+    """Aggregates that count rows in, waiting, valid, and quarantined by each first rule."""
+    from pyspark.sql import functions as F
+
+    first, waiting = F.get(F.col("_rules"), 0), F.col(WAITING_REASON).isNotNull()
+    return [
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if(waiting).alias("waiting"),
+        F.count_if(~waiting & first.isNull()).alias("valid"),
+        *[F.count_if(~waiting & (first == rule)).alias(f"rule:{rule}") for rule in rule_names(contract)],
+    ]
 
 
 def _pinned(spark: SparkSession, uri: str) -> DataFrame:
@@ -132,8 +165,9 @@ def _pinned(spark: SparkSession, uri: str) -> DataFrame:
     — Delta invalidates caches by path — and must see the same rows again, not the new ones."""
     from delta.tables import DeltaTable
 
-    version = DeltaTable.forPath(spark, uri).history(1).select("version").first()[0]
-    return spark.read.format("delta").option("versionAsOf", version).load(uri)
+    latest = DeltaTable.forPath(spark, uri).history(1).select("version").first()
+    assert latest is not None, uri  # a Delta table has at least one commit
+    return spark.read.format("delta").option("versionAsOf", latest[0]).load(uri)
 
 
 def _table_exists(spark: SparkSession, uri: str) -> bool:
@@ -172,6 +206,14 @@ class CityIngestion:
         self.report = RunReport(city=city.id, run_id=options.run_id, started_at=now.isoformat())
         self.stage = _Stages(self.report.stages)
         self._cached: list[DataFrame] = []
+        self._new_fhir_ids: list[DataFrame] = []
+        self._waiting_counts: dict[str, int] = {}
+        self._links: tuple[DataFrame | None, DataFrame | None] | None = None
+        # Tables every dataset writes to (quarantine rows, waiting) are written one at a time: the
+        # first write creates them, and Delta would refuse a second creation under way.
+        self._shared = threading.Lock()
+        # Great Expectations keeps process-wide state; its suites run one at a time.
+        self._gx = threading.Lock()
 
     # -- planning (driver: a listing, no file content) ----------------------------------------
     def _ledger(self) -> dict[str, _Known]:
@@ -233,19 +275,17 @@ class CityIngestion:
         return files, rejected, corrected
 
     # -- reading (executors) --------------------------------------------------------------------
-    def _read(self, files: list[SourceFile], contracts: Mapping[str, Contract]) -> DataFrame | None:
+    def _read(
+        self, files: list[SourceFile], contracts: Mapping[str, Contract]
+    ) -> tuple[DataFrame, FileResults] | None:
         if not files:
             return None
         parallelism = self.spark.sparkContext.defaultParallelism
         tasks = plan(files, parallelism=parallelism)
-        df = read_files(
+        return read_files(
             self.spark, tasks, access=self.access, bucket=self.landing_bucket, contracts=contracts
         )
-        df = df.persist()
-        self._cached.append(df)
-        return df
 
-    # -- one dataset ----------------------------------------------------------------------------
     def _records(self, name: str, tabular: DataFrame | None, media: DataFrame | None) -> DataFrame | None:
         contract = self.contracts[name]
         columns = [*contract.column_names, *BRONZE_META, "_order"]
@@ -273,6 +313,24 @@ class CityIngestion:
             F.from_json("record", schema).alias("r"), *BRONZE_META, "_order", "first_run"
         ).select("r.*", *BRONZE_META, "_order", "first_run")
 
+    @staticmethod
+    def _needs_links(name: str, media: DataFrame | None, had_earlier: bool) -> bool:
+        """Whether any row may lack its patient or encounter: rows back from waiting, or FHIR and
+        DICOM records saying how to find them (one look at the cached media records; extracts
+        always name the resident)."""
+        from pyspark.sql import functions as F
+
+        if had_earlier:
+            return True
+        if media is None:
+            return False
+        linked = (
+            F.col("_link_patient").isNotNull()
+            | F.col("_link_encounter").isNotNull()
+            | F.col("_link_mrn").isNotNull()
+        )
+        return not media.where((F.col("_dataset") == name) & linked).isEmpty()
+
     def _count_waiting(self) -> dict[str, int]:
         """Rows left waiting by earlier runs, per dataset (most datasets have none)."""
         uri = self.tables.quarantine_table(WAITING)
@@ -281,7 +339,8 @@ class CityIngestion:
         counts = self.spark.read.format("delta").load(uri).groupBy("dataset").count().collect()
         return {r["dataset"]: r["count"] for r in counts}
 
-    def _links(self) -> tuple[DataFrame | None, DataFrame | None]:
+    def _link_sources(self) -> tuple[DataFrame | None, DataFrame | None]:
+        """The patients registry and the FHIR ids, pinned once for the run (after `patients`)."""
         registry = fhir = None
         patients = self.tables.curated_table("patients")
         if _table_exists(self.spark, patients):
@@ -302,11 +361,12 @@ class CityIngestion:
         records: DataFrame | None,
         corrected: set[str],
         profiles: Mapping[str, Profile],
-        *,
-        from_media: bool,
+        media: DataFrame | None,
     ) -> DatasetReport | None:
-        """Bronze, then link, validate and count in one pass over a cached frame; then waiting,
-        quarantine and curated are written from it."""
+        """The run's records stream once through link and validation into bronze (as received,
+        annotated with what validation found); counts, waiting, quarantine and curated are then
+        read back from this run's bronze files. Rows back from waiting join them there."""
+        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         started = time.monotonic()
@@ -315,59 +375,140 @@ class CityIngestion:
         if records is None and earlier is None:
             return None
         report = DatasetReport(dataset=name)
+        links = self._links if self._needs_links(name, media, earlier is not None) else None
+        parts, valid = [], 0
         if records is not None:
-            with self.stage("bronze"):
-                self._bronze(name, contract, records)
-        incoming = [] if records is None else [records.withColumn("first_run", F.lit(self.options.run_id))]
+            with self.stage("read, link, validate, bronze"):
+                annotated = self._annotated(records, contract, profiles, links)
+                # Counted on the way into bronze (an observation: no second pass over the rows).
+                counts = Observation(f"counts-{name}-{uuid.uuid4().hex[:6]}")
+                self._bronze(contract, annotated.observe(counts, *_count_expressions(contract)))
+            valid = self._counted(counts.get, report, new=True)
+            parts.append(self._this_run(contract))
+        waited = None
         if earlier is not None:
-            incoming.append(earlier)
-        rows = incoming[0] if len(incoming) == 1 else incoming[0].unionByName(incoming[1])
-        if (from_media or earlier is not None) and name != "patients":
-            registry, fhir = self._links()
+            waited = self._annotated(earlier, contract, profiles, links)
+            waited = waited.withColumn("_new", F.lit(False)).cache()
+            parts.append(waited)
+        rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+        try:
+            if valid < 0:  # a first rule the observation did not name: count them all exactly
+                report.rows_in = report.waiting = report.from_waiting = 0
+                report.quarantined = {}
+                with self.stage("count"):
+                    valid = self._count(rows, report)
+            elif waited is not None:
+                with self.stage("count"):
+                    valid += self._count(waited, report)
+            with self.stage("waiting"), self._shared:
+                waiting = rows.where(F.col(WAITING_REASON).isNotNull())
+                self._store_waiting(contract, waiting, report.waiting, had_earlier=earlier is not None)
+            settled = rows.where(F.col(WAITING_REASON).isNull())
+            if report.quarantined_total:
+                with self.stage("quarantine"), self._shared:
+                    self._quarantine(contract, settled.where(F.size("_rules") > 0))
+            if valid:
+                self._curate(
+                    contract, settled.where(F.size("_rules") == 0), corrected, report, valid, profiles
+                )
+        finally:
+            if waited is not None:
+                waited.unpersist()
+        report.seconds = round(time.monotonic() - started, 2)
+        return report
+
+    def _annotated(
+        self,
+        rows: DataFrame,
+        contract: Contract,
+        profiles: Mapping[str, Profile],
+        links: tuple[DataFrame | None, DataFrame | None] | None,
+    ) -> DataFrame:
+        """Records as received (after linking) with what validation found: `_rules`, `_reason`,
+        `_month`, and `_waiting` for a record whose patient is not known yet."""
+        from pyspark.sql import functions as F
+
+        if links is not None:
+            registry, fhir = links
             linked = link(rows, contract, registry=registry, fhir_ids=fhir)
         else:  # only FHIR and DICOM records come without their patient
             linked = rows.withColumn(WAITING_REASON, F.lit(None).cast("string"))
+        # Bronze keeps values as written (男, not M): validation sees them spelled the contract's way.
+        spelled = [c for c in contract.column_names if any(p.values.get(c) for p in profiles.values())]
+        kept = linked.withColumns({f"__raw_{c}": F.col(f"`{c}`") for c in spelled})
         checked = validate(
-            conform(linked, contract, profiles),
+            conform(kept, contract, profiles),
             contract,
             city_hospitals=self.hospitals,
             all_hospitals=[h.id for h in self.topology.hospitals],
             now_local=self.now_local,
             profiles=profiles,
-        ).cache()
-        try:
-            with self.stage("link, validate, count"):
-                valid = self._count(checked, report)
-            with self.stage("waiting"):
-                waiting = checked.where(F.col(WAITING_REASON).isNotNull())
-                self._store_waiting(contract, waiting, report.waiting, had_earlier=earlier is not None)
-            settled = checked.where(F.col(WAITING_REASON).isNull())
-            with self.stage("quarantine"):
-                self._quarantine(contract, settled.where(F.size("_rules") > 0))
-            self._curate(contract, settled.where(F.size("_rules") == 0), corrected, report, valid)
-        finally:
-            checked.unpersist()
-        report.seconds = round(time.monotonic() - started, 2)
-        return report
+        )
+        extra = [c for c in ("first_run", "_new") if c in rows.columns]
+        return checked.select(
+            *[F.col(f"`__raw_{c}`" if c in spelled else f"`{c}`").alias(c) for c in contract.column_names],
+            *BRONZE_META,
+            "_order",
+            *extra,
+            "_rules",
+            "_reason",
+            "_month",
+            WAITING_REASON,
+        )
+
+    def _this_run(self, contract: Contract) -> DataFrame:
+        """This run's rows of the dataset, read back from bronze (Delta skips the files of other
+        runs by their `_run_id` statistics)."""
+        from pyspark.sql import functions as F
+
+        rows = self.spark.read.format("delta").load(self.tables.bronze_table(contract.name))
+        return rows.where(F.col("_run_id") == self.options.run_id).select(
+            *[F.col(f"`{c}`") for c in contract.column_names],
+            *[F.col(c).cast("long") if c == "_line" else F.col(c) for c in BRONZE_META],
+            "_order",
+            F.lit(self.options.run_id).alias("first_run"),
+            "_rules",
+            "_reason",
+            "_month",
+            WAITING_REASON,
+            F.lit(True).alias("_new"),
+        )
+
+    @staticmethod
+    def _counted(metrics: Mapping[str, Any], report: DatasetReport, *, new: bool) -> int:
+        """The observed counts into the report; returns the valid rows, or -1 when some row broke
+        a rule the observation did not name (then they are counted in a pass of their own)."""
+        rules = {k.removeprefix("rule:"): int(v) for k, v in metrics.items() if k.startswith("rule:") and v}
+        total, waiting, valid = int(metrics["rows"]), int(metrics["waiting"]), int(metrics["valid"])
+        if total != waiting + valid + sum(rules.values()):
+            return -1
+        if new:
+            report.rows_in += total
+        else:
+            report.from_waiting += total
+        report.waiting += waiting
+        for rule, n in rules.items():
+            report.quarantined[rule] = report.quarantined.get(rule, 0) + n
+        return valid
 
     def _count(self, checked: DataFrame, report: DatasetReport) -> int:
         """Everything the report balances, in one pass: new rows, rows back from waiting, rows
-        still waiting, quarantined rows by their first rule. Returns the valid rows."""
+        still waiting, quarantined rows by their first rule. Adds to the report; returns the
+        valid rows."""
         from pyspark.sql import functions as F
 
         counts = (
             checked.groupBy(
-                (F.col("first_run") == self.options.run_id).alias("new"),
+                F.col("_new").alias("new"),
                 F.col(WAITING_REASON).isNotNull().alias("waiting"),
                 F.get(F.col("_rules"), 0).alias("rule"),
             )
             .count()
             .collect()
         )
-        report.rows_in = sum(r["count"] for r in counts if r["new"])
-        report.from_waiting = sum(r["count"] for r in counts if not r["new"])
-        report.waiting = sum(r["count"] for r in counts if r["waiting"])
-        report.quarantined = {}
+        report.rows_in += sum(r["count"] for r in counts if r["new"])
+        report.from_waiting += sum(r["count"] for r in counts if not r["new"])
+        report.waiting += sum(r["count"] for r in counts if r["waiting"])
         for r in counts:
             if not r["waiting"] and r["rule"] is not None:
                 report.quarantined[r["rule"]] = report.quarantined.get(r["rule"], 0) + r["count"]
@@ -400,25 +541,41 @@ class CityIngestion:
         )
 
     def _curate(
-        self, contract: Contract, good: DataFrame, corrected: set[str], report: DatasetReport, valid: int
+        self,
+        contract: Contract,
+        good: DataFrame,
+        corrected: set[str],
+        report: DatasetReport,
+        valid: int,
+        profiles: Mapping[str, Profile],
     ) -> None:
         """Last delivered wins among rows with the same business key; the batch passes its quality
         suite before anything is committed."""
-        from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        keys = [F.col(f"`{k}`") for k in contract.business_key]
-        latest = Window.partitionBy(*keys).orderBy(F.col("_order").desc(), F.col("_line").desc())
-        curated = (
-            good.withColumn("_rank", F.row_number().over(latest))
-            .where("_rank = 1")
+        # One hash aggregation per business key (no sort): the row of the latest delivery. The
+        # rows are first gathered by hospital, which both the aggregation (its keys start with the
+        # hospital) and the partitioned write can use: one shuffle instead of two.
+        hospital = contract.partition_by.hospital
+        projected = (
+            conform(good, contract, profiles)
+            .repartition(F.col(f"`{hospital}`"))
             .select(
-                *typed_columns(contract),
+                *typed_values(contract, profiles),
                 F.col("_month").alias("month"),
                 F.col("_source").alias("_source_file"),
                 F.col("_checksum").alias("_source_checksum"),
-                F.lit(self.options.run_id).alias("_run_id"),
+                "_order",
+                "_line",
             )
+        )
+        values = [c for c in projected.columns if c not in ("_order", "_line")]
+        latest = F.max_by(F.struct(*[F.col(f"`{c}`") for c in values]), F.struct("_order", "_line"))
+        curated = (
+            projected.groupBy(*[F.col(f"`{k}`") for k in contract.business_key])
+            .agg(latest.alias("_latest"))
+            .select("_latest.*")
+            .withColumn("_run_id", F.lit(self.options.run_id))
             .cache()
         )
         try:
@@ -426,28 +583,48 @@ class CityIngestion:
                 report.curated = curated.count()
             report.duplicates = valid - report.curated
             if report.curated:
-                with self.stage("quality suite"):
+                with self.stage("quality suite"), self._gx:
                     self._check_quality(contract, curated, report)
             with self.stage("commit curated"):
                 self._commit_curated(contract, curated, corrected)
         finally:
             curated.unpersist()
 
-    def _bronze(self, name: str, contract: Contract, records: DataFrame) -> None:
+    def _bronze(self, contract: Contract, annotated: DataFrame) -> None:
         from pyspark.sql import functions as F
 
+        uri = self.tables.bronze_table(contract.name)
+        known = False
+        if _table_exists(self.spark, uri):
+            properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{uri}`").collect()
+            known = any(r["key"] == STATS_PROPERTY for r in properties)
+            if not known:
+                self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ({STATS_PROPERTY} = '_run_id')")
+                known = True
+
         (
-            records.withColumn("_line", F.col("_line").cast("string"))
-            .drop("_order")
-            .withColumn("_run_id", F.lit(self.options.run_id))
-            .withColumn("_ingested_at", F.current_timestamp())
+            annotated.select(
+                *[F.col(f"`{c}`") for c in contract.column_names],
+                # Early in the schema: Delta keeps statistics of the first 32 columns, and the
+                # read-back of this run skips other runs' files by them.
+                F.lit(self.options.run_id).alias("_run_id"),
+                *[F.col(c).cast("string") if c == "_line" else F.col(c) for c in BRONZE_META],
+                "_order",
+                "_rules",
+                "_reason",
+                "_month",
+                WAITING_REASON,
+                F.current_timestamp().alias("_ingested_at"),
+            )
             .write.format("delta")
             .mode("append")
             .option("mergeSchema", "true")
-            .save(self.tables.bronze_table(name))
+            .save(uri)
         )
-        if name in ("patients", "encounters"):
-            self._new_fhir_ids.append(fhir_ids_of(records, name, contract.column_names))
+        if not known:
+            # Statistics of `_run_id` only: it is what the read-back of a run filters on, and
+            # statistics of every text column (raw records, reasons) cost as much as the write.
+            self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ({STATS_PROPERTY} = '_run_id')")
 
     def _store_waiting(
         self, contract: Contract, waiting: DataFrame, count: int, *, had_earlier: bool
@@ -496,10 +673,9 @@ class CityIngestion:
         uri = self.tables.curated_table(contract.name)
         if not _table_exists(self.spark, uri):
             (
-                curated.repartition(contract.partition_by.hospital)
-                .write.format("delta")
-                .partitionBy(contract.partition_by.hospital, "month")
-                .save(uri)
+                # Gathered by hospital already (see _curate): a task writes whole hospitals, one file
+                # per (hospital, month).
+                curated.write.format("delta").partitionBy(contract.partition_by.hospital, "month").save(uri)
             )
             return
         table = DeltaTable.forPath(self.spark, uri)
@@ -520,44 +696,56 @@ class CityIngestion:
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> RunReport:
         started = time.monotonic()
-        self._new_fhir_ids: list[DataFrame] = []
-        self._waiting_counts: dict[str, int] = {}
         try:
             self.progress("listing the landing bucket", 0, 1)
             with self.stage("plan (list the landing bucket, ledger)"):
                 files, rejected_by_name, corrected = self._plan()
+                self._waiting_counts = self._count_waiting()
             self.progress("listing the landing bucket", 1, 1)
             self.report.files_corrected = len(corrected)
-            self._waiting_counts = self._count_waiting()
-            media = self._read(
-                [f for f in files if f.dataset is None], self.contracts
-            )  # FHIR and DICOM: several datasets per file
-            names = sorted(
-                self.contracts, key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0, n)
-            )
-            file_rows: list[dict[str, Any]] = []
-            if media is not None:
-                file_rows += self._file_rows(media)
+            # FHIR and DICOM files hold several datasets each: read once, with every column, and
+            # kept (they are few) for every dataset to take its records from.
+            media, file_results = None, []
+            read = self._read([f for f in files if f.dataset is None], self.contracts)
+            if read is not None:
+                media = read[0].persist()
+                self._cached.append(media)
+                with self.stage("read files (executors)"):
+                    media.count()
+                file_results = read[1].collect()
+                self._new_fhir_ids = [
+                    fhir_ids_of(media.where(f"_dataset = '{n}'"), n, self.contracts[n].column_names)
+                    for n in ("patients", "encounters")
+                ]
             profiles = {p.name: p for p in (f.profile for f in files)} or {"default": default_profile()}
-            for done, name in enumerate(names):
-                self.progress("ingesting datasets", done, len(names))
-                contract = self.contracts[name]
-                tabular = self._read([f for f in files if f.dataset == name], {name: contract})
-                if tabular is not None:
-                    file_rows += self._file_rows(tabular)
-                records = self._records(name, tabular, media)
-                report = self._dataset(contract, records, corrected, profiles, from_media=media is not None)
-                if report is not None:
-                    report.replaced_files = sum(
-                        1 for f in files if f.dataset in (name, None) and f.key in corrected
-                    )
-                    self.report.datasets[name] = report
-                if tabular is not None:
-                    tabular.unpersist()
-            self.progress("ingesting datasets", len(names), len(names))
+            job = _DatasetJob(files=files, media=media, corrected=corrected, profiles=profiles)
+            # Patients first: other datasets link to them. Then the rest side by side — each is a
+            # chain of Spark jobs with driver-side gaps (planning, commits, the quality suite)
+            # that the others' tasks fill.
+            rest = sorted(n for n in self.contracts if n != "patients")
+            total = len(rest) + int("patients" in self.contracts)
+            self.progress("ingesting datasets", 0, total)
+            done = 0
+            if "patients" in self.contracts:
+                file_results += self._ingest("patients", job)
+                done += 1
+                self.progress("ingesting datasets", done, total)
+            self._links = self._link_sources() if media is not None or self._waiting_counts else None
+            with ThreadPoolExecutor(max_workers=PARALLEL_DATASETS, thread_name_prefix="dataset") as pool:
+                futures = [pool.submit(self._ingest, name, job) for name in rest]
+                try:
+                    for future in as_completed(futures):
+                        file_results += future.result()
+                        done += 1
+                        self.progress("ingesting datasets", done, total)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+            self.report.datasets = {n: self.report.datasets[n] for n in sorted(self.report.datasets)}
             with self.stage("ledger"):
                 self._new_fhir_ids_commit()
-                self._record_files(files, rejected_by_name, file_rows, corrected)
+                self._record_files(files, rejected_by_name, file_results, corrected)
             self.report.status = "succeeded"
         except MedshareError as exc:
             self.report.status, self.report.error = "failed", str(exc)
@@ -569,19 +757,18 @@ class CityIngestion:
             self._store_report()
         return self.report
 
-    def _file_rows(self, df: DataFrame) -> list[dict[str, Any]]:
-        columns = [
-            "_source",
-            "_status",
-            "_error",
-            "_line",
-            "_raw",
-            "_encoding",
-            "_records",
-            "_sha256",
-            "_size",
-        ]
-        return [r.asDict() for r in df.where(f"_dataset = '{FILE}'").select(*columns, "_profile").collect()]
+    def _ingest(self, name: str, job: _DatasetJob) -> list[dict[str, object]]:
+        """One dataset, start to end; returns what happened to each of its extracts."""
+        contract = self.contracts[name]
+        read = self._read([f for f in job.files if f.dataset == name], {name: contract})
+        records = self._records(name, None if read is None else read[0], job.media)
+        report = self._dataset(contract, records, job.corrected, job.profiles, job.media)
+        if report is not None:
+            report.replaced_files = sum(
+                1 for f in job.files if f.dataset in (name, None) and f.key in job.corrected
+            )
+            self.report.datasets[name] = report
+        return [] if read is None else read[1].collect()
 
     def _new_fhir_ids_commit(self) -> None:
         from pyspark.sql import functions as F
@@ -598,7 +785,7 @@ class CityIngestion:
         self,
         files: list[SourceFile],
         rejected_by_name: list[dict[str, Any]],
-        file_rows: list[dict[str, Any]],
+        results: list[dict[str, object]],
         corrected: set[str],
     ) -> None:
         from pyspark.sql import functions as F
@@ -610,39 +797,35 @@ class CityIngestion:
         for r in rejected_by_name:
             rejected.append({"key": r["key"], "reason": r["reason"]})
             entries.append({**r, "checksum": "", "dataset": "", "status": "rejected"})
-        for row in file_rows:
-            f = by_key[row["_source"]]
-            if row["_status"] == "entry_rejected":
-                entry_rejects.append(
-                    {"key": f"{f.key}#{row['_line']}", "reason": row["_error"], "etag": f.etag}
-                )
+        for result in sorted(results, key=lambda r: (str(r["key"]), int(str(r.get("line", 0))))):
+            f = by_key[str(result["key"])]
+            status, error = str(result["status"]), result.get("error")
+            if status == "entry_rejected":
+                entry_rejects.append({"key": f"{f.key}#{result['line']}", "reason": error, "etag": f.etag})
                 continue
-            if row["_status"] == "unchanged":
+            if status == "unchanged":
                 self.report.files_unchanged += 1
-            elif row["_status"] == "rejected":
-                rejected.append({"key": f.key, "reason": row["_error"]})
+            elif status == "rejected":
+                rejected.append({"key": f.key, "reason": str(error)})
             self.report.files.append(
                 {
-                    "key": f.key,
-                    "status": row["_status"],
-                    "encoding": row["_encoding"],
-                    "profile": row["_profile"],
-                    "records": row["_records"],
-                    **({"not_read": json.loads(row["_raw"])} if row["_raw"] and row["_raw"] != "{}" else {}),
+                    k: result[k]
+                    for k in ("key", "status", "encoding", "profile", "records", "not_read")
+                    if result.get(k) is not None
                 }
             )
             entries.append(
                 {
                     "key": f.key,
-                    "checksum": row["_sha256"] or "",
+                    "checksum": result.get("sha256") or "",
                     "etag": f.etag,
-                    "size": row["_size"] or f.size,
+                    "size": result.get("size") or f.size,
                     "dataset": f.dataset or "",
                     # A DICOMDIR is read as the media's index; an unchanged file of an older
                     # ledger is recorded again, now with its ETag.
-                    "status": "rejected" if row["_status"] == "rejected" else "ingested",
-                    "reason": row["_error"],
-                    "new": row["_status"] != "unchanged" and f.key not in corrected,
+                    "status": "rejected" if status == "rejected" else "ingested",
+                    "reason": error,
+                    "new": status != "unchanged" and f.key not in corrected,
                 }
             )
         self.report.files_rejected = sorted(rejected, key=lambda r: r["key"])

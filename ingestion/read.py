@@ -6,16 +6,16 @@ files together, since a study is the sum of its instances). `read_files` runs th
 (CSV, JSON Lines, Excel, FHIR bundles and Bulk Data NDJSON, DICOM) and yields batches of one wide
 schema — every contract column of every dataset as text, plus meta columns:
 
-    _dataset        the dataset of a record, or FILE for a row that describes a file
+    _dataset        the dataset of a record
     _source, _line  landing key and where in it the record starts (line, sheet row, entry)
     _rule, _error, _raw   a record the reader could not map: the rule it breaks, why, its text
     _profile        the source profile the file was read with (formats and spellings follow it)
     _checksum       the object store's ETag of the file
     _fhir_id, _link_patient, _link_encounter, _link_mrn   for linking records to their patient
-    _status, _encoding, _records, _sha256, _size          FILE rows: what happened to the file
 
-A file that cannot be read at all becomes one FILE row with `_status = rejected` and a reason;
-nothing raises for bad input. The worker's memory is bounded by one chunk of records (a FHIR
+What happened to each file — read (in which encoding, how many records, its SHA-256), rejected
+and why, or one entry of it rejected — is gathered in an accumulator (`FileResults`), not in the
+records. Nothing raises for bad input. The worker's memory is bounded by one chunk of records (a FHIR
 bundle, being one JSON document, is the exception: it is held while it is read).
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
+from pyspark.accumulators import Accumulator, AccumulatorParam
 
 from ingestion.profiles import Profile
 from ingestion.sources.tabular import BadRecord, FileProblem, Part, read_csv, read_jsonl
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from minio import Minio
     from pyspark.sql import DataFrame, SparkSession
 
-FILE = "_file"
 Kind = Literal["csv", "jsonl", "xlsx", "fhir", "fhir-ndjson", "dicom"]
 TABULAR_SUFFIXES: dict[str, Kind] = {
     ".csv": "csv",
@@ -52,6 +52,7 @@ TABULAR_SUFFIXES: dict[str, Kind] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".xlsx": "xlsx",
+    ".xls": "xlsx",  # older Excel, still common in hospital offices: calamine reads both
 }
 META_TEXT = (
     "_source",
@@ -64,11 +65,8 @@ META_TEXT = (
     "_link_patient",
     "_link_encounter",
     "_link_mrn",
-    "_status",
-    "_encoding",
-    "_sha256",
 )
-META_LONG = ("_line", "_order", "_records", "_size")
+META_LONG = ("_line", "_order")
 RECORD_META = ("_source", "_line", "_rule", "_error", "_raw", "_profile", "_checksum", "_fhir_id")
 LINK_META = ("_link_patient", "_link_encounter", "_link_mrn")
 
@@ -260,16 +258,6 @@ class _Batches:
                     arrays[f.name] = pa.array([None if v in (None, "") else str(v) for v in values], f.type)
         return self._build(len(records), arrays, constants)
 
-    def file_row(self, f: SourceFile, **values: object) -> pa.RecordBatch:
-        row: dict[str, object] = {
-            "_dataset": FILE,
-            "_source": f.key,
-            "_profile": f.profile.name,
-            "_checksum": f.etag,
-        }
-        row.update({k: v for k, v in values.items() if v is not None})
-        return self._build(1, {}, row)
-
 
 # --- The worker -----------------------------------------------------------------------------------
 class FileReader:
@@ -281,6 +269,13 @@ class FileReader:
         self.access, self.bucket, self.datasets = access, bucket, datasets
         self.out = _Batches(schema)
         self._client: Minio | None = None
+        self.results: list[dict[str, object]] = []  # what happened to each file, for the driver
+
+    def note(self, f: SourceFile, **values: object) -> None:
+        """Record what happened to a file: status, error, encoding, records, sha256, size, …"""
+        self.results.append(
+            {"key": f.key, "profile": f.profile.name, **{k: v for k, v in values.items() if v is not None}}
+        )
 
     @property
     def client(self) -> Minio:
@@ -315,7 +310,7 @@ class FileReader:
 
     def file(self, f: SourceFile) -> Iterator[pa.RecordBatch]:
         if self._unchanged(f):
-            yield self.out.file_row(f, _status="unchanged", _sha256=f.known_sha256, _size=f.size)
+            self.note(f, status="unchanged", sha256=f.known_sha256, size=f.size)
             return
         reader = {
             "csv": self._text,
@@ -359,7 +354,7 @@ class FileReader:
                     )
                     parts = (chunk.part() for chunk in chunks)
             except (NotText, FileProblem) as exc:
-                yield self.out.file_row(f, _status="rejected", _error=str(exc), _size=f.size)
+                self.note(f, status="rejected", error=str(exc), size=f.size)
                 return
             for part in parts:
                 records += len(part)
@@ -368,13 +363,13 @@ class FileReader:
         finally:
             response.close()
             response.release_conn()
-        yield self.out.file_row(
+        self.note(
             f,
-            _status="ingested",
-            _encoding=stream.encoding,
-            _records=records,
-            _sha256=stream.sha256.hexdigest(),
-            _size=stream.size,
+            status="ingested",
+            encoding=stream.encoding,
+            records=records,
+            sha256=stream.sha256.hexdigest(),
+            size=stream.size,
         )
 
     def _download(self, f: SourceFile, folder: str) -> tuple[Path, str]:
@@ -412,11 +407,9 @@ class FileReader:
                     records += len(chunk)
                     yield from self.out.part(chunk.part(), constants)
             except FileProblem as exc:
-                yield self.out.file_row(f, _status="rejected", _error=str(exc), _sha256=sha256, _size=f.size)
+                self.note(f, status="rejected", error=str(exc), sha256=sha256, size=f.size)
                 return
-        yield self.out.file_row(
-            f, _status="ingested", _encoding="xlsx", _records=records, _sha256=sha256, _size=f.size
-        )
+        self.note(f, status="ingested", encoding="xlsx", records=records, sha256=sha256, size=f.size)
 
     def _emit(
         self, f: SourceFile, by_dataset: Mapping[str, Sequence[Mapping[str, object]]]
@@ -444,16 +437,16 @@ class FileReader:
         rejected = bool(batch.rejects) and not any(records.values())
         if not rejected:
             for number, reject in enumerate(batch.rejects, start=1):
-                yield self.out.file_row(f, _status="entry_rejected", _error=reject.reason, _line=number)
-        yield self.out.file_row(
+                self.note(f, status="entry_rejected", error=reject.reason, line=number)
+        self.note(
             f,
-            _status="rejected" if rejected else "ingested",
-            _error="; ".join(r.reason for r in batch.rejects[:3]) if rejected else None,
-            _encoding="json",
-            _records=sum(len(r) for r in records.values()),
-            _sha256=hashlib.sha256(content).hexdigest(),
-            _size=len(content),
-            _raw=json.dumps(dict(getattr(batch, "skipped", {}) or {}), ensure_ascii=False),
+            status="rejected" if rejected else "ingested",
+            error="; ".join(r.reason for r in batch.rejects[:3]) if rejected else None,
+            encoding="json",
+            records=sum(len(r) for r in records.values()),
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+            not_read=dict(batch.skipped) or None,
         )
 
     def _fhir_ndjson(self, f: SourceFile) -> Iterator[pa.RecordBatch]:
@@ -471,11 +464,11 @@ class FileReader:
             ):
                 records += 1
                 if dataset == UNPLACED:  # a bad line of a file whose name gives no resource type
-                    yield self.out.file_row(
+                    self.note(
                         f,
-                        _status="entry_rejected",
-                        _error=record.get("_error"),
-                        _line=int(str(record.get("_line"))),
+                        status="entry_rejected",
+                        error=record.get("_error"),
+                        line=int(str(record.get("_line"))),
                     )
                     continue
                 pending.setdefault(dataset, []).append(record)
@@ -485,14 +478,14 @@ class FileReader:
         finally:
             response.close()
             response.release_conn()
-        yield self.out.file_row(
+        self.note(
             f,
-            _status="ingested",
-            _encoding="utf-8",
-            _records=records,
-            _sha256=stream.sha256.hexdigest(),
-            _size=stream.size,
-            _raw=json.dumps(skipped, ensure_ascii=False),
+            status="ingested",
+            encoding="utf-8",
+            records=records,
+            sha256=stream.sha256.hexdigest(),
+            size=stream.size,
+            not_read=dict(skipped) or None,
         )
 
     def dicom(self, files: Sequence[SourceFile]) -> Iterator[pa.RecordBatch]:
@@ -525,13 +518,13 @@ class FileReader:
         indexes = {str(getattr(i, "source", "")) for i in getattr(batch, "indexes", [])}
         for f in files:
             status = "rejected" if f.key in rejected else "index" if f.key in indexes else "ingested"
-            yield self.out.file_row(
+            self.note(
                 f,
-                _status=status,
-                _error=rejected.get(f.key),
-                _encoding="dicom",
-                _sha256=digests.get(f.key),
-                _size=f.size,
+                status=status,
+                error=rejected.get(f.key),
+                encoding="dicom",
+                sha256=digests.get(f.key),
+                size=f.size,
             )
 
 
@@ -554,15 +547,46 @@ class _Hashing(io.RawIOBase):
         return len(data)
 
 
+class _Results(AccumulatorParam[list[dict[str, object]]]):
+    """What the workers say of each file, gathered on the driver (an accumulator: the records
+    themselves go to Spark, the few words about each file do not)."""
+
+    def zero(self, value: list[dict[str, object]]) -> list[dict[str, object]]:
+        return []
+
+    def addInPlace(self, a: list[dict[str, object]], b: list[dict[str, object]]) -> list[dict[str, object]]:
+        a.extend(b)
+        return a
+
+
+@dataclass(frozen=True)
+class FileResults:
+    accumulator: Accumulator[list[dict[str, object]]]
+
+    def collect(self) -> list[dict[str, object]]:
+        """One result per (file, status, line), whatever tasks were retried or read twice."""
+        unique: dict[tuple[object, ...], dict[str, object]] = {}
+        for r in self.accumulator.value:
+            unique[(r["key"], r.get("status"), r.get("line"))] = r
+        return list(unique.values())
+
+
 def _reader_function(
-    access: StoreAccess, bucket: str, schema: pa.Schema, datasets: Mapping[str, DatasetShape]
+    access: StoreAccess,
+    bucket: str,
+    schema: pa.Schema,
+    datasets: Mapping[str, DatasetShape],
+    results: Accumulator[list[dict[str, object]]],
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         reader = FileReader(access, bucket, schema, datasets)
-        for batch in batches:
-            for task in batch.column("task").to_pylist():
-                data = json.loads(task)
-                yield from reader.task(ReadTask(files=tuple(SourceFile.from_json(f) for f in data)))
+        try:
+            for batch in batches:
+                for task in batch.column("task").to_pylist():
+                    data = json.loads(task)
+                    yield from reader.task(ReadTask(files=tuple(SourceFile.from_json(f) for f in data)))
+        finally:
+            results.add(reader.results)
 
     return read
 
@@ -574,15 +598,17 @@ def read_files(
     access: StoreAccess,
     bucket: str,
     contracts: Mapping[str, Contract],
-) -> DataFrame:
+) -> tuple[DataFrame, FileResults]:
     """Every record of the tasks' files (in `bucket`), read on the executors, one Spark partition
-    per task. The schema holds the columns of `contracts` only: read one dataset's extracts with
-    that dataset alone (a narrow schema is much cheaper to move into Spark)."""
+    per task, and — once the frame has been computed — what happened to each file. The schema
+    holds the columns of `contracts` only: read one dataset's extracts with that dataset alone
+    (a narrow schema is much cheaper to move into Spark)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     schema = output_schema(contracts)
     rows = [(json.dumps([f.to_json() for f in t.files], ensure_ascii=False),) for t in tasks]
     rdd = spark.sparkContext.parallelize(rows, max(len(rows), 1))
     source = spark.createDataFrame(rdd, "task string")
-    reader = _reader_function(access, bucket, schema, shapes(contracts))
-    return source.mapInArrow(reader, from_arrow_schema(schema))
+    results = spark.sparkContext.accumulator([], _Results())
+    reader = _reader_function(access, bucket, schema, shapes(contracts), results)
+    return source.mapInArrow(reader, from_arrow_schema(schema)), FileResults(results)

@@ -5,6 +5,7 @@ valid) and `_reason` (readable), plus typed columns and the `month` partition va
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -45,12 +46,24 @@ def raw(name: str) -> Column:
     return F.col(f"`{name}`")
 
 
+# Formats whose every match Spark's own string cast reads the same way (ISO 8601 layouts): the
+# cast is several times cheaper than a pattern formatter, and the regular expression has already
+# made sure of the shape (the cast alone would also take '2025-1-5').
+_ISO = re.compile(r"^yyyy-MM-dd(('T'| )HH:mm(\[:ss\]|:ss)?(\[\.S{1,9}\]|\.S{1,9})?)?$")
+
+
+def _parse_one(value: Column, fmt: str, column_type: str) -> Column:
+    if _ISO.match(fmt):
+        parsed = value.try_cast("date" if column_type == "date" else "timestamp")
+    else:
+        parsed = F.try_to_timestamp(value, F.lit(fmt))
+    return F.when(value.rlike(pattern_regex(fmt)), parsed)
+
+
 def _parse_time(value: Column, formats: Sequence[str], column_type: str) -> Column:
     """The first of `formats` that the whole value matches (checked by a regular expression
     first: Spark's parser alone would also take '2025-1-5', or a timestamp for a date)."""
-    parsed = [
-        F.when(value.rlike(pattern_regex(fmt)), F.try_to_timestamp(value, F.lit(fmt))) for fmt in formats
-    ]
+    parsed = [_parse_one(value, fmt, column_type) for fmt in formats]
     out = parsed[0] if len(parsed) == 1 else F.coalesce(*parsed)
     return out.cast("date") if column_type == "date" else out
 
@@ -261,6 +274,37 @@ def validate(
         reasons.alias("_reason"),
         F.date_format(F.col(f"`__typed_{month_col}`"), "yyyy-MM").alias("_month"),
     )
+
+
+def rule_names(contract: Contract) -> tuple[str, ...]:
+    """Every rule a row of `contract` can be quarantined under: the readers' (a record they could
+    not read), the built-in ones, the contract's own."""
+    from ingestion.sources.fhir import FHIR_ENTRY_INVALID
+    from ingestion.sources.tabular import MALFORMED, UNDECODABLE
+
+    built_in = (REQUIRED_MISSING, TYPE_INVALID, VALUE_NOT_ALLOWED, PATTERN_MISMATCH)
+    located = (HOSPITAL_NOT_IN_CITY, HOSPITAL_NOT_SENDER)
+    names = (
+        MALFORMED,
+        UNDECODABLE,
+        FHIR_ENTRY_INVALID,
+        *built_in,
+        *located,
+        *(r.name for r in contract.rules),
+    )
+    return tuple(dict.fromkeys(names))
+
+
+def typed_values(contract: Contract, profiles: Mapping[str, Profile] | None = None) -> list[Column]:
+    """The curated projection computed from the raw (already conformed) columns: the same values
+    as `typed_columns`, for rows whose validation happened in an earlier pass."""
+    cols = []
+    for c in contract.columns:
+        value = local_value(c, profiles)
+        if c.type == "timestamp":
+            value = F.to_utc_timestamp(value, SOURCE_TIME_ZONE)
+        cols.append(value.cast(SPARK_TYPES[c.type]).alias(c.name))
+    return cols
 
 
 def typed_columns(contract: Contract) -> list[Column]:
