@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -24,7 +25,8 @@ CITY = "zhengzhou"
 SIZE = 2 * 1024**3
 GIB = 1024**3
 
-# Run in a process of its own: the job, then the peak RSS of everything it started.
+# Run in a process of its own: the job, then the peak RSS of everything it started. It runs from a
+# file: under `python -c` pyspark takes the nameless __main__ for its doctests and exits 0 early.
 JOB = r"""
 import json, os, resource, sys
 from pathlib import Path
@@ -110,14 +112,18 @@ def test_a_2_gb_csv_ingests_with_bounded_memory(stack: Settings, tmp_path: Path)
         f"{CITY}-landing", f"{root}zz-c1/lab_results/lab_results.csv", str(export), part_size=64 * 1024 * 1024
     )
     export.unlink()
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-c", JOB, root],
+        [sys.executable, str(script), root],
         capture_output=True,
         text=True,
         timeout=1800,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == "succeeded" and result["balanced"]
     assert result["rows_in"] == records and result["curated"] == records, result
