@@ -33,7 +33,16 @@ from zoneinfo import ZoneInfo
 from ingestion.link import WAITING_REASON, fhir_ids_of, link, registry_of
 from ingestion.profiles import Profile, SourceProfiles, default_profile, parse_profiles
 from ingestion.quality import failed_expectations, run_suite
-from ingestion.read import FileResults, SourceFile, StoreAccess, classify, plan, read_files
+from ingestion.read import (
+    LINK_META,
+    RECORD_META,
+    FileResults,
+    SourceFile,
+    StoreAccess,
+    classify,
+    plan,
+    read_files,
+)
 from ingestion.report import DatasetReport, RunReport
 from ingestion.validate import SOURCE_TIME_ZONE, conform, rule_names, typed_values, validate
 from lakehouse.contracts import Contract
@@ -58,19 +67,7 @@ STATS_PROPERTY = "'delta.dataSkippingStatsColumns'"
 FIRST = ("patients", "encounters")
 # Columns every bronze row carries beside the contract's (bronze keeps `_line` as text, as it
 # always has).
-BRONZE_META = (
-    "_source",
-    "_line",
-    "_rule",
-    "_error",
-    "_raw",
-    "_profile",
-    "_checksum",
-    "_fhir_id",
-    "_link_patient",
-    "_link_encounter",
-    "_link_mrn",
-)
+BRONZE_META = (*RECORD_META, *LINK_META)
 
 
 # Datasets ingested side by side after `patients` (2 cores: a third keeps them busy through the

@@ -15,8 +15,9 @@ schema — every contract column of every dataset as text, plus meta columns:
 
 What happened to each file — read (in which encoding, how many records, its SHA-256), rejected
 and why, or one entry of it rejected — is gathered in an accumulator (`FileResults`), not in the
-records. Nothing raises for bad input. The worker's memory is bounded by one chunk of records (a FHIR
-bundle, being one JSON document, is the exception: it is held while it is read).
+records. Nothing raises for bad input. The worker's memory is bounded by one chunk of records (the
+exceptions: a FHIR bundle, being one JSON document, and a workbook's sheet, which calamine loads
+whole; both are held while they are read).
 """
 
 from __future__ import annotations
@@ -373,7 +374,8 @@ class FileReader:
         )
 
     def _download(self, f: SourceFile, folder: str) -> tuple[Path, str]:
-        path = Path(folder) / "export.xlsx"  # openpyxl goes by the extension
+        # calamine picks the format (.xlsx, .xls) by the file's extension: keep the landed one.
+        path = Path(folder) / f"export{PurePosixPath(f.key).suffix.lower()}"
         digest = hashlib.sha256()
         response = self._open(f)
         try:

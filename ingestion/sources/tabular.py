@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 from ingestion.profiles import Profile
-from ingestion.sources.text import REPLACEMENT, UTF8, decode_errors, undecodable
+from ingestion.sources.text import REPLACEMENT, UTF8, decode_errors, read_head, undecodable
 
 RawRecord = dict[str, str | None]
 
@@ -162,7 +162,7 @@ def read_csv(
     streaming reader (RFC 4180: quoted delimiters, doubled quotes, line breaks in quoted fields,
     CRLF). Raises FileProblem, before any part, when the header cannot be used."""
     errors_before = decode_errors()
-    head = text_head(stream)
+    head = read_head(stream)
     reader = csv.reader(
         io.StringIO(head.decode(UTF8, "replace")),
         delimiter=profile.delimiter,
@@ -179,17 +179,6 @@ def read_csv(
         raise FileProblem(f"the header has bytes that are not valid {encoding}: {_raw(','.join(names))!r}")
     header = map_header(names, profile=profile, columns=columns, required=required)
     return _parts(_Prefixed(head, stream), header, profile, encoding, errors_before)
-
-
-def text_head(stream: BinaryIO | io.RawIOBase, size: int = 1 << 20) -> bytes:
-    chunks, left = [], size
-    while left > 0:
-        chunk = stream.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def _parts(
