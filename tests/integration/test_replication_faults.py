@@ -214,6 +214,11 @@ def test_broker_restart_during_a_stream(
     assert codes == [0, 0, 0], [(tmp_path / f"publish-{c}.log").read_text()[-2000:] for c in CITIES]
 
 
+def _said_stalled_retrying(worker: Replicator) -> bool:
+    status = worker.health.snapshot()
+    return status.retrying is not None and status.stalls_reported > 0
+
+
 @pytest.mark.parametrize("round_", FAULT_REPEATS)
 def test_object_store_outage_during_an_apply(
     stack: Settings,
@@ -238,13 +243,12 @@ def test_object_store_outage_during_an_apply(
             while worker.health.snapshot().busy is None and time.monotonic() < deadline:
                 time.sleep(0.01)
             process.stop(spec)
-            # Down until the replicator has failed on the store and said it is stalled retrying,
-            # then a little longer. (A stall of another kind — a unit half received for 2 s on a
-            # busy machine — proves nothing about the outage: it once let the store come back
-            # before any apply had met it.)
-            while time.monotonic() < deadline and not any(
-                why.startswith("retrying") for why in worker.health.snapshot().stalls()
-            ):
+            # Down until the replicator is retrying a call to the store and its health thread
+            # has said it is stalled, then a little longer. Both count: a stall of another kind
+            # alone (a unit half received for 2 s on a busy machine) once let the store come back
+            # before any apply had met it; a retry seen stalled by this loop but not yet by the
+            # health thread (it looks every 2 s) once let it come back before anything was said.
+            while time.monotonic() < deadline and not _said_stalled_retrying(worker):
                 time.sleep(0.1)
             time.sleep(random.uniform(0.0, 3.0))
             process.start(spec)
