@@ -807,7 +807,7 @@ class CityIngestion:
             self.report.files.append(
                 {
                     k: result[k]
-                    for k in ("key", "status", "encoding", "profile", "records", "not_read")
+                    for k in ("key", "status", "format", "encoding", "profile", "records", "not_read")
                     if result.get(k) is not None
                 }
             )

@@ -275,7 +275,12 @@ class FileReader:
     def note(self, f: SourceFile, **values: object) -> None:
         """Record what happened to a file: status, error, encoding, records, sha256, size, …"""
         self.results.append(
-            {"key": f.key, "profile": f.profile.name, **{k: v for k, v in values.items() if v is not None}}
+            {
+                "key": f.key,
+                "format": f.kind,
+                "profile": f.profile.name,
+                **{k: v for k, v in values.items() if v is not None},
+            }
         )
 
     @property

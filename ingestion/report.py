@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 
@@ -31,6 +32,17 @@ class DatasetReport:
         )
 
 
+# How the run report names the formats of the files it read.
+FORMATS = {
+    "csv": "CSV",
+    "jsonl": "JSON Lines",
+    "xlsx": "Excel",
+    "fhir": "FHIR bundle",
+    "fhir-ndjson": "FHIR NDJSON",
+    "dicom": "DICOM",
+}
+
+
 @dataclass(kw_only=True)
 class RunReport:
     city: str
@@ -43,11 +55,28 @@ class RunReport:
     files_corrected: int = 0
     files_unchanged: int = 0
     files_rejected: list[dict[str, str]] = field(default_factory=list)
-    # Every file read: key, status, the encoding found, the profile read with, records in it.
+    # Every file read: key, status, format, the encoding found, the profile read with, records.
     files: list[dict[str, object]] = field(default_factory=list)
     datasets: dict[str, DatasetReport] = field(default_factory=dict)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, over all datasets
+
+    def read_as(self) -> list[tuple[str, int]]:
+        """How the files were read, most common first: "FHIR NDJSON", "CSV gb18030 (county-his)"."""
+        read = Counter(
+            " ".join(
+                str(part)
+                for part in (
+                    FORMATS.get(str(f.get("format")), f.get("format") or "file"),
+                    f.get("encoding") if f.get("format") in ("csv", "jsonl") else None,
+                    None if f.get("profile") in (None, "default") else f"({f['profile']})",
+                )
+                if part
+            )
+            for f in self.files
+            if f.get("status") != "rejected"
+        )
+        return read.most_common()
 
     def to_json(self) -> str:
         data = asdict(self)

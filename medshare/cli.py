@@ -318,9 +318,8 @@ def ingest(
         f"files: {report.files_seen} seen, {report.files_new} new, {report.files_corrected} "
         f"corrected, {report.files_unchanged} unchanged, {len(report.files_rejected)} rejected"
     )
-    read = Counter(f"{f['encoding']} ({f['profile']})" for f in report.files if f.get("encoding"))
-    if read:
-        console.print("read as: " + ", ".join(f"{n} × {how}" for how, n in read.most_common()))
+    if read := report.read_as():
+        console.print("read as: " + ", ".join(f"{n} × {how}" for how, n in read))
     if any(ds.waiting for ds in report.datasets.values()):
         console.print(
             "[yellow]waiting[/yellow]: rows whose patient is not known yet (e.g. a PACS study before "

@@ -183,12 +183,7 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
             )
         if not all(ds.balanced for ds in run.datasets.values()):
             raise MedshareError(f"{city_id}: row accounting does not balance (run {run.run_id})")
-        read = Counter(
-            f"{f['encoding']}" + ("" if f["profile"] == "default" else f" ({f['profile']})")
-            for f in run.files
-            if f.get("encoding")
-        )
-        report(f"{city_id}: files read as " + ", ".join(f"{n} × {how}" for how, n in read.most_common()))
+        report(f"{city_id}: files read as " + ", ".join(f"{n} × {how}" for how, n in run.read_as()))
     return table
 
 
