@@ -35,7 +35,7 @@ from ingestion.read import store_access
 from lakehouse.contracts import load_contracts
 from lakehouse.settings import get_settings
 from lakehouse.spark import build_spark_session
-from lakehouse.storage import s3_client, s3a_uri, site_credentials
+from lakehouse.storage import remove_prefix, s3_client, s3a_uri, site_credentials
 from lakehouse.topology import load_topology
 
 CITY = "zhengzhou"
@@ -82,17 +82,6 @@ def baseline(spark, manifest, contracts, bucket: str, prefix: str, out_root: str
         df.write.format("delta").mode("append").save(table)
         rows += spark.read.format("delta").load(table).count()
     return rows, time.perf_counter() - started
-
-
-def remove_prefix(client, buckets: list[str], prefix: str) -> None:
-    from minio.deleteobjects import DeleteObject
-
-    for bucket in buckets:
-        names = [
-            DeleteObject(o.object_name) for o in client.list_objects(bucket, prefix=prefix, recursive=True)
-        ]
-        for start in range(0, len(names), 1000):
-            list(client.remove_objects(bucket, names[start : start + 1000]))
 
 
 def run_once(args, spark, settings, topology, contracts, profiles, patients: int) -> dict[str, object]:

@@ -62,7 +62,7 @@ QUARANTINE_ROWS = "rows"
 QUARANTINE_FILES = "files"
 WAITING = "waiting"
 RUNS_PREFIX = "_runs"
-STATS_PROPERTY = "'delta.dataSkippingStatsColumns'"
+STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 # Datasets whose rows others are linked to come first.
 FIRST = ("patients", "encounters")
 # Columns every bronze row carries beside the contract's (bronze keeps `_line` as text, as it
@@ -591,14 +591,9 @@ class CityIngestion:
         from pyspark.sql import functions as F
 
         uri = self.tables.bronze_table(contract.name)
-        known = False
-        if _table_exists(self.spark, uri):
-            properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{uri}`").collect()
-            known = any(r["key"] == STATS_PROPERTY for r in properties)
-            if not known:
-                self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ({STATS_PROPERTY} = '_run_id')")
-                known = True
-
+        existed = _table_exists(self.spark, uri)
+        if existed:
+            self._run_id_stats_only(uri)
         (
             annotated.select(
                 *[F.col(f"`{c}`") for c in contract.column_names],
@@ -618,10 +613,15 @@ class CityIngestion:
             .option("mergeSchema", "true")
             .save(uri)
         )
-        if not known:
-            # Statistics of `_run_id` only: it is what the read-back of a run filters on, and
-            # statistics of every text column (raw records, reasons) cost as much as the write.
-            self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ({STATS_PROPERTY} = '_run_id')")
+        if not existed:
+            self._run_id_stats_only(uri)
+
+    def _run_id_stats_only(self, uri: str) -> None:
+        """Statistics of `_run_id` only: it is what the read-back of a run filters on, and
+        statistics of every text column (raw records, reasons) cost as much as the write."""
+        properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{uri}`").collect()
+        if not any(r["key"] == STATS_PROPERTY for r in properties):
+            self.spark.sql(f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ('{STATS_PROPERTY}' = '_run_id')")
 
     def _store_waiting(
         self, contract: Contract, waiting: DataFrame, count: int, *, had_earlier: bool

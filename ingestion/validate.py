@@ -296,23 +296,11 @@ def rule_names(contract: Contract) -> tuple[str, ...]:
 
 
 def typed_values(contract: Contract, profiles: Mapping[str, Profile] | None = None) -> list[Column]:
-    """The curated projection computed from the raw (already conformed) columns: the same values
-    as `typed_columns`, for rows whose validation happened in an earlier pass."""
+    """The curated projection, from the raw (already conformed) columns: typed values under the
+    contract's names; timestamps converted from the exports' local time to UTC instants."""
     cols = []
     for c in contract.columns:
         value = local_value(c, profiles)
-        if c.type == "timestamp":
-            value = F.to_utc_timestamp(value, SOURCE_TIME_ZONE)
-        cols.append(value.cast(SPARK_TYPES[c.type]).alias(c.name))
-    return cols
-
-
-def typed_columns(contract: Contract) -> list[Column]:
-    """The curated projection: typed values under the contract's names; timestamps converted
-    from the exports' local time to UTC instants."""
-    cols = []
-    for c in contract.columns:
-        value = F.col(f"`__typed_{c.name}`")
         if c.type == "timestamp":
             value = F.to_utc_timestamp(value, SOURCE_TIME_ZONE)
         cols.append(value.cast(SPARK_TYPES[c.type]).alias(c.name))

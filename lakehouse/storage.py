@@ -81,6 +81,20 @@ def s3a_uri(bucket: str, path: str = "") -> str:
     return f"s3a://{bucket}/{path.lstrip('/')}".rstrip("/")
 
 
+def remove_prefix(client: Minio, buckets: list[str], prefix: str) -> None:
+    """Delete every object under `prefix` in `buckets` (what a benchmark or test run wrote)."""
+    from minio.deleteobjects import DeleteObject
+
+    for bucket in buckets:
+        names = [
+            DeleteObject(o.object_name)
+            for o in client.list_objects(bucket, prefix=prefix, recursive=True)
+            if o.object_name
+        ]
+        for start in range(0, len(names), 1000):  # the S3 limit per request
+            list(client.remove_objects(bucket, names[start : start + 1000]))
+
+
 @contextmanager
 def storage_errors(action: str) -> Iterator[None]:
     """Translate minio/urllib3 failures into StorageError naming what we were doing."""

@@ -237,8 +237,6 @@ DEMO_CLINIC = "ly-yc-county"
 
 def _demo_patient(settings: Settings) -> str:
     """A resident ID with encounters in both demo cities if there is one (else the busiest)."""
-    from collections import Counter
-
     from deltalake import DeltaTable
 
     seen: dict[str, set[str]] = {}
@@ -265,7 +263,6 @@ def _share(settings: Settings, report: Report) -> list[Table]:
     import socket
     import subprocess
     import sys
-    from collections import Counter
 
     import httpx
 
@@ -379,8 +376,6 @@ SHARING_READS = (("zz-fahzu", "research.province.diagnoses"), (DEMO_CLINIC, "ope
 
 def _delta_sharing(settings: Settings, base: str, store: Identities, operator: str, report: Report) -> Table:
     """Profiles for two hospitals, then the official client lists and loads what each may read."""
-    from collections import Counter
-
     import httpx
     import pyarrow.parquet as pq
 

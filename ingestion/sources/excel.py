@@ -1,4 +1,4 @@
-"""Spreadsheet exports (.xlsx, and .xls/.xlsb/.ods): one sheet — the profile's, else the first —
+"""Excel exports (.xlsx, .xls): one sheet — the profile's, else the first —
 read row by row as chunks, by calamine (python-calamine: a Rust reader, ~14× openpyxl's read-only
 mode here; it holds one sheet's cells, which Excel bounds at 1,048,576 rows).
 
@@ -55,7 +55,7 @@ def read_xlsx(
     try:
         book = CalamineWorkbook.from_path(str(path))
     except (CalamineError, OSError, ValueError) as exc:
-        raise FileProblem(f"not an Excel workbook (.xlsx): {exc}") from None
+        raise FileProblem(f"not an Excel workbook (.xlsx, .xls): {exc}") from None
     if profile.sheet is not None and profile.sheet not in book.sheet_names:
         names = ", ".join(book.sheet_names)
         raise FileProblem(f"no sheet {profile.sheet!r} (profile {profile.name!r}); the workbook has {names}")

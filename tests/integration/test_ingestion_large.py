@@ -17,7 +17,7 @@ import pytest
 
 from lakehouse.identity import make_resident_id
 from lakehouse.settings import Settings
-from lakehouse.storage import s3_client, site_credentials
+from lakehouse.storage import remove_prefix, s3_client, site_credentials
 
 pytestmark = pytest.mark.slow
 
@@ -108,21 +108,27 @@ def test_a_2_gb_csv_ingests_with_bounded_memory(stack: Settings, tmp_path: Path)
     records = write_export(export)
     assert export.stat().st_size >= SIZE
     client = s3_client(stack, site_credentials(stack, CITY))
-    client.fput_object(
-        f"{CITY}-landing", f"{root}zz-c1/lab_results/lab_results.csv", str(export), part_size=64 * 1024 * 1024
-    )
-    export.unlink()
-    script = tmp_path / "job.py"
-    script.write_text(JOB)
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, str(script), root],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
+    try:
+        client.fput_object(
+            f"{CITY}-landing",
+            f"{root}zz-c1/lab_results/lab_results.csv",
+            str(export),
+            part_size=64 * 1024 * 1024,
+        )
+        export.unlink()
+        script = tmp_path / "job.py"
+        script.write_text(JOB)
+        repo = Path(__file__).resolve().parents[2]
+        done = subprocess.run(
+            [sys.executable, str(script), root],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+        )
+    finally:  # 2 GB of landing and the tables made of it: not left for the rest of the run
+        remove_prefix(client, [f"{CITY}-{b}" for b in ("landing", "bronze", "curated", "quarantine")], root)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == "succeeded" and result["balanced"]
