@@ -112,7 +112,10 @@ def make_person(rng: random.Random, city: City, sequence: int) -> Person:
     sex: Literal["M", "F"] = "M" if rng.random() < 0.5 else "F"
     age_days = int(min(max(rng.gauss(45, 20), 2), 98) * 365.25)
     birth = dt.date(2026, 6, 30) - dt.timedelta(days=age_days)
-    county = f"{city.region_code}{rng.choice([2, 3, 4, 5, 22, 81, 82, 83]):02d}"
+    # A 4-digit city code takes a county suffix; Jiyuan's 6-digit code is its own county.
+    county = city.region_code
+    if len(county) == 4:
+        county += f"{rng.choice([2, 3, 4, 5, 22, 81, 82, 83]):02d}"
     given = "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2))))
     return Person(
         resident_id=make_resident_id(region=county, birth_date=birth, sequence=sequence % 1000, sex=sex),

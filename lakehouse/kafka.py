@@ -74,9 +74,15 @@ def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
 
 def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str = "") -> list[str]:
     """Create the topology's topics that do not exist yet (under `namespace.` when given, as tests
-    and benchmarks do); returns the names created."""
+    and benchmarks do) and grow those with fewer partitions than the topology gives them; returns
+    the names created or grown.
+
+    Growing keeps every city whose index is below the old partition count on its partition
+    (index modulo partitions); cities added since move to their own, so grow while they have
+    nothing in flight (as when they join)."""
     existing = set(client.list_topics())
     prefix = f"{namespace}." if namespace else ""
+    grown = _grow_partitions(client, topology, prefix, existing)
     wanted = [
         NewTopic(
             prefix + t.name,
@@ -97,4 +103,20 @@ def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str =
                 raise
         else:
             created.append(topic.name)
-    return created
+    return created + grown
+
+
+def _grow_partitions(
+    client: KafkaAdminClient, topology: Topology, prefix: str, existing: set[str]
+) -> list[str]:
+    wanted = {prefix + t.name: topology.kafka.partitions_of(t) for t in topology.kafka.topics}
+    names = sorted(n for n in wanted if n in existing)
+    if not names:
+        return []
+    with transport_errors("describe topics"):
+        described = client.describe_topics(names)
+    short = {d["name"]: wanted[d["name"]] for d in described if len(d["partitions"]) < wanted[d["name"]]}
+    if short:
+        with transport_errors(f"add partitions to {', '.join(sorted(short))}"):
+            client.create_partitions(short)
+    return sorted(short)

@@ -30,6 +30,22 @@ class CareLevel(StrEnum):
     TOWNSHIP = "township"
 
 
+class Service(StrEnum):
+    """What a provincial specialist centre reads for the hospitals that consult it."""
+
+    IMAGING = "imaging"
+    ECG = "ecg"
+    PATHOLOGY = "pathology"
+
+
+class SpecialistCentre(_Frozen):
+    id: Ident
+    name: str
+    name_zh: str | None = None
+    service: Service
+    hospital: Ident  # the hospital that hosts it
+
+
 class DataCentre(_Frozen):
     id: Ident
     name: str
@@ -56,6 +72,7 @@ class Province(_Frozen):
     region_code: Annotated[str, StringConstraints(pattern=r"^\d{2}$")]
     data_centre: DataCentre
     telemedicine_centre: Ident
+    specialist_centres: tuple[SpecialistCentre, ...] = ()
     buckets: ProvinceBuckets
 
 
@@ -63,7 +80,8 @@ class City(_Frozen):
     id: Ident
     name: str
     name_zh: str | None = None
-    region_code: Annotated[str, StringConstraints(pattern=r"^\d{4}$")]
+    # 4 digits for a prefecture-level city, 6 for one the province administers (Jiyuan, 419001).
+    region_code: Annotated[str, StringConstraints(pattern=r"^\d{4}(\d{2})?$")]
     sub_centre: str
     buckets: CityBuckets
 
@@ -74,6 +92,9 @@ class Hospital(_Frozen):
     name_zh: str | None = None
     city: Ident
     level: CareLevel
+    # GB/T 2260 code of the county (county-level city, former county) a county or township
+    # hospital serves.
+    county: Annotated[str, StringConstraints(pattern=r"^\d{6}$")] | None = None
 
 
 class Topic(_Frozen):
@@ -148,16 +169,34 @@ def _cross_check(topo: Topology) -> list[str]:
     problems = _duplicates(topo.cities, "id", "cities", "city id")
     problems += _duplicates(topo.hospitals, "id", "hospitals", "hospital id")
     problems += _duplicates(topo.kafka.topics, "name", "kafka.topics", "topic name")
-    city_ids = {c.id for c in topo.cities}
+    problems += _duplicates(
+        topo.province.specialist_centres, "id", "province.specialist_centres", "centre id"
+    )
+    regions = {c.id: c.region_code for c in topo.cities}
     for i, hospital in enumerate(topo.hospitals):
-        if hospital.city not in city_ids:
+        if hospital.city not in regions:
             problems.append(
                 f"hospitals[{i}].city: unknown city {hospital.city!r} of hospital {hospital.id!r}"
             )
-    if topo.province.telemedicine_centre not in {h.id for h in topo.hospitals}:
+        elif hospital.county is not None and not hospital.county.startswith(regions[hospital.city][:4]):
+            problems.append(
+                f"hospitals[{i}].county: {hospital.county!r} of hospital {hospital.id!r} is not inside "
+                f"city {hospital.city!r} (region {regions[hospital.city]!r})"
+            )
+        if hospital.level in (CareLevel.COUNTY, CareLevel.TOWNSHIP) and hospital.county is None:
+            problems.append(
+                f"hospitals[{i}].county: {hospital.level} hospital {hospital.id!r} needs its county's code"
+            )
+    hospital_ids = {h.id for h in topo.hospitals}
+    if topo.province.telemedicine_centre not in hospital_ids:
         problems.append(
             f"province.telemedicine_centre: unknown hospital {topo.province.telemedicine_centre!r}"
         )
+    for i, centre in enumerate(topo.province.specialist_centres):
+        if centre.hospital not in hospital_ids:
+            problems.append(
+                f"province.specialist_centres[{i}].hospital: unknown hospital {centre.hospital!r}"
+            )
     for i, city in enumerate(topo.cities):
         if not city.region_code.startswith(topo.province.region_code):
             problems.append(

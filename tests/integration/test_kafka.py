@@ -23,6 +23,27 @@ def test_topology_topics_exist(stack: Settings, topology: Topology) -> None:
         client.close()
 
 
+def test_topics_with_fewer_partitions_than_the_topology_are_grown(
+    stack: Settings, topology: Topology, unique: str
+) -> None:
+    """A stack provisioned when the province had 3 cities (3 partitions a topic) is grown to the
+    topology's count by the next `up`; topics already big enough are left alone."""
+    layout = topology.kafka
+    small = topology.model_copy(update={"kafka": layout.model_copy(update={"default_partitions": 3})})
+    names = {f"{unique}.{t.name}": layout.partitions_of(t) for t in layout.topics}
+    client = kafka.admin(stack)
+    try:
+        assert sorted(kafka.ensure_topics(client, small, unique)) == sorted(names)
+        grown = kafka.ensure_topics(client, topology, unique)
+        assert grown == sorted(n for n, count in names.items() if count > 3)
+        described = client.describe_topics(sorted(names))
+        assert {d["name"]: len(d["partitions"]) for d in described} == names
+        assert kafka.ensure_topics(client, topology, unique) == []
+    finally:
+        client.delete_topics(sorted(names))
+        client.close()
+
+
 def test_idempotent_producer_round_trip(stack: Settings, unique: str) -> None:
     topic = f"test.roundtrip.{unique}"
     client = kafka.admin(stack)

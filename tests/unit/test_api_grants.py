@@ -52,7 +52,7 @@ def test_platform_grants_load(settings: Settings, topology: Topology, views) -> 
     [
         ({"datasets": ["encounter"]}, "grants[0].datasets[0]: not a shareable dataset"),
         ({"recipient": {"hospitals": ["zz-nowhere"]}}, "grants[0].recipient.hospitals[0]: not a hospital"),
-        ({"recipient": {"cities": ["kaifeng"]}}, "grants[0].recipient.cities[0]: not a city"),
+        ({"recipient": {"cities": ["beijing"]}}, "grants[0].recipient.cities[0]: not a city"),
         ({"columns": {"masked": ["resident_id"]}}, "grants[0].columns.masked[0]: a column of none"),
         ({"recipient": {}}, "a recipient names hospitals, cities or levels"),
         ({"purposes": ["curiosity"]}, "purposes.0"),

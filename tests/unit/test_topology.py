@@ -23,9 +23,26 @@ def write(tmp_path: Path, data: object) -> Path:
     return tmp_path / "topology.yaml"
 
 
-def test_real_topology_has_three_cities_and_every_care_level() -> None:
+# GB/T 2260: Henan's 17 prefecture-level cities and Jiyuan (administered by the province).
+HENAN = {
+    "4101", "4102", "4103", "4104", "4105", "4106", "4107", "4108", "4109",
+    "4110", "4111", "4112", "4113", "4114", "4115", "4116", "4117", "419001",
+}  # fmt: skip
+
+
+def test_real_topology_is_the_whole_province_with_every_care_level() -> None:
     topo = load_topology(REPO / "platform")
-    assert {"zhengzhou", "luoyang", "nanyang"} <= {c.id for c in topo.cities}
+    assert {c.region_code for c in topo.cities} == HENAN
+    # The pilot cities stay first: a city's Kafka partition follows its position.
+    assert [c.id for c in topo.cities[:3]] == ["zhengzhou", "luoyang", "nanyang"]
+    county = [h for h in topo.hospitals if h.level is CareLevel.COUNTY]
+    assert len(county) >= 120
+    # One or more hospitals per county: Henan has 102 counties and county-level cities.
+    assert len({h.county for h in county}) >= 102
+    for h in topo.hospitals:
+        if h.county is not None:
+            assert h.county.startswith(topo.city(h.city).region_code[:4]), h.id
+    assert {c.service for c in topo.province.specialist_centres} == {"imaging", "ecg", "pathology"}
     assert {h.level for h in topo.hospitals} == set(CareLevel)
     for city in topo.cities:
         assert topo.hospitals_of(city.id), f"{city.id} has no hospitals"
@@ -37,8 +54,8 @@ def test_real_topology_has_three_cities_and_every_care_level() -> None:
 
 def test_lookup_of_unknown_city_names_the_known_ones() -> None:
     topo = load_topology(REPO / "platform")
-    with pytest.raises(TopologyError, match=r"unknown city 'kaifeng'.*zhengzhou"):
-        topo.city("kaifeng")
+    with pytest.raises(TopologyError, match=r"unknown city 'beijing'.*zhengzhou"):
+        topo.city("beijing")
 
 
 def test_duplicate_hospital_id_names_file_and_key(tmp_path: Path, raw: dict[str, Any]) -> None:
@@ -54,11 +71,25 @@ def test_duplicate_hospital_id_names_file_and_key(tmp_path: Path, raw: dict[str,
 
 
 def test_unknown_city_names_file_and_key(tmp_path: Path, raw: dict[str, Any]) -> None:
-    raw["hospitals"][4]["city"] = "kaifeng"
+    raw["hospitals"][4]["city"] = "beijing"
     path = write(tmp_path, raw)
     with pytest.raises(TopologyError) as err:
         load_topology(tmp_path)
-    assert f"{path}: hospitals[4].city: unknown city 'kaifeng'" in str(err.value)
+    assert f"{path}: hospitals[4].city: unknown city 'beijing'" in str(err.value)
+
+
+def test_county_outside_its_city_or_missing_is_refused(tmp_path: Path, raw: dict[str, Any]) -> None:
+    county = [i for i, h in enumerate(raw["hospitals"]) if h["level"] == "county"]
+    raw["hospitals"][county[0]]["county"] = "420102"  # Wuhan, Hubei
+    del raw["hospitals"][county[1]]["county"]
+    raw["province"]["specialist_centres"][0]["hospital"] = "zz-nowhere"
+    path = write(tmp_path, raw)
+    with pytest.raises(TopologyError) as err:
+        load_topology(tmp_path)
+    msg = str(err.value)
+    assert f"{path}: hospitals[{county[0]}].county: '420102' of hospital" in msg
+    assert f"{path}: hospitals[{county[1]}].county: county hospital" in msg and "needs its county" in msg
+    assert f"{path}: province.specialist_centres[0].hospital: unknown hospital 'zz-nowhere'" in msg
 
 
 def test_missing_field_names_file_and_key(tmp_path: Path, raw: dict[str, Any]) -> None:

@@ -99,7 +99,7 @@ def build_province(
     sexes = rng.integers(0, 2, patients)
     resident_ids = [
         make_resident_id(
-            region=cities[city_of[h]] + "01",
+            region=(cities[city_of[h]] + "01")[:6],
             birth_date=dt.date(1940, 1, 1) + dt.timedelta(days=int(b)),
             sequence=int(i % 499) + 1,
             sex="M" if s else "F",
