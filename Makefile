@@ -31,7 +31,7 @@ status: venv
 	@$(MEDSHARE) status
 
 demo: up
-	@$(MEDSHARE) demo
+	@$(MEDSHARE) demo $(if $(CITIES),--cities $(CITIES))
 
 test: setup lint typecheck
 	$(PYTEST) $(PYTEST_ARGS)

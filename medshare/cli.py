@@ -100,14 +100,18 @@ def _print_status() -> bool:
 
 
 @app.command()
-def status() -> None:
+def status(
+    datasets: Annotated[
+        bool, typer.Option("--datasets", help="One replication row per city and dataset, not per city.")
+    ] = False,
+) -> None:
     """Show each service, its ports, pid and health, then how far the province's replicas are
     behind each city and what each replicator is doing; exit 1 unless all services are healthy
     and no replicator is stalled."""
     try:
         healthy = _print_status()
         if healthy:
-            healthy = replication_cli.print_replication(get_settings())
+            healthy = replication_cli.print_replication(get_settings(), by_dataset=datasets)
     except MedshareError as exc:
         _fail(exc)
     if not healthy:
@@ -132,12 +136,24 @@ def clean_state(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    cities: Annotated[
+        str | None,
+        typer.Option(
+            help="More cities besides the demo's Zhengzhou and Luoyang: a comma-separated list, or "
+            "`all` for the whole province (18 cities)."
+        ),
+    ] = None,
+) -> None:
     """Run the platform end to end on the running stack and print a summary."""
     from medshare import demo as demo_module
+    from medshare.pipeline import parse_cities
 
+    settings = get_settings()
     try:
-        demo_module.run(get_settings(), _report)
+        extra = parse_cities(load_topology(settings.platform_dir), cities) if cities else []
+        chosen = [*demo_module.DEMO_CITIES, *(c for c in extra if c not in demo_module.DEMO_CITIES)]
+        demo_module.run(settings, _report, chosen)
     except MedshareError as exc:
         _fail(exc)
 
@@ -328,6 +344,76 @@ def ingest(
     stored = f"s3://{topology.city(city).buckets.bronze}/{report_key(options)}"
     _print_rejected(report.files_rejected, stored)
     if report.status != "succeeded" or not all(d.balanced for d in report.datasets.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def pipeline(
+    exports: Annotated[
+        Path, typer.Argument(help="Folder of exports, one sub-folder per city (as `generate` writes).")
+    ],
+    cities: Annotated[
+        str | None,
+        typer.Option(
+            help="`all` or a comma-separated list of cities. Default: every city with a folder in EXPORTS."
+        ),
+    ] = None,
+    steps: Annotated[
+        str, typer.Option(help="Which steps, in this order: land, ingest, publish.")
+    ] = "land,ingest,publish",
+) -> None:
+    """Land, ingest and publish many cities' exports, city after city, with progress.
+
+    A city that fails is reported and the others still run; exit 1 if any failed. Run
+    `medshare replicator` (or `make demo`) to apply what was published to the province."""
+    from medshare.pipeline import parse_cities, run_cities
+
+    settings = get_settings()
+    try:
+        chosen = parse_cities(load_topology(settings.platform_dir), cities, exports)
+        with _progress_bar() as bar:
+            overall = bar.add_task("cities", total=len(chosen))
+            step = bar.add_task("", total=None)
+
+            def on_city(city: str, index: int) -> None:
+                bar.update(overall, completed=index, description=f"cities (now {city})")
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(step, description=what, completed=done, total=total or None)
+
+            runs = run_cities(
+                settings,
+                exports,
+                chosen,
+                [s.strip() for s in steps.split(",") if s.strip()],
+                on_city=on_city,
+                progress=progress,
+            )
+            bar.update(overall, completed=len(chosen), description="cities")
+    except MedshareError as exc:
+        _fail(exc)
+    table = Table(
+        "city", "landed", "rows in", "curated", "quarantined", "published rows", "units", "seconds", "result",
+        title=f"pipeline over {len(runs)} cities",
+    )  # fmt: skip
+    for run in runs:
+        datasets = run.ingestion.datasets.values() if run.ingestion else []
+        published = run.published
+        table.add_row(
+            run.city,
+            "-" if run.landed is None else str(run.landed),
+            f"{sum(d.rows_in for d in datasets):,}" if run.ingestion else "-",
+            f"{sum(d.curated for d in datasets):,}" if run.ingestion else "-",
+            f"{sum(d.quarantined_total for d in datasets):,}" if run.ingestion else "-",
+            "-" if published is None else f"{published.rows:,}",
+            "-" if published is None else str(sum(d.units for d in published.datasets.values())),
+            f"{sum(run.seconds.values()):.0f}",
+            "[green]ok[/green]" if run.ok else f"[red]{run.error}[/red]",
+        )
+    Console(width=max(Console().width, 130)).print(table)
+    failed = [r.city for r in runs if not r.ok]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(runs)} cities failed[/red]: {', '.join(failed)}")
         raise typer.Exit(1)
 
 

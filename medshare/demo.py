@@ -3,8 +3,9 @@
 1. Foundation: Spark writes a partitioned Delta table into a city's bucket through s3a, delta-rs
    reads it back, a message makes the round trip through Kafka.
 2. City ingestion: seeded exports (CSV, JSON Lines, FHIR, DICOM, with defects) are generated
-   for two cities, landed in their landing buckets and ingested by each city's Spark job; the
-   run reports prove every row is curated, quarantined or a removed duplicate.
+   for two cities (more with `--cities`, `all` for the province), landed in their landing
+   buckets and ingested by each city's Spark job; the run reports prove every row is curated,
+   quarantined or a removed duplicate.
 3. Replication: each city's publisher ships its curated commits (shareable form) through Kafka,
    the provincial replicator applies them to the federated provincial tables, and `verify`
    proves the province holds exactly each city's shareable data.
@@ -25,7 +26,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -117,29 +118,23 @@ def _kafka_round_trip(settings: Settings, city: str, report: Report) -> dict[str
 
 
 DEMO_CITIES = ("zhengzhou", "luoyang")
-DEMO_PATIENTS = 400
+DEMO_PATIENTS_PER_CITY = 200
 
 
-def _ingest_cities(settings: Settings, report: Report) -> Table:
+def _ingest_cities(settings: Settings, report: Report, cities: Sequence[str]) -> Table:
     from ingestion.generate import GenerateOptions, generate
-    from ingestion.job import IngestOptions, run_ingestion
-    from ingestion.landing import land
     from ingestion.profiles import load_profiles
-    from ingestion.read import store_access
     from lakehouse.contracts import load_contracts
-    from lakehouse.spark import build_spark_session
-    from lakehouse.storage import s3_client
+    from medshare.pipeline import ingest_city, land_city
 
     topology = load_topology(settings.platform_dir)
     contracts = load_contracts(settings.platform_dir)
     profiles = load_profiles(settings.platform_dir, topology, contracts)
     exports = settings.state_dir / "demo-exports"
-    report(f"generating exports of {DEMO_PATIENTS} patients for {', '.join(DEMO_CITIES)} in {exports}")
+    patients = DEMO_PATIENTS_PER_CITY * len(cities)
+    report(f"generating exports of {patients} patients for {', '.join(cities)} in {exports}")
     generate(
-        topology,
-        contracts,
-        exports,
-        GenerateOptions(seed=2026, patients=DEMO_PATIENTS, cities=DEMO_CITIES),
+        topology, contracts, exports, GenerateOptions(seed=2026, patients=patients, cities=tuple(cities))
     )
     table = Table(
         "city",
@@ -151,24 +146,10 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
         "balanced",
         title="city ingestion",
     )
-    for city_id in DEMO_CITIES:
-        city = topology.city(city_id)
-        creds = site_credentials(settings, city_id)
-        client = s3_client(settings, creds)
-        landed = land(client, city.buckets.landing, exports / city_id)
-        report(f"{city_id}: landed {len(landed)} new or changed file(s); running the ingestion job")
-        spark = build_spark_session(settings, creds, app_name=f"medshare-demo-ingest-{city_id}")
-        try:
-            run = run_ingestion(
-                spark,
-                store_access(settings, creds),
-                topology,
-                contracts,
-                IngestOptions(city=city_id),
-                profiles=profiles,
-            )
-        finally:
-            spark.stop()
+    for city_id in cities:
+        landed = land_city(settings, topology, city_id, exports / city_id)
+        report(f"{city_id}: landed {landed} new or changed file(s); running the ingestion job")
+        run = ingest_city(settings, topology, contracts, profiles, city_id)
         if not run.datasets:
             table.add_row(city_id, "(all files unchanged since the last run)", "", "", "", "", "")
         for ds in run.datasets.values():
@@ -187,25 +168,21 @@ def _ingest_cities(settings: Settings, report: Report) -> Table:
     return table
 
 
-def _replicate(settings: Settings, report: Report) -> Table:
+def _replicate(settings: Settings, report: Report, cities: Sequence[str]) -> Table:
     import threading
 
     from lakehouse.contracts import load_contracts
     from lakehouse.pseudonyms import ProvinceKey
     from lakehouse.replication.layout import ReplicationLayout
-    from lakehouse.replication.publisher import Publisher
     from lakehouse.replication.replicator import Replicator
     from lakehouse.replication.verify import verify
+    from medshare.pipeline import publish_city
 
     layout = ReplicationLayout(load_topology(settings.platform_dir))
     contracts = load_contracts(settings.platform_dir)
     key = ProvinceKey.from_settings(settings)
-    for city_id in DEMO_CITIES:
-        publisher = Publisher(settings, layout, city_id, contracts, key)
-        try:
-            published = publisher.run_once()
-        finally:
-            publisher.close()
+    for city_id in cities:
+        published = publish_city(settings, layout, contracts, key, city_id)
         units = sum(d.units for d in published.datasets.values())
         report(f"{city_id}: published {published.rows:,} rows in {units} unit(s) through Kafka")
     replicator = Replicator(settings, layout, contracts)
@@ -215,7 +192,7 @@ def _replicate(settings: Settings, report: Report) -> Table:
     worker.start()
     try:
         deadline = time.monotonic() + 180
-        while not (result := verify(settings, layout, contracts, key, cities=DEMO_CITIES)).ok:
+        while not (result := verify(settings, layout, contracts, key, cities=cities)).ok:
             if time.monotonic() > deadline:
                 raise MedshareError(f"the province still differs after 180 s: {result.differences[:5]}")
             time.sleep(1)
@@ -235,14 +212,14 @@ def _replicate(settings: Settings, report: Report) -> Table:
 DEMO_CLINIC = "ly-yc-county"
 
 
-def _demo_patient(settings: Settings) -> str:
+def _demo_patient(settings: Settings, cities: Sequence[str]) -> str:
     """A resident ID with encounters in both demo cities if there is one (else the busiest)."""
     from deltalake import DeltaTable
 
     seen: dict[str, set[str]] = {}
     visits: Counter[str] = Counter()
     topology = load_topology(settings.platform_dir)
-    for city_id in DEMO_CITIES:
+    for city_id in cities:
         creds = site_credentials(settings, city_id)
         uri = s3_uri(topology.city(city_id).buckets.curated, "encounters")
         ids = (
@@ -256,7 +233,7 @@ def _demo_patient(settings: Settings) -> str:
     return max(visits, key=lambda rid: (len(seen[rid]), visits[rid], rid))
 
 
-def _share(settings: Settings, report: Report) -> list[Table]:
+def _share(settings: Settings, report: Report, cities: Sequence[str]) -> list[Table]:
     import datetime as dt
     import os
     import signal
@@ -279,7 +256,7 @@ def _share(settings: Settings, report: Report) -> list[Table]:
     store = identities(settings, api)
     clinic = store.issue("hospital", DEMO_CLINIC, days=1, label="make demo").token
     operator = store.issue("operator", "demo-operator", days=1, label="make demo").token
-    resident_id = _demo_patient(settings)
+    resident_id = _demo_patient(settings, cities)
     if resident_id_problem(resident_id, today=dt.date.today()) is not None:
         raise MedshareError("the demo patient's resident ID is not valid")
 
@@ -444,15 +421,15 @@ def _analytics(settings: Settings, report: Report) -> Table:
     return table
 
 
-def run(settings: Settings, report: Report) -> None:
+def run(settings: Settings, report: Report, cities: Sequence[str] = DEMO_CITIES) -> None:
     topology = load_topology(settings.platform_dir)
     city = topology.cities[0]
     summary: dict[str, object] = {"city": city.id, "bucket": city.buckets.curated}
     summary |= _spark_to_delta_rs(settings, city.id, city.buckets.curated, report)
     summary |= _kafka_round_trip(settings, city.id, report)
-    ingestion = _ingest_cities(settings, report)
-    replication = _replicate(settings, report)
-    sharing = _share(settings, report)
+    ingestion = _ingest_cities(settings, report, cities)
+    replication = _replicate(settings, report, cities)
+    sharing = _share(settings, report, cities)
     analytics = _analytics(settings, report)
 
     table = Table("step", "result", title="medshare demo: foundation")

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings, get_settings
 from lakehouse.topology import load_topology
 from medshare.ui import console, fail, progress_bar, service_logging
+
+if TYPE_CHECKING:
+    from lakehouse.replication.status import LagRow
 
 log = logging.getLogger("medshare")
 
@@ -191,29 +194,61 @@ def verify(
     raise typer.Exit(1)
 
 
-def print_replication(settings: Settings, namespace: str = "") -> bool:
-    """The replication part of `medshare status`: how far the province is behind each city, and
-    what each replicator on this machine is doing; False when one cannot make progress."""
+def print_replication(settings: Settings, namespace: str = "", *, by_dataset: bool = False) -> bool:
+    """The replication part of `medshare status`: how far the province is behind each city (one
+    row per city, or per city and dataset), and what each replicator on this machine is doing;
+    False when one cannot make progress."""
     from lakehouse.contracts import load_contracts
     from lakehouse.replication.health import STALL_SECONDS, read_statuses
     from lakehouse.replication.status import replication_lag
 
-    rows = replication_lag(settings, _layout(settings, namespace), load_contracts(settings.platform_dir))
-    table = Table("city", "dataset", "city version", "province reflects", "behind", "lag")
-    for r in rows:
-        lag = "-" if r.lag_seconds is None else f"{r.lag_seconds:.1f} s"
-        late = r.behind and (r.lag_seconds is None or r.lag_seconds >= STALL_SECONDS)
-        style = "green" if r.behind == 0 else "red" if late else "yellow"
-        table.add_row(
-            r.city,
-            r.dataset,
-            str(r.city_version),
-            str(r.applied_version),
-            f"[{style}]{r.behind}[/{style}]",
-            f"[{style}]{lag}[/{style}]" if late else lag,
-        )
+    layout = _layout(settings, namespace)
+    rows = replication_lag(settings, layout, load_contracts(settings.platform_dir))
+
+    def lateness(behind: int, lag: float | None) -> tuple[str, bool]:
+        late = bool(behind) and (lag is None or lag >= STALL_SECONDS)
+        return ("green" if behind == 0 else "red" if late else "yellow"), late
+
+    if by_dataset:
+        table = Table("city", "dataset", "city version", "province reflects", "behind", "lag")
+        for r in rows:
+            lag = "-" if r.lag_seconds is None else f"{r.lag_seconds:.1f} s"
+            style, late = lateness(r.behind, r.lag_seconds)
+            table.add_row(
+                r.city,
+                r.dataset,
+                str(r.city_version),
+                str(r.applied_version),
+                f"[{style}]{r.behind}[/{style}]",
+                f"[{style}]{lag}[/{style}]" if late else lag,
+            )
+    else:
+        table = Table("city", "datasets", "up to date", "versions behind", "oldest lag", "behind in")
+        by_city: dict[str, list[LagRow]] = {}
+        for r in rows:
+            by_city.setdefault(r.city, []).append(r)
+        for city, items in by_city.items():
+            late_rows = [r for r in items if r.behind]
+            lags = [r.lag_seconds for r in late_rows if r.lag_seconds is not None]
+            oldest = max(lags) if lags else None
+            versions = sum(r.behind for r in late_rows)
+            style, late = lateness(versions, oldest if len(lags) == len(late_rows) else None)
+            names = ", ".join(r.dataset for r in late_rows[:3])
+            names += f" +{len(late_rows) - 3}" if len(late_rows) > 3 else ""
+            lag = "-" if oldest is None else f"{oldest:.1f} s"
+            table.add_row(
+                city,
+                str(len(items)),
+                str(len(items) - len(late_rows)),
+                f"[{style}]{versions}[/{style}]",
+                f"[{style}]{lag}[/{style}]" if late else lag,
+                names or "-",
+            )
+        quiet = [c.id for c in layout.topology.cities if c.id not in by_city]
+        if rows and quiet:
+            table.caption = f"{len(quiet)} of {len(layout.topology.cities)} cities have no curated tables yet"
     if rows:
-        Console().print(table)
+        Console(width=max(Console().width, 110)).print(table)
     else:
         console.print("replication: no curated tables yet")
     statuses = read_statuses(settings.state_dir / "replication", namespace)
