@@ -56,6 +56,8 @@ class ReplicatorStatus:
     busy: Wait | None = None
     retrying: Wait | None = None
     polling: Wait | None = None
+    # Between consumer-group generations: no partitions are held, nothing can be applied.
+    rebalancing: Wait | None = None
     last_progress: float = 0.0
     units_done: int = 0
     # Failed attempts of storage or broker calls since the start, and stalls said.
@@ -68,9 +70,11 @@ class ReplicatorStatus:
         now = time.time() if now is None else now
         limit = self.stall_seconds
         out = []
-        for kind, wait in (("retrying", self.retrying), ("poll failing", self.polling)):
+        waits = (("retrying", self.retrying), ("poll failing", self.polling), ("waiting", self.rebalancing))
+        for kind, wait in waits:
             if wait is not None and now - wait.since >= limit:
-                out.append(f"{kind} for {now - wait.since:.0f} s: {wait.what} ({wait.error})")
+                why = f" ({wait.error})" if wait.error else ""
+                out.append(f"{kind} for {now - wait.since:.0f} s: {wait.what}{why}")
         for unit, since in sorted(self.pending.items()):
             if now - since >= limit and (self.busy is None or unit not in self.busy.what):
                 out.append(f"{unit} half received for {now - since:.0f} s")
@@ -80,9 +84,10 @@ class ReplicatorStatus:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ReplicatorStatus:
-        status = cls(**{k: v for k, v in body.items() if k not in ("busy", "retrying", "polling")})
-        status.busy, status.retrying, status.polling = (
-            Wait(**body[k]) if body.get(k) else None for k in ("busy", "retrying", "polling")
+        waits = ("busy", "retrying", "polling", "rebalancing")
+        status = cls(**{k: v for k, v in body.items() if k not in waits})
+        status.busy, status.retrying, status.polling, status.rebalancing = (
+            Wait(**body[k]) if body.get(k) else None for k in waits
         )
         return status
 
@@ -138,6 +143,14 @@ class Health:
     def busy(self, what: str | None) -> None:
         with self._lock:
             self._status.busy = None if what is None else Wait(what, time.time())
+
+    def rebalancing(self, now_rebalancing: bool) -> None:
+        """Whether the consumer is between group generations (then it holds no partitions)."""
+        with self._lock:
+            if not now_rebalancing:
+                self._status.rebalancing = None
+            elif self._status.rebalancing is None:
+                self._status.rebalancing = Wait("a consumer-group rebalance to finish", time.time())
 
     def failed(self, what: str, error: BaseException, *, kind: str = "retrying") -> None:
         """A retry of `what` (kind "retrying") or a failed poll ("polling")."""
