@@ -1,9 +1,11 @@
 """Benchmark of city → province replication on the running stack (`make up`).
 
     ~/.cache/medshare/venv/bin/python benchmarks/replicate.py --rows 5000000 --trickle-seconds 60
+    ~/.cache/medshare/venv/bin/python benchmarks/replicate.py --cities all --big-unit-rows 0
 
-1. Throughput: curated `encounters` tables of `--rows` rows in total across the three cities
-   (written with delta-rs beforehand, not timed); then three publishers (`medshare publish`, one
+1. Throughput: curated `encounters` tables of `--rows` rows in total across the cities
+   (`--cities`: the first three by default, `all` for the 18; written with delta-rs beforehand,
+   not timed); then one publisher per city (`medshare publish`, one
    process each) and one replicator (`medshare replicator`, its own process) start together. Timed
    from their start until the provincial table records every city's version; rows/s = rows / time.
    The replicator's peak RSS (VmHWM) is read from /proc before it stops.
@@ -188,7 +190,13 @@ def _commit_times(client, bucket: str, path: str) -> list[tuple[int, int, dict[s
 
 
 def trickle(
-    settings: Settings, layout: ReplicationLayout, seconds: float, rows: int, interval: float, logs: Path
+    settings: Settings,
+    layout: ReplicationLayout,
+    seconds: float,
+    rows: int,
+    interval: float,
+    logs: Path,
+    cities: tuple[str, ...] = CITIES,
 ) -> dict[str, object]:
     contract = load_contracts(settings.platform_dir)[DATASET]
     replicator = medshare(
@@ -198,10 +206,10 @@ def trickle(
         medshare(
             logs / f"follow-{c}.log", "publish", "--city", c, "--follow", "--namespace", layout.namespace
         )
-        for c in CITIES
+        for c in cities
     ]
     # Version 0 of every city first: lags are measured once all processes are up and caught up.
-    for n, city in enumerate(CITIES):
+    for n, city in enumerate(cities):
         hospitals = [h.id for h in layout.topology.hospitals_of(city)]
         first = curated_rows(contract, hospitals, rows, months=1, seed=n)
         write_city(settings, layout, city, contract, first)
@@ -213,7 +221,7 @@ def trickle(
     commits = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for n, city in enumerate(CITIES):
+        for n, city in enumerate(cities):
             hospitals = [h.id for h in layout.topology.hospitals_of(city)]
             table = curated_rows(contract, hospitals, rows, months=1, salt=f"t{commits}", seed=commits + n)
             write_city(settings, layout, city, contract, table)
@@ -223,10 +231,10 @@ def trickle(
     wait_until = time.monotonic() + 120
     while time.monotonic() < wait_until:
         done = applied(settings, layout)
-        if all(done[c] is not None and done[c] >= target[c] for c in CITIES):  # type: ignore[operator]
+        if all(done[c] is not None and done[c] >= target[c] for c in cities):  # type: ignore[operator]
             break
         time.sleep(0.5)
-    total_rows = sum(read_rows(settings, layout, c) for c in CITIES)
+    total_rows = sum(read_rows(settings, layout, c) for c in cities)
     rss = peak_rss_mb(replicator.pid)
     stop(replicator)
     codes = [stop(p) for p in publishers]
@@ -237,7 +245,7 @@ def trickle(
     )
     lags: list[float] = []
     never: list[str] = []
-    for city in CITIES:
+    for city in cities:
         app_id = layout.app_id(city, DATASET)
         location = layout.city_table(city, DATASET)
         for version, ts, _ in _commit_times(
@@ -253,7 +261,7 @@ def trickle(
     lags.sort()
     if never or not lags:
         raise SystemExit(f"{len(never)} city commit(s) never reached the province: {never[:10]}")
-    checked = check_province(settings, layout, CITIES, total_rows)
+    checked = check_province(settings, layout, cities, total_rows)
     return {
         "city_commits": commits,
         "rows_per_commit": rows,
@@ -277,9 +285,14 @@ def main() -> None:
     parser.add_argument("--trickle-seconds", type=float, default=60)
     parser.add_argument("--trickle-rows", type=int, default=50)
     parser.add_argument("--trickle-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--cities", default="3", help="how many of the topology's cities publish (first N), or `all` (18)"
+    )
     args = parser.parse_args()
     settings = get_settings()
     topology = load_topology(settings.platform_dir)
+    every = tuple(c.id for c in topology.cities)
+    cities = every if args.cities == "all" else every[: int(args.cities)]
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"medshare-bench-replicate-{uuid.uuid4().hex[:6]}"
     logs.mkdir(parents=True)
     results: dict[str, object] = {
@@ -293,7 +306,7 @@ def main() -> None:
     }
     layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
     make_topics(settings, layout)
-    results["throughput"] = throughput(settings, layout, args.rows, logs)
+    results["throughput"] = throughput(settings, layout, args.rows, logs, cities)
     print(json.dumps(results["throughput"], indent=1), flush=True)
     if args.big_unit_rows:
         # The replicator's memory must not follow the size of a version: one unit of all rows.
@@ -304,12 +317,13 @@ def main() -> None:
     lag_layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
     make_topics(settings, lag_layout)
     results["lag"] = trickle(
-        settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs
+        settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs, cities
     )
     print(json.dumps(results["lag"], indent=1), flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"written {RESULTS}")
+    out = RESULTS if len(cities) == len(CITIES) else RESULTS.with_name(f"replicate-{len(cities)}-cities.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

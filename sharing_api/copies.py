@@ -204,8 +204,11 @@ class CopyWriter:
             return SyncResult(spec, action, rows=rows, version=self._version(spec))
         if state.source_version == source.version():
             return SyncResult(spec, "unchanged", version=state.version)
+        # The copy's parts the provincial files tell apart: a copy per hospital is rewritten per
+        # city, as the provincial tables are partitioned by city and month.
+        keys = [k for k in spec.partition_columns if k in source.metadata().partition_columns]
         try:
-            before = _part_files(self.source(spec, state.source_version), spec)
+            before = _part_files(self.source(spec, state.source_version), keys)
         except (DeltaError, OSError) as exc:
             # The older version is gone (log cleaned up): rebuild rather than guess.
             log.warning(
@@ -216,11 +219,11 @@ class CopyWriter:
             )
             rows = self._write(spec, source, opted_out, None, state.version + 1, fingerprint)
             return SyncResult(spec, "rebuilt", rows=rows, version=self._version(spec))
-        after = _part_files(source, spec)
+        after = _part_files(source, keys)
         changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         if not changed:  # a commit that moved no file (e.g. only metadata)
             return SyncResult(spec, "unchanged", version=state.version)
-        rows = self._write(spec, source, opted_out, changed, state.first_servable, fingerprint)
+        rows = self._write(spec, source, opted_out, (keys, changed), state.first_servable, fingerprint)
         return SyncResult(spec, "updated", parts=len(changed), rows=rows, version=self._version(spec))
 
     def _version(self, spec: CopySpec) -> int:
@@ -231,16 +234,19 @@ class CopyWriter:
         spec: CopySpec,
         source: DeltaTable,
         opted_out: frozenset[str],
-        parts: list[tuple[str, ...]] | None,
+        changed: tuple[list[str], list[tuple[str, ...]]] | None,
         first_servable: int,
         fingerprint: str,
     ) -> int:
-        """Write the copy whole (parts None: a rebuild, whose version is `first_servable`) or only
-        the given parts; returns rows written."""
+        """Write the copy whole (changed None: a rebuild, whose version is `first_servable`) or
+        only the changed parts (their values of the given partition columns); returns rows
+        written."""
         keys = spec.partition_columns
         dataset = source.to_pyarrow_dataset()
         condition = None
-        if parts is not None:
+        parts = None
+        if changed is not None:
+            keys, parts = changed
             condition = _parts_expression(keys, parts)
         excluded = pa.array(sorted(opted_out), pa.string())
         schema = self._schema(spec)
@@ -285,11 +291,11 @@ class CopyWriter:
         return masked.select(spec.columns).schema
 
 
-def _part_files(table: DeltaTable, spec: CopySpec) -> dict[tuple[str, ...], frozenset[str]]:
-    """Provincial files per copy part (the copy's partition columns' values)."""
+def _part_files(table: DeltaTable, keys: list[str]) -> dict[tuple[str, ...], frozenset[str]]:
+    """Provincial files per copy part (its values of `keys`, partition columns of both)."""
     actions = pa.table(table.get_add_actions(flatten=True))
     parts: dict[tuple[str, ...], set[str]] = {}
-    columns = [actions[f"partition.{k}"].to_pylist() for k in spec.partition_columns]
+    columns = [actions[f"partition.{k}"].to_pylist() for k in keys]
     for i, path in enumerate(actions["path"].to_pylist()):
         parts.setdefault(tuple(str(c[i]) for c in columns), set()).add(path)
     return {k: frozenset(v) for k, v in parts.items()}

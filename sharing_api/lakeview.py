@@ -2,8 +2,8 @@
 held in memory as Arrow, sorted by person_key, refreshed when the Delta table gets a new version.
 
 Why in memory: a patient lookup must answer in milliseconds over millions of rows, and the
-provincial tables are partitioned by city/hospital/month (how they are written), not by person; a
-scan per lookup would read every file. Sorting by person_key and binary search (numpy over the
+provincial tables are partitioned by city/month (how they are written), not by person; a scan
+per lookup would read a file per city and month. Sorting by person_key and binary search (numpy over the
 fixed-width keys) makes a lookup a few slices. Only (dataset, city) parts whose files changed are
 re-read, in the background; requests keep reading the previous generation meanwhile, and a part
 that cannot be read is reported missing (or stale) rather than failing the request.

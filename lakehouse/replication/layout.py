@@ -16,8 +16,10 @@ PROGRESS_DATASET = "replication-progress"
 CITY = "city"
 HOSPITAL = "hospital_id"
 MONTH = "month"
-# The provincial tables' partitioning: one city's or one hospital's data reads alone.
-PROVINCE_PARTITIONS = (CITY, HOSPITAL, MONTH)
+# The provincial tables' partitioning: a city's months read alone (analytics, a city's part of
+# the API's read model). Not by hospital: 18 cities × 140+ hospitals × months made tables of
+# thousands of tiny files; a unit replaces its hospitals' rows inside a (city, month) by predicate.
+PROVINCE_PARTITIONS = (CITY, MONTH)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,12 @@ class ReplicationMetrics:
             registry=self.registry,
         )
 
+        self.compactions = Counter(
+            "medshare_replication_compactions",
+            "Provincial (city, month) partitions rewritten into few files clustered by person_key.",
+            ("dataset",),
+            registry=self.registry,
+        )
         self.restarted = Counter(
             "medshare_replication_units_restarted",
             "Half-received units dropped by a consumer-group rebalance; read again from their first message.",

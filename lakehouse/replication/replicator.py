@@ -52,7 +52,7 @@ from lakehouse.replication.layout import CITY, HOSPITAL, MONTH, PROVINCE_PARTITI
 from lakehouse.replication.metrics import ReplicationMetrics
 from lakehouse.replication.wire import FULL, Header, MalformedMessage, decode_chunk
 from lakehouse.settings import Settings
-from lakehouse.shareable import schema_fingerprint, shareable_schema
+from lakehouse.shareable import PERSON_KEY, schema_fingerprint, shareable_schema
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,12 @@ WRITER_PROPERTIES = WriterProperties(
 WRITE_BUDGET_BYTES = 192 * 1024 * 1024
 MIN_FILE_BYTES = 1024 * 1024
 MAX_FILE_BYTES = 64 * 1024 * 1024
+# A unit replaces its hospitals' rows in a (city, month) partition, leaving a file per hospital
+# and unit behind: past this many files the partition is rewritten (OPTIMIZE ZORDER BY
+# person_key, files of up to COMPACT_TARGET_BYTES), so a table stays at about one file per city
+# and month however many small units arrive. See docs/replication.md ("Provincial layout").
+COMPACT_AT_FILES = 8
+COMPACT_TARGET_BYTES = 128 * 1024 * 1024
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         ("recorded_at", pa.timestamp("us", tz="UTC")),
@@ -128,7 +134,8 @@ class Spool:
     skip: bool
     messages: list[_Message] = field(default_factory=list)
     rows: int = 0
-    partitions: int = 0
+    partitions: int = 0  # (hospital, month) pairs
+    months: int = 0
     _file: IO[bytes] | None = None
 
     @property
@@ -205,6 +212,7 @@ class Replicator:
         self.stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._last_commit = 0.0
+        self._warned_layout: set[str] = set()
         self.health = Health(
             self.metrics,
             status_dir=status_dir or settings.state_dir / "replication",
@@ -507,6 +515,70 @@ class Replicator:
             lag,
         )
         self.on_applied(header, spool.rows)
+        self._compact(header)
+
+    def _old_layout(self, table: DeltaTable) -> bool:
+        """A table created before the (city, month) layout: applied to as before, not compacted
+        (its partitions are per hospital); rebuilt by `medshare clean-state` and a new run."""
+        columns = tuple(table.metadata().partition_columns)
+        if columns == PROVINCE_PARTITIONS:
+            return False
+        if table.table_uri not in self._warned_layout:
+            self._warned_layout.add(table.table_uri)
+            log.warning(
+                "%s is partitioned by %s, not %s: it is not compacted",
+                table.table_uri,
+                columns,
+                PROVINCE_PARTITIONS,
+            )
+        return True
+
+    def _compact(self, header: Header) -> None:
+        """Rewrite the city's crowded (city, month) partitions of the dataset's table, each in its
+        own commit (no `txn`: the units' versions stay as recorded). Best effort: a failure or a
+        conflict with another writer leaves the partition as it is, to be compacted after a later
+        unit; the files it replaces stay in the log, so time travel keeps reading them."""
+        table = self._tables.get(header.dataset)
+        if table is None or self._old_layout(table):
+            return
+        actions = pa.table(table.get_add_actions(flatten=True))
+        mine = actions.filter(pc.equal(actions[f"partition.{CITY}"], header.city))
+        months = mine[f"partition.{MONTH}"].value_counts().to_pylist()
+        crowded = sorted(str(m["values"]) for m in months if m["counts"] > COMPACT_AT_FILES)
+        clustered = PERSON_KEY in table.schema().to_arrow().names
+        for month in crowded:
+            where = [(CITY, "=", header.city), (MONTH, "=", month)]
+            started = time.monotonic()
+            try:
+                if clustered:
+                    result = table.optimize.z_order(
+                        [PERSON_KEY],
+                        partition_filters=where,
+                        target_size=COMPACT_TARGET_BYTES,
+                        writer_properties=WRITER_PROPERTIES,
+                    )
+                else:
+                    result = table.optimize.compact(
+                        partition_filters=where,
+                        target_size=COMPACT_TARGET_BYTES,
+                        writer_properties=WRITER_PROPERTIES,
+                    )
+            except (DeltaError, OSError) as exc:
+                log.warning(
+                    "compacting %s %s/%s failed (%s); left for later", header.dataset, header.city, month, exc
+                )
+                table.update_incremental()
+                continue
+            self.metrics.compactions.labels(header.dataset).inc()
+            log.info(
+                "compacted %s %s/%s: %d files into %d in %.2f s",
+                header.dataset,
+                header.city,
+                month,
+                result.get("numFilesRemoved", 0),
+                result.get("numFilesAdded", 0),
+                time.monotonic() - started,
+            )
 
     def _validate(self, spool: Spool) -> None:
         """Decode every chunk once before writing: schema, city's hospitals, partitions."""
@@ -514,6 +586,7 @@ class Replicator:
         hospitals = pa.array(sorted(self.hospitals[header.city]), pa.string())
         rows = 0
         partitions: set[str] = set()
+        months: set[str] = set()
         for value in spool.values():
             for batch in decode_chunk(value):
                 if schema_fingerprint(batch.schema) != header.schema:
@@ -526,8 +599,10 @@ class Replicator:
                 rows += batch.num_rows
                 keys = pc.binary_join_element_wise(batch.column(HOSPITAL), batch.column(MONTH), "/")
                 partitions.update(pc.unique(keys).to_pylist())
+                months.update(pc.unique(batch.column(MONTH)).to_pylist())
         spool.rows = rows
         spool.partitions = len(partitions)
+        spool.months = len(months)
 
     def _batches(self, spool: Spool) -> Iterator[pa.RecordBatch]:
         city = spool.header.city
@@ -550,7 +625,9 @@ class Replicator:
         # delta-rs keeps one open file per partition and flushes it at the target size: the
         # size is chosen so all open files together stay within a fixed budget, however many
         # rows the unit has (measured: 4M rows over 144 partitions peak at ~700 MB RSS with 1 MB).
-        target = min(max(WRITE_BUDGET_BYTES // max(spool.partitions, 1), MIN_FILE_BYTES), MAX_FILE_BYTES)
+        old_layout = isinstance(target_table, DeltaTable) and self._old_layout(target_table)
+        open_files = spool.partitions if old_layout else spool.months
+        target = min(max(WRITE_BUDGET_BYTES // max(open_files, 1), MIN_FILE_BYTES), MAX_FILE_BYTES)
         if isinstance(target_table, DeltaTable):
             write_deltalake(
                 target_table,
