@@ -3,7 +3,7 @@
     ~/.cache/medshare/venv/bin/python benchmarks/analytics.py --sizes 1000000,5000000
 
 For each size (encounters; patients = encounters / 5, three years of care, the synthetic province
-of `tests.utils.province`, written once under `s3://<province lakehouse>/bench-analytics-<n>` and
+of `tests.utils.province`, written once under `s3://<province lakehouse>/bench-analytics-<n>-<cities>c` and
 reused while its row counts match), a separate driver process (this file with `--worker`) starts
 the analysts' session (`analyst_session`, local[*]) on those tables, runs the whole suite once to
 warm the JVM and the object-store connections, then `--repeats` more times, timing each job.
@@ -58,7 +58,10 @@ def ensure_data(encounters: int, seed: int) -> tuple[str, dict[str, int]]:
     topology = load_topology(settings.platform_dir)
     contracts = load_contracts(settings.platform_dir)
     options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
-    root = s3_uri(topology.province.buckets.lakehouse, f"bench-analytics-{encounters}")
+    # Named by the number of cities: a province of 3 cities (earlier runs) stays beside one of 18.
+    root = s3_uri(
+        topology.province.buckets.lakehouse, f"bench-analytics-{encounters}-{len(topology.cities)}c"
+    )
     names = ["encounters", "diagnoses", "imaging_studies", "teleconsultations"]
     counts = {n: rows(f"{root}/{n}", options) for n in names}
     if counts["encounters"] != encounters or any(v is None for v in counts.values()):

@@ -3,7 +3,7 @@
     ~/.cache/medshare/venv/bin/python benchmarks/api.py --patients 1000000 --encounters 5000000 --seconds 60
 
 1. Data: a synthetic provincial lakehouse (`tests.utils.province.build_province`, written with
-   `write_province`) under `s3://<province lakehouse>/bench-api-<patients>-<encounters>`, written
+   `write_province`) under `s3://<province lakehouse>/bench-api-<patients>-<encounters>-<cities>c`, written
    once and reused while its row counts match (`--rebuild` forces it). Beside it, `_bench_sample`
    holds the patients the load picks from (resident ID, person_key, expected number of entries):
    only patients with at least one encounter, so every lookup has an answer.
@@ -724,7 +724,9 @@ def main() -> None:
     settings = get_settings()
     topology = load_topology(settings.platform_dir)
     options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
-    root = s3_uri(topology.province.buckets.lakehouse, f"bench-api-{args.patients}-{args.encounters}")
+    # Named by the number of cities: a province of 3 cities (earlier runs) stays beside one of 18.
+    name = f"bench-api-{args.patients}-{args.encounters}-{len(topology.cities)}c"
+    root = s3_uri(topology.province.buckets.lakehouse, name)
     datasets = sorted(n for n, c in load_contracts(settings.platform_dir).items() if c.shareable)
     run = uuid.uuid4().hex[:8]
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"medshare-bench-api-{run}"

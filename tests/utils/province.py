@@ -20,10 +20,12 @@ from deltalake import write_deltalake
 from lakehouse.contracts import Contract
 from lakehouse.identity import make_resident_id
 from lakehouse.pseudonyms import ProvinceKey, person_key, pseudo_uid
+from lakehouse.replication.layout import PROVINCE_PARTITIONS
 from lakehouse.shareable import LINEAGE, shareable_schema
 from lakehouse.topology import Topology
 
-PARTITIONS = ["city", "hospital_id", "month"]
+# As the replicator writes them.
+PARTITIONS = list(PROVINCE_PARTITIONS)
 ICD10 = ["I10", "E11.9", "J18.9", "I63.9", "C34.9", "K29.7", "N18.3", "J44.1", "I25.1", "M54.5"]
 LOINC = ["2345-7", "718-7", "2160-0", "4548-4", "1751-7", "2093-3"]
 ATC = ["C09AA05", "A10BA02", "J01CA04", "C10AA05", "N02BE01", "B01AC06"]
