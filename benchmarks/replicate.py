@@ -208,36 +208,40 @@ def trickle(
         )
         for c in cities
     ]
-    # Version 0 of every city first: lags are measured once all processes are up and caught up.
-    for n, city in enumerate(cities):
-        hospitals = [h.id for h in layout.topology.hospitals_of(city)]
-        first = curated_rows(contract, hospitals, rows, months=1, seed=n)
-        write_city(settings, layout, city, contract, first)
-    ready_by = time.monotonic() + 120
-    while not all(v is not None for v in applied(settings, layout).values()):
-        if time.monotonic() > ready_by:
-            raise SystemExit(f"replication did not start within 120 s: see {logs}")
-        time.sleep(0.5)
-    commits = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    try:
+        # Version 0 of every city first: lags are measured once all processes are up and caught up.
         for n, city in enumerate(cities):
             hospitals = [h.id for h in layout.topology.hospitals_of(city)]
-            table = curated_rows(contract, hospitals, rows, months=1, salt=f"t{commits}", seed=commits + n)
-            write_city(settings, layout, city, contract, table)
-            commits += 1
-        time.sleep(interval)
-    target = city_versions(settings, layout)
-    wait_until = time.monotonic() + 120
-    while time.monotonic() < wait_until:
-        done = applied(settings, layout)
-        if all(done[c] is not None and done[c] >= target[c] for c in cities):  # type: ignore[operator]
-            break
-        time.sleep(0.5)
-    total_rows = sum(read_rows(settings, layout, c) for c in cities)
-    rss = peak_rss_mb(replicator.pid)
-    stop(replicator)
-    codes = [stop(p) for p in publishers]
+            first = curated_rows(contract, hospitals, rows, months=1, seed=n)
+            write_city(settings, layout, city, contract, first)
+        ready_by = time.monotonic() + 120
+        while not all(v is not None for v in applied(settings, layout, cities).values()):
+            if time.monotonic() > ready_by:
+                raise SystemExit(f"replication did not start within 120 s: see {logs}")
+            time.sleep(0.5)
+        commits = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for n, city in enumerate(cities):
+                hospitals = [h.id for h in layout.topology.hospitals_of(city)]
+                table = curated_rows(
+                    contract, hospitals, rows, months=1, salt=f"t{commits}", seed=commits + n
+                )
+                write_city(settings, layout, city, contract, table)
+                commits += 1
+            time.sleep(interval)
+        target = city_versions(settings, layout, cities)
+        wait_until = time.monotonic() + 120
+        while time.monotonic() < wait_until:
+            done = applied(settings, layout, cities)
+            if all(done[c] is not None and done[c] >= target[c] for c in cities):  # type: ignore[operator]
+                break
+            time.sleep(0.5)
+        total_rows = sum(read_rows(settings, layout, c) for c in cities)
+        rss = peak_rss_mb(replicator.pid)
+    finally:  # a failed run leaves no process behind to load the next one
+        stop(replicator)
+        codes = [stop(p) for p in publishers]
 
     province = layout.province_table(DATASET)
     province_commits = _commit_times(
