@@ -8,10 +8,15 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from lakehouse.replication.health import Health, ReplicatorStatus, Wait, read_statuses
 from lakehouse.replication.metrics import ReplicationMetrics
+from lakehouse.replication.replicator import _finish_rebalance
 
 
 def _health(tmp_path: Path, namespace: str = "t1", stall_seconds: float = 60.0) -> Health:
@@ -50,6 +55,52 @@ def test_a_failing_poll_and_a_half_received_unit_are_stalls() -> None:
     # A unit being applied (a long write) is busy, not stalled.
     busy = _status(pending={"ly/patients v2": now - 90}, busy=Wait("apply ly/patients v2", now - 80))
     assert busy.stalls(now) == []
+
+
+def test_a_rebalance_that_does_not_finish_is_a_stall_and_survives_the_status_file(tmp_path: Path) -> None:
+    health = _health(tmp_path, stall_seconds=10.0)
+    health.rebalancing(True)
+    started = health.snapshot().rebalancing
+    assert started is not None
+    health.rebalancing(True)  # still the same wait, from when it began
+    assert health.snapshot().rebalancing == started
+    later = started.since + 15  # past the stall limit, before the status file counts as old
+    (stall,) = health.snapshot().stalls(later)
+    assert stall == "waiting for 15 s: a consumer-group rebalance to finish"
+    body = json.loads(json.dumps(asdict(health.snapshot())))
+    assert ReplicatorStatus.from_json(body).rebalancing == started
+    health.rebalancing(False)
+    assert health.snapshot().rebalancing is None and health.snapshot().stalls(later) == []
+
+
+class _Coordinator:
+    """kafka-python's consumer coordinator, as far as `_finish_rebalance` asks it."""
+
+    def __init__(self, *, rebalancing: bool, rejoin: bool) -> None:
+        self.rebalancing, self.rejoin, self.requested = rebalancing, rejoin, 0
+
+    def rebalance_in_progress(self) -> bool:
+        return self.rebalancing
+
+    def need_rejoin(self) -> bool:
+        return self.rejoin
+
+    def request_rejoin(self) -> None:
+        self.requested += 1
+        self.rejoin = True
+
+
+@pytest.mark.parametrize(
+    ("rebalancing", "rejoin", "requested"),
+    [(False, False, 0), (True, True, 0), (True, False, 1)],
+)
+def test_only_a_join_no_poll_would_finish_is_asked_to_finish(
+    rebalancing: bool, rejoin: bool, requested: int
+) -> None:
+    coordinator = _Coordinator(rebalancing=rebalancing, rejoin=rejoin)
+    consumer = SimpleNamespace(_coordinator=coordinator)
+    assert _finish_rebalance(consumer) is rebalancing  # type: ignore[arg-type]
+    assert coordinator.requested == requested
 
 
 def test_a_status_not_rewritten_is_a_stall() -> None:
