@@ -68,7 +68,7 @@ def province_data(stack: Settings, topology: Topology, tmp_path_factory: pytest.
 
     contracts = load_contracts(stack.platform_dir)
     data = build_province(
-        topology, contracts, ProvinceKey.from_settings(stack), patients=400, encounters=2400, seed=11
+        topology, contracts, ProvinceKey.from_settings(stack), patients=2000, encounters=12000, seed=11
     )
     root = f"s3://{topology.province.buckets.lakehouse}/api-test-{uuid.uuid4().hex[:8]}"
     write_province(data, root, delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE)))

@@ -27,7 +27,7 @@ from tests.utils.replication import (
     write_city,
 )
 
-ROWS = 200  # per city and dataset
+ROWS = 100  # per city and dataset
 
 
 def test_eighteen_cities_publish_at_once_and_the_province_holds_each(

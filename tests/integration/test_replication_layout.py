@@ -27,7 +27,7 @@ from tests.utils.replication import (
     write_city,
 )
 
-UNITS = 24
+UNITS = 16
 
 
 def _files_in(table: DeltaTable, city: str, month: str) -> int:
