@@ -148,10 +148,12 @@ def test_5_a_masked_result_is_not_in_the_order_of_the_real_keys(
                 break
     d = frames["diagnoses"]
     assert len(rows) == len(d)
-    # Paging neither repeats nor skips a row: the pages are the one-page answer, in its order.
+    # Paging neither repeats nor skips a row: the pages are the one-page answer (as far as one
+    # page of the largest size goes), in its order.
     with api_server.client(api_server.issue("zz-fahzu")) as c:
-        whole = c.post("/v1/datasets/diagnoses/query", json={"purpose": "research", "limit": 10_000})
-    assert whole.json()["rows"] == rows
+        whole = c.post("/v1/datasets/diagnoses/query", json={"purpose": "research", "limit": 10_000}).json()
+    assert len(whole["rows"]) == min(len(rows), 10_000)
+    assert whole["rows"] == rows[: len(whole["rows"])]
     # The tokens, mapped back to their keys with the documented mask (the test knows the secret).
     masker = Masker(stack.province_secret.get_secret_value().encode())
     back = {masker.token("research-provincial", "person_key", k): k for k in set(d.person_key)}
