@@ -73,8 +73,8 @@ WRITER_PROPERTIES = WriterProperties(
 WRITE_BUDGET_BYTES = 192 * 1024 * 1024
 MIN_FILE_BYTES = 1024 * 1024
 MAX_FILE_BYTES = 64 * 1024 * 1024
-# A unit replaces its hospitals' rows in a (city, month) partition, leaving a file per hospital
-# and unit behind: past this many files the partition is rewritten (OPTIMIZE ZORDER BY
+# A unit adds a file to each (city, month) partition it touches; units of different hospitals
+# leave a file each. Past this many files the partition is rewritten (OPTIMIZE ZORDER BY
 # person_key, files of up to COMPACT_TARGET_BYTES), so a table stays at about one file per city
 # and month however many small units arrive. See docs/replication.md ("Provincial layout").
 COMPACT_AT_FILES = 8
