@@ -62,7 +62,14 @@ def ensure_data(encounters: int, seed: int) -> tuple[str, dict[str, int]]:
     root = s3_uri(
         topology.province.buckets.lakehouse, f"bench-analytics-{encounters}-{len(topology.cities)}c"
     )
-    names = ["encounters", "diagnoses", "imaging_studies", "teleconsultations"]
+    names = [
+        "encounters",
+        "diagnoses",
+        "imaging_studies",
+        "teleconsultations",
+        "ecg_reports",
+        "pathology_reports",
+    ]
     counts = {n: rows(f"{root}/{n}", options) for n in names}
     if counts["encounters"] != encounters or any(v is None for v in counts.values()):
         started = time.perf_counter()

@@ -63,9 +63,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import machine
+from sharing_api.catalog import HISTORY
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
-HISTORY = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
 ROUTE = "/v1/patients/emergency"  # break-glass lookups: every city, the reason in the body
 REASON = "benchmark: unconscious on arrival, allergies unknown"
 SAMPLE = "_bench_sample"

@@ -2,8 +2,9 @@
 
 One county hospital per city (`media_hospital`) exports its records as FHIR R4 — Bundles, or in
 some cities a FHIR Bulk Data export (one NDJSON file per resource type) — and its imaging as real
-DICOM files (pydicom's bundled samples rewritten to the generated patients), some studies the
-way a PACS exports them (PatientID = MRN, extension-less files, a DICOMDIR).
+DICOM files (pydicom's bundled samples rewritten to the generated patients; an ECG study as a
+12-lead waveform), some studies the way a PACS exports them (PatientID = MRN, extension-less
+files, a DICOMDIR).
 For the same records the generator also writes the plain CSV export under `_crosscheck/`, so a
 test can prove that FHIR, DICOM and CSV sources yield the same curated rows.
 """
@@ -26,6 +27,7 @@ from ingestion.sources.dicom import (
     StudyTags,
     corrupt_dicom,
     dicom_templates,
+    template_for,
     write_dicom_study,
     write_dicomdir,
 )
@@ -146,10 +148,15 @@ def write_media(
         export.dicom_studies += 1
         export.pacs_studies += pacs
         folder = out / city / hospital.id / "dicom"
+        # An ECG cart stores one waveform a recording, under the UID its ECG report refers to —
+        # a PACS exports it under the same UID (which the generator draws, not derives from the
+        # resident ID).
+        ecg = study["modality"] == "ECG"
         paths = write_dicom_study(
             folder,
             pacs_style=pacs,
-            templates=[templates[n % len(templates)]],
+            templates=[template_for(study["modality"], templates, n=n)],
+            study_uid=study["study_instance_uid"] if ecg else None,
             patient=PatientTags(
                 name=patient["name"] or "",
                 mrn=patient["patient_mrn"] or "",
@@ -165,7 +172,7 @@ def write_media(
                 referring_physician=study["referring_physician"] or "",
                 institution_name=hospital.name,
                 number_of_series=int(study["number_of_series"] or 1),
-                instances_per_series=2,
+                instances_per_series=1 if ecg else 2,
             ),
             seed=seed + batch * 100_000 + n,
         )

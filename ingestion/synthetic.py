@@ -1,6 +1,10 @@
 """Clean synthetic hospital records for the topology: people who visit several hospitals in
 several cities, with plausible encounters, ICD-10 diagnoses, LOINC labs, ATC medications,
-imaging studies and teleconsultations. Seeded: the same seed gives the same records.
+imaging studies, teleconsultations, ECGs and pathology reports. Seeded: the same seed gives the
+same records.
+
+The ECG and pathology records (and the ECG waveforms' imaging studies) are drawn from a random
+stream of their own, so adding them left every other dataset's records as they were for a seed.
 
 Records are raw records (see ingestion.sources): text values in canonical form.
 """
@@ -63,6 +67,55 @@ ENCOUNTER_TYPES = (
     ("teleconsultation", 5),
 )
 IMAGING_MODALITIES = (("CT", 35), ("DX", 25), ("MR", 15), ("US", 20), ("NM", 2), ("MG", 3))
+# A 12-lead ECG cart that sends DICOM waveforms to the PACS (PS3.3 A.34.3).
+ECG_WAVEFORM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.9.1.1"
+ECG_RHYTHMS = (
+    ("sinus", 70),
+    ("sinus_tachycardia", 8),
+    ("sinus_bradycardia", 8),
+    ("atrial_fibrillation", 8),
+    ("atrial_flutter", 1),
+    ("paced", 1),
+    ("other", 4),
+)
+# Heart rate range per rhythm (beats per minute), and the reading's ICD-10 code when abnormal.
+ECG_RATES = {
+    "sinus": (60, 100),
+    "sinus_tachycardia": (101, 140),
+    "sinus_bradycardia": (40, 59),
+    "atrial_fibrillation": (70, 150),
+    "atrial_flutter": (75, 150),
+    "paced": (60, 80),
+    "other": (50, 110),
+}
+ECG_CONCLUSIONS = {"atrial_fibrillation": "I48.9", "atrial_flutter": "I48.9", "other": "I49.9"}
+ECG_FINDINGS = {
+    "sinus": "窦性心律，正常心电图",
+    "sinus_tachycardia": "窦性心动过速",
+    "sinus_bradycardia": "窦性心动过缓",
+    "atrial_fibrillation": "心房颤动",
+    "atrial_flutter": "心房扑动",
+    "paced": "起搏心律",
+    "other": "心律失常，建议动态心电图",
+}
+# (specimen type, site, ICD-10 code, behaviour, diagnosis as reported), roughly by frequency.
+PATHOLOGY_CASES = (
+    ("biopsy", "stomach", "K29.5", "benign", "慢性萎缩性胃炎"),
+    ("biopsy", "stomach", "C16.9", "malignant", "胃腺癌"),
+    ("biopsy", "colon", "K63.5", "benign", "结肠息肉"),
+    ("biopsy", "colon", "D12.6", "benign", "结肠管状腺瘤"),
+    ("resection", "colon", "C18.9", "malignant", "结肠腺癌"),
+    ("biopsy", "oesophagus", "C15.9", "malignant", "食管鳞状细胞癌"),
+    ("biopsy", "lung", "C34.9", "malignant", "肺腺癌"),
+    ("frozen_section", "breast", "D24", "benign", "乳腺纤维腺瘤"),
+    ("excision", "breast", "C50.9", "malignant", "乳腺浸润性导管癌"),
+    ("cytology", "cervix", "C53.9", "malignant", "宫颈鳞状细胞癌"),
+    ("resection", "uterus", "D25.9", "benign", "子宫平滑肌瘤"),
+    ("cytology", "thyroid", "C73", "malignant", "甲状腺乳头状癌"),
+    ("resection", "liver", "C22.0", "malignant", "肝细胞癌"),
+    ("resection", "appendix", "K37", "benign", "急性化脓性阑尾炎"),
+)
+PATHOLOGY_WEIGHTS = (20, 6, 12, 8, 4, 4, 5, 6, 4, 4, 6, 3, 2, 8)
 BODY_PARTS = {
     "CT": "CHEST",
     "DX": "CHEST",
@@ -144,6 +197,10 @@ class RecordFactory:
         self._atc = code_rows("atc")
         self._provincial = [h for h in topology.hospitals if h.level is CareLevel.PROVINCIAL]
         self._centre = topology.hospital(topology.province.telemedicine_centre)
+        # Who reads a specialist service's requests: its centre's hospital, else the telemedicine
+        # centre itself.
+        self._readers = {c.service.value: c.hospital for c in topology.province.specialist_centres}
+        self.specialist_rng = random.Random(seed + 17)
 
     def _next(self, prefix: str) -> int:
         self._counters[prefix] += 1
@@ -233,8 +290,8 @@ class RecordFactory:
         self._medications(hospital, base, admit)
         if hospital.level is not CareLevel.TOWNSHIP and self.rng.random() < 0.12:
             self._imaging(hospital, base, mrn, admit)
-        if kind == "teleconsultation":
-            self._teleconsultation(hospital, base, admit)
+        teleconsult = self._teleconsultation(hospital, base, admit) if kind == "teleconsultation" else None
+        self._specialist(hospital, base, mrn, admit, kind, teleconsult)
 
     def _diagnoses(self, hospital: Hospital, base: RawRecord, admit: dt.datetime) -> None:
         # Common conditions first in the list: weight falls with rank (a long tail).
@@ -333,7 +390,7 @@ class RecordFactory:
                 },
             )
 
-    def _teleconsultation(self, hospital: Hospital, base: RawRecord, admit: dt.datetime) -> None:
+    def _teleconsultation(self, hospital: Hospital, base: RawRecord, admit: dt.datetime) -> RawRecord:
         centre = self.rng.choice(CENTRES)
         outcome = self.rng.choices(["answered", "referred", "declined", "pending"], weights=[80, 10, 3, 7])[0]
         answered = (
@@ -341,18 +398,175 @@ class RecordFactory:
             if outcome == "pending"
             else fmt_ts(admit + dt.timedelta(minutes=self.rng.randrange(10, 2880)))
         )
+        record: RawRecord = {
+            **base,
+            "teleconsult_id": f"T{self._next('tc:' + hospital.id):08d}",
+            "consulting_hospital_id": self._centre.id,
+            "specialist_centre": centre,
+            "specialty": centre,
+            "requested_at": fmt_ts(admit),
+            "answered_at": answered,
+            "outcome": outcome,
+        }
+        self._add(hospital, "teleconsultations", record)
+        return record
+
+    def _specialist(
+        self,
+        hospital: Hospital,
+        base: RawRecord,
+        mrn: str,
+        admit: dt.datetime,
+        kind: str,
+        teleconsult: RawRecord | None,
+    ) -> None:
+        """The visit's ECG and pathology records: the one a teleconsultation to the ECG or
+        pathology centre asked for (read there), else, now and then, one read at the hospital."""
+        rng = self.specialist_rng
+        local_ecg, local_pathology = rng.random(), rng.random()
+        centre = teleconsult["specialist_centre"] if teleconsult else None
+        if centre == "ecg":
+            self._ecg(hospital, base, mrn, admit, teleconsult)
+        elif hospital.level is not CareLevel.TOWNSHIP and local_ecg < 0.08:
+            self._ecg(hospital, base, mrn, admit, None)
+        if centre == "pathology":
+            self._pathology(hospital, base, mrn, admit, teleconsult)
+        elif kind == "inpatient" and hospital.level is not CareLevel.TOWNSHIP and local_pathology < 0.15:
+            self._pathology(hospital, base, mrn, admit, None)
+
+    def _read_by(
+        self, hospital: Hospital, service: str, start: dt.datetime, teleconsult: RawRecord | None
+    ) -> tuple[str, str | None, str]:
+        """(reading hospital, reported_at, report status) of a report started at `start`."""
+        rng = self.specialist_rng
+        if teleconsult is None:
+            local = start + dt.timedelta(minutes=rng.randrange(5, 240))
+            return hospital.id, fmt_ts(local), rng.choices(["final", "amended"], weights=[97, 3])[0]
+        reader = self._readers.get(service, self._centre.id)
+        status = {"answered": "final", "referred": "final", "pending": "preliminary"}.get(
+            teleconsult["outcome"] or "", "cancelled"
+        )
+        # The centre's report is issued when the request is answered (never before the start).
+        answered = teleconsult["answered_at"]
+        return reader, max(answered, fmt_ts(start)) if answered else None, status
+
+    def _ecg(
+        self, hospital: Hospital, base: RawRecord, mrn: str, admit: dt.datetime, teleconsult: RawRecord | None
+    ) -> None:
+        rng = self.specialist_rng
+        # An ECG read remotely was recorded just before it was sent.
+        minutes = -rng.randrange(1, 10) if teleconsult else rng.randrange(10, 90)
+        recorded = admit + dt.timedelta(minutes=minutes)
+        reader, reported, status = self._read_by(hospital, "ecg", recorded, teleconsult)
+        rhythm = _weighted(rng, ECG_RHYTHMS)
+        rate = rng.randint(*ECG_RATES[rhythm])
+        qt = int(rng.gauss(400 - (rate - 75) * 1.5, 15))
+        # Bazett: QTc = QT / sqrt(RR in seconds).
+        qtc = round(qt / ((60 / rate) ** 0.5))
+        conclusion = ECG_CONCLUSIONS.get(rhythm) or (
+            rng.choice(["I20.9", "I21.9"]) if rng.random() < 0.03 else None
+        )
+        n = self._next("ecg:" + hospital.id)
+        study_uid = None
+        if hospital.level is not CareLevel.TOWNSHIP and rng.random() < 0.5:
+            study_uid = f"1.2.826.0.1.3680043.10.2{rng.randrange(10**6)}.{n}.{self._next('ecg-uid')}"
+            self._ecg_waveform(hospital, base, mrn, recorded, study_uid, n)
         self._add(
             hospital,
-            "teleconsultations",
+            "ecg_reports",
             {
                 **base,
-                "teleconsult_id": f"T{self._next('tc:' + hospital.id):08d}",
-                "consulting_hospital_id": self._centre.id,
-                "specialist_centre": centre,
-                "specialty": centre,
-                "requested_at": fmt_ts(admit),
-                "answered_at": answered,
-                "outcome": outcome,
+                "ecg_id": f"ECG{n:08d}",
+                "patient_mrn": mrn,
+                "teleconsult_id": teleconsult["teleconsult_id"] if teleconsult else None,
+                "reading_hospital_id": reader,
+                "study_instance_uid": study_uid,
+                "recorded_at": fmt_ts(recorded),
+                "reported_at": reported,
+                "lead_count": "12",
+                "heart_rate_bpm": str(rate),
+                "pr_interval_ms": None
+                if rhythm in ("atrial_fibrillation", "atrial_flutter")
+                else str(rng.randint(120, 200)),
+                "qrs_duration_ms": str(rng.randint(130, 170) if rhythm == "paced" else rng.randint(80, 110)),
+                "qt_interval_ms": str(qt),
+                "qtc_interval_ms": str(qtc),
+                "rhythm": rhythm,
+                "findings": ECG_FINDINGS[rhythm],
+                "conclusion_code": conclusion,
+                "report_status": status,
+                "reading_physician": rng.choice(SURNAMES) + "医生",
+            },
+        )
+
+    def _ecg_waveform(
+        self, hospital: Hospital, base: RawRecord, mrn: str, recorded: dt.datetime, study_uid: str, n: int
+    ) -> None:
+        """The waveform the ECG cart stored in the PACS: an imaging study of modality ECG."""
+        self._add(
+            hospital,
+            "imaging_studies",
+            {
+                **base,
+                "study_instance_uid": study_uid,
+                "accession_number": f"ECG{n:08d}",
+                "patient_mrn": mrn,
+                "modality": "ECG",
+                "body_part": None,
+                "study_date": fmt_date(recorded.date()),
+                "study_description": "resting 12-lead ECG",
+                "referring_physician": self.specialist_rng.choice(SURNAMES) + "医生",
+                "number_of_series": "1",
+            },
+        )
+        self._add(
+            hospital,
+            "imaging_series",
+            {
+                "hospital_id": hospital.id,
+                "series_instance_uid": f"{study_uid}.1",
+                "study_instance_uid": study_uid,
+                "resident_id": base["resident_id"],
+                "modality": "ECG",
+                "body_part": None,
+                "series_description": "12-lead ECG",
+                "sop_class_uid": ECG_WAVEFORM_SOP_CLASS,
+                "number_of_instances": "1",
+                "series_date": fmt_date(recorded.date()),
+            },
+        )
+
+    def _pathology(
+        self, hospital: Hospital, base: RawRecord, mrn: str, admit: dt.datetime, teleconsult: RawRecord | None
+    ) -> None:
+        rng = self.specialist_rng
+        # A specimen sent for a remote reading was taken before the request.
+        hours = -rng.randrange(1, 72) if teleconsult else rng.randrange(1, 48)
+        collected = admit + dt.timedelta(hours=hours)
+        specimen, site, code, behaviour, text = rng.choices(PATHOLOGY_CASES, weights=PATHOLOGY_WEIGHTS)[0]
+        reader, reported, status = self._read_by(hospital, "pathology", collected, teleconsult)
+        if teleconsult is None and reported is not None:
+            # A local paraffin section takes days; a frozen section, under an hour.
+            hours = 1 if specimen == "frozen_section" else rng.randrange(48, 168)
+            reported = fmt_ts(collected + dt.timedelta(hours=hours))
+        self._add(
+            hospital,
+            "pathology_reports",
+            {
+                **base,
+                "pathology_id": f"P{self._next('path:' + hospital.id):08d}",
+                "patient_mrn": mrn,
+                "teleconsult_id": teleconsult["teleconsult_id"] if teleconsult else None,
+                "reading_hospital_id": reader,
+                "specimen_type": specimen,
+                "specimen_site": site,
+                "collected_at": fmt_ts(collected),
+                "reported_at": reported,
+                "diagnosis_code": code if status != "cancelled" else None,
+                "diagnosis_text": text if status != "cancelled" else None,
+                "behaviour": behaviour if status != "cancelled" else None,
+                "report_status": status,
+                "pathologist": rng.choice(SURNAMES) + "医生",
             },
         )
 

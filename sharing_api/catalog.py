@@ -13,7 +13,16 @@ from lakehouse.shareable import LINEAGE, PERSON_KEY, shareable_schema
 CITY = "city"
 HOSPITAL = "hospital_id"
 # The datasets of a patient's timeline (IHE XCA-style: every entry stamped with city and hospital).
-HISTORY = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
+HISTORY = (
+    "encounters",
+    "diagnoses",
+    "lab_results",
+    "medications",
+    "imaging_studies",
+    "teleconsultations",
+    "ecg_reports",
+    "pathology_reports",
+)
 
 
 @dataclass(frozen=True)

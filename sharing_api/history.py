@@ -1,6 +1,7 @@
 """A patient's shared history: every city's encounters, diagnoses, labs, medications, imaging
-studies and teleconsultations as one timeline (IHE XCA / FHIR $everything in spirit), decided per
-dataset by the caller's grants, the patient's consent and the purpose, and paged.
+studies, teleconsultations, ECGs and pathology reports as one timeline (IHE XCA / FHIR
+$everything in spirit), decided per dataset by the caller's grants, the patient's consent and the
+purpose, and paged.
 
 Purposes (docs/security.md): `treatment` (scope under_care, usually), `operations` (the
 hospital's own rows) and `emergency`, which is always break-glass — a stated reason, sent in the

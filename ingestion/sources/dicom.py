@@ -1,5 +1,6 @@
 """DICOM files as modalities and PACS export them: a study/series index for `imaging_studies` and
-`imaging_series` (never pixel data), the DICOMDIR media index of a CD/DVD-style export, plus the
+`imaging_series` (never pixel or waveform data: an ECG cart's 12-lead waveform is indexed as a
+study of modality ECG like any image), the DICOMDIR media index of a CD/DVD-style export, plus the
 synthetic-data side — rewriting pydicom's bundled sample files to a generated patient (as a
 modality or as a PACS exports them), writing a DICOMDIR, and corrupting a file on purpose for
 defect injection.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import re
 import shutil
@@ -36,8 +38,10 @@ import pydicom.data
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.fileset import FileSet, is_conformant_file_id
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, generate_uid
 
 RawRecord = dict[str, str | None]
@@ -87,6 +91,7 @@ _READ_ERRORS = (
 )
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)*")
+_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1; what we write
 _RESIDENT_ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
 _NOT_DICOM = (
     "not a DICOM file: no 'DICM' prefix after the 128-byte preamble, "
@@ -231,7 +236,10 @@ def _cut_short(ds: Dataset, fp: BinaryIO, size: int) -> str | None:
     """Why the file ends before its data does, or None. pydicom reads a value cut short without a
     complaint, so check what it read: where it stopped at the end of the file, the last element
     must be whole; where it stopped before the pixel data (which a transfer cut short is most
-    often cut inside), the pixel data must fit in the file. Element boundaries are not checked."""
+    often cut inside), the pixel data must fit in the file. Element boundaries are not checked.
+
+    A waveform (ECG) has no pixel data: its samples are in WaveformSequence items, which
+    `stop_before_pixels` reads like any other element, so such a file is always read to its end."""
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") in _DEFLATED:
         return None  # pydicom read an inflated copy: positions in `fp` mean nothing
@@ -239,7 +247,9 @@ def _cut_short(ds: Dataset, fp: BinaryIO, size: int) -> str | None:
     if not tags:
         return None
     if fp.tell() >= size:
-        return _cut_in_last_element(ds.get_item(tags[-1]), fp, size)
+        # keep_deferred: pydicom holds an empty US/DS/OB… value as None, which get_item would
+        # otherwise take for a deferred value and convert, dropping the position it was read at.
+        return _cut_in_last_element(ds.get_item(tags[-1], keep_deferred=True), fp, size)
     return _cut_in_pixel_data(ds, fp, size)
 
 
@@ -308,19 +318,35 @@ def _dcmread(fp: BinaryIO, size: int) -> tuple[Dataset, str | None] | None:
         pass
     # No 'DICM' prefix: old modalities and archives write the bare dataset (implicit VR little
     # endian, no preamble, no file meta). pydicom's `force` reads any bytes as such a dataset, so
-    # the result counts only if it really yields an instance's UIDs, or directory records.
-    fp.seek(0)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a failed probe's complaints about garbage
+    # they count as DICOM only if the elements up to the UIDs really yield an instance's UIDs, or
+    # directory records. Only those are read to decide: a bare file cut short further on (inside
+    # an ECG's WaveformSequence, say) is DICOM, damaged — not "not DICOM".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failed probe's complaints about garbage
+        fp.seek(0)
+        try:
+            head = read_partial(fp, stop_when=_past_uids, force=True)
+            found = all(_uid_shaped(head.get(kw)) for kw in _UIDS) or "DirectoryRecordSequence" in head
+        # Arbitrary bytes read as a dataset can fail in any way; every failure means "not DICOM".
+        except Exception:
+            return None
+        if not found:
+            return None
+        fp.seek(0)
+        try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-            cut = _cut_short(ds, fp, size)
-            if all(_uid_shaped(ds.get(kw)) for kw in _UIDS) or "DirectoryRecordSequence" in ds:
-                return ds, cut
-    # Arbitrary bytes read as a dataset can fail in any way; every failure means "not DICOM".
-    except Exception:
-        pass
-    return None
+            return ds, _cut_short(ds, fp, size)
+        # Still bytes of unknown origin: whatever pydicom raises, the batch goes on.
+        except Exception as exc:
+            return Dataset(), _corrupt(exc)
+
+
+def _past_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > 0x0020000E  # (0020,000E) Series Instance UID, the last of _UIDS by tag
+
+
+def _corrupt(exc: Exception) -> str:
+    return f"truncated or corrupt DICOM file: {type(exc).__name__}: {exc}"
 
 
 def _instance(source: str, ds: Dataset) -> _Instance | str:
@@ -399,7 +425,7 @@ def _read_one(source: str, content: bytes | Path) -> _Instance | _Directory | st
             return _directory(source, ds)
         return _instance(source, ds)
     except _READ_ERRORS as exc:
-        return f"truncated or corrupt DICOM file: {type(exc).__name__}: {exc}"
+        return _corrupt(exc)
 
 
 def _with_link(record: RawRecord, group: _Group) -> RawRecord:
@@ -506,7 +532,7 @@ _TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
 # Small, single-frame (or single-waveform), little-endian exports of the modalities our hospitals
 # send, from the files bundled with the pydicom wheel — so the generator needs no network.
-# pydicom ships no DX or MG file; the generator can stand in CR for DX.
+# pydicom ships no DX or MG file: see `template_for`.
 TEMPLATE_NAMES = (
     "CT_small.dcm",  # CT, 39 KB
     "MR_small.dcm",  # MR, 10 KB
@@ -520,6 +546,34 @@ TEMPLATE_NAMES = (
 def dicom_templates() -> list[Path]:
     """The bundled sample files the generator rewrites; one per modality (see TEMPLATE_NAMES)."""
     return [_TEST_FILES / name for name in TEMPLATE_NAMES if (_TEST_FILES / name).is_file()]
+
+
+# A modality no template has, and the one whose template it is written from: DX and CR are both
+# projection radiographs.
+_STAND_INS = {"DX": "CR"}
+
+
+@functools.cache
+def _template_kind(path: Path) -> tuple[str | None, bool]:
+    """A template's Modality, and whether it is an image (has pixel data) — not a waveform."""
+    ds = pydicom.dcmread(path, defer_size=1024)  # its large values are not needed
+    return _text(ds.get("Modality")), "PixelData" in ds
+
+
+def template_for(modality: str | None, templates: Sequence[Path], *, n: int) -> Path:
+    """The template to write a study of `modality` from: the first of `templates` whose Modality is
+    that one (or its stand-in, CR for DX); for a modality none has, the image templates in turn
+    (the study's number `n` modulo their count) — never a waveform, which no image study is."""
+    wanted = (modality or "").strip().upper()
+    wanted = _STAND_INS.get(wanted, wanted)
+    if wanted:
+        for path in templates:
+            if _template_kind(path)[0] == wanted:
+                return path
+    images = [path for path in templates if _template_kind(path)[1]]
+    if not images:
+        raise ValueError(f"no template for modality {modality!r} and no image template to stand in")
+    return images[n % len(images)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -564,6 +618,8 @@ _FOREIGN_IDENTITY = (
     "OperatorsName",
     "PerformingPhysicianName",
     "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "CurrentPatientLocation",
     "InstitutionAddress",
     "InstitutionalDepartmentName",
     "StationName",
@@ -571,6 +627,7 @@ _FOREIGN_IDENTITY = (
 # Dates that would otherwise contradict the new study date.
 _OTHER_DATES = ("SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate")
 _OTHER_TIMES = ("SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime")
+_OTHER_DATETIMES = ("AcquisitionDateTime",)  # rewritten only where the template has them
 
 
 def _age(birth: dt.date, on: dt.date) -> str:
@@ -614,6 +671,17 @@ def _retag(ds: Dataset, patient: PatientTags, study: StudyTags, *, pacs_style: b
         setattr(ds, keyword, date)
     for keyword in _OTHER_TIMES:
         setattr(ds, keyword, time)
+    for keyword in _OTHER_DATETIMES:
+        if keyword in ds:
+            setattr(ds, keyword, date + time)
+
+
+def _check_study_uid(study_uid: str, patient: PatientTags, *, pacs_style: bool) -> None:
+    if len(study_uid) > 64 or not _VALID_UID.fullmatch(study_uid):
+        raise ValueError(f"study_uid {study_uid!r} is not a valid DICOM UID")
+    # The resident ID's 17 digits: its last character may be an X, which no UID holds.
+    if pacs_style and len(patient.resident_id) >= 17 and patient.resident_id[:17] in study_uid:
+        raise ValueError("a PACS-style study_uid must not hold the patient's resident ID")
 
 
 def write_dicom_study(
@@ -624,34 +692,46 @@ def write_dicom_study(
     study: StudyTags,
     seed: int,
     pacs_style: bool = False,
+    study_uid: str | None = None,
 ) -> list[Path]:
     """Write one study of `study.number_of_series` × `study.instances_per_series` files under
-    `out_dir/<StudyInstanceUID>/`, pixel data kept. Series k is made from templates[k % len] —
-    pass a single template for a single-modality study. Same arguments, same UIDs and files.
+    `out_dir/<StudyInstanceUID>/`, pixel data (or waveform) kept. Series k is made from
+    templates[k % len] — pass a single template for a single-modality study (`template_for`
+    picks it). Same arguments, same UIDs and files.
 
     As a modality sends it (default): `s<k>/i<n>.dcm`, PatientID = MRN and OtherPatientIDs = the
     resident ID. As a PACS exports it (`pacs_style`): `IMG00001`, `IMG00002`… (no extension,
     numbered across the study), PatientID = MRN and no resident ID anywhere — not even mixed into
     the UIDs, which then derive from the MRN. `write_dicomdir(<the study's folder>)` adds the
-    DICOMDIR such an export carries."""
+    DICOMDIR such an export carries.
+
+    `study_uid`: the Study Instance UID the study already has (e.g. the one an ECG report refers
+    to), instead of one derived from the seed; series and SOP Instance UIDs are still derived, with
+    it mixed in. Raises ValueError when it is not a valid UID, or when PACS-style it holds the
+    resident ID."""
     if not templates:
         raise ValueError("write_dicom_study needs at least one template")
     patient_key = patient.mrn if pacs_style else patient.resident_id
-    study_uid = _uid(seed, patient_key, study, "study")
+    given: tuple[str, ...] = ()  # mixed into the other UIDs
+    if study_uid is None:
+        study_uid = _uid(seed, patient_key, study, "study")
+    else:
+        _check_study_uid(study_uid, patient, pacs_style=pacs_style)
+        given = (study_uid,)
     written: list[Path] = []
     for k in range(study.number_of_series):
         template = templates[k % len(templates)]
-        series_uid = _uid(seed, patient_key, study, "series", str(k))
+        series_uid = _uid(seed, patient_key, study, *given, "series", str(k))
         for i in range(study.instances_per_series):
             ds = pydicom.dcmread(template)
             _retag(ds, patient, study, pacs_style=pacs_style)
-            sop_uid = _uid(seed, patient_key, study, "sop", str(k), str(i))
+            sop_uid = _uid(seed, patient_key, study, *given, "sop", str(k), str(i))
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
             ds.SOPInstanceUID = sop_uid
             ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             if "FrameOfReferenceUID" in ds:
                 # Shared with the template's original patient otherwise.
-                ds.FrameOfReferenceUID = _uid(seed, patient_key, study, "frame", str(k))
+                ds.FrameOfReferenceUID = _uid(seed, patient_key, study, *given, "frame", str(k))
             ds.SeriesNumber, ds.InstanceNumber = k + 1, i + 1
             if pacs_style:
                 path = out_dir / study_uid / f"IMG{k * study.instances_per_series + i + 1:05d}"

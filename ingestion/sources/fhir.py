@@ -3,9 +3,13 @@ one file per resource type, one resource a line).
 
 patients ← Patient, encounters ← Encounter, diagnoses ← Condition, lab_results ← Observation
 (category laboratory), medications ← MedicationRequest, imaging_studies and imaging_series ←
-ImagingStudy and its `series`. Teleconsultations have no FHIR form here. Other resources
-(Organization, Practitioner, Location, non-laboratory Observations, …) are only counted, by
-type, in `skipped` — Organizations and Medications are read as reference targets.
+ImagingStudy and its `series`, ecg_reports ← Observation (a resting ECG: code LOINC 11524-6 EKG
+study or 34534-8 12 lead EKG panel, any category but laboratory), pathology_reports ←
+DiagnosticReport (of pathology: category v2-0074 SP, CP or PAT, or a LOINC pathology report
+code, PATHOLOGY_CODES) and its Specimen. Teleconsultations have no FHIR form here. Other
+resources (Organization, Practitioner, Specimen, Location, other Observations and
+DiagnosticReports, …) are only counted, by type, in `skipped` — Organizations, Practitioners,
+Specimens, ImagingStudies and Medications are read as reference targets.
 
 Where each column lives (h = hospital_id; "Patient" = the entry's subject Patient; timestamps
 are FHIR dateTimes at +08:00 when we write them, read back from any zone as local time):
@@ -63,6 +67,63 @@ are FHIR dateTimes at +08:00 when we write them, read back from any zone as loca
     imaging_series   series[]: uid, modality, bodySite, description, numberOfInstances, started,
                      sop_class_uid extension SOP_CLASS_URL (else instance[0].sopClass);
                      study_instance_uid and hospital / resident from the enclosing ImagingStudy
+    ecg_reports      ecg_id       identifier `urn:medshare:ecg:<h>`, else type FILL or ACSN, else the
+                                  first (not a DICOM UID), else the logical id; hospital_id (where
+                                  it was recorded) as diagnoses; patient_mrn, resident_id from the
+                                  Patient; encounter_id as diagnoses
+                     teleconsult_id  basedOn: the ServiceRequest whose identifier (on the reference
+                                  or the request) is in `urn:medshare:teleconsult:<h>` — other
+                                  requests are orders, not teleconsultations; we write a logical
+                                  reference, the teleconsultation having no FHIR form here
+                     reading_hospital_id, reading_physician  performer: an Organization (our
+                                  hospital identifier, else its id, as hospitalization.origin); a
+                                  Practitioner or PractitionerRole (its display, else the
+                                  Practitioner's name), else a display of no type; we write the
+                                  physician as `{type: Practitioner, display}`
+                     study_instance_uid  derivedFrom ImagingStudy (the DICOM waveform, a study of
+                                  modality ECG): its `urn:dicom:uid` identifier, on the reference
+                                  (ours: logical) or on the study; else an identifier of the
+                                  Observation in that system
+                     recorded_at, reported_at  effectiveDateTime (else effectivePeriod.start,
+                                  effectiveInstant), issued
+                     lead_count   extension LEAD_COUNT_URL, else 12 for code 34534-8
+                     heart_rate_bpm, pr_interval_ms, qrs_duration_ms, qt_interval_ms,
+                     qtc_interval_ms  the `component` coded LOINC 8867-4, 8625-6, 8633-2, 8634-0,
+                                  8636-5: valueQuantity (UCUM `/min`, `ms`; seconds are turned into
+                                  milliseconds, an unknown unit is a reason), valueInteger
+                     rhythm       component LOINC 76281-5 (Type of arrhythmia on EKG):
+                                  valueCodeableConcept coded in RHYTHM_SYSTEM, else a SNOMED CT
+                                  rhythm (RHYTHM_SNOMED, which we add as a translation), else any
+                                  other code or text as written
+                     findings     valueCodeableConcept.text (else a display), else valueString,
+                                  else component 8601-7 (EKG impression), else note[0]
+                     conclusion_code  the ICD-10 coding of valueCodeableConcept (else of the EKG
+                                  impression); other codes there (SNOMED CT findings) are not one
+                     report_status status; corrected → amended; unknown (what we write for no
+                                  status: FHIR requires one) → none
+    pathology_reports pathology_id identifier `urn:medshare:pathology:<h>`, else type FILL or ACSN
+                     (a pathology number is an accession), else the first, else the logical id;
+                     hospital_id, encounter_id, patient_mrn, resident_id, teleconsult_id as
+                     ecg_reports
+                     reading_hospital_id  performer Organization (the diagnostic service), else a
+                                  resultsInterpreter one
+                     pathologist  resultsInterpreter Practitioner (as reading_physician), else a
+                                  performer one
+                     specimen_type, specimen_site, collected_at  the first `specimen`, contained
+                                  (as we write it: the export has no specimen id) or in the bundle
+                                  — one elsewhere is a reason: type coded in SPECIMEN_TYPE_SYSTEM,
+                                  else SNOMED CT (SPECIMEN_SNOMED), else as written;
+                                  collection.bodySite text (else a display, a code);
+                                  collection.collectedDateTime (else collectedPeriod.start, else
+                                  the report's effective[x], which we write too)
+                     reported_at  issued
+                     diagnosis_code  conclusionCode's ICD-10 coding, else its first other code
+                                  (not ICD-O) as written
+                     diagnosis_text  conclusion, else a conclusionCode's text
+                     behaviour    extension BEHAVIOUR_URL, else the behaviour digit of an ICD-O-3
+                                  morphology code in conclusionCode (8140/3: malignant)
+                     report_status status; corrected, appended → amended; partial →
+                                  preliminary; unknown → none
 
 Hospitals: an Organization reference names a hospital by our HOSPITAL_SYSTEM identifier (on the
 reference or on the Organization), or by the Organization's id — but when the caller gives the
@@ -76,6 +137,10 @@ Encounter that is elsewhere (an earlier file, every NDJSON reference) leaves its
 `_link_patient` / `_link_encounter`, the columns it would give None, for a later step to match
 against the `_fhir_id` of records read before; a logical reference (Reference.identifier) gives a
 resident ID directly, an MRN as `patient_mrn` and `_link_mrn`, an encounter id directly.
+
+An Observation that cannot even be classified (its category or code is not readable), and a bad
+line of an `Observation` NDJSON file, count as lab_results; a DiagnosticReport's as
+pathology_reports.
 
 Every record has `_source`, `_line` (bundle: the entry's 1-based index; NDJSON: the line) and
 `_fhir_id` (the resource's logical id: `id`, else the uuid of its `urn:uuid:` fullUrl). Reading
@@ -102,6 +167,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -123,6 +189,11 @@ ENCOUNTER_SYSTEM = "urn:medshare:encounter:"
 LAB_RESULT_SYSTEM = "urn:medshare:lab-result:"
 MEDICATION_SYSTEM = "urn:medshare:medication:"
 ACCESSION_SYSTEM = "urn:medshare:accession:"
+ECG_SYSTEM = "urn:medshare:ecg:"
+PATHOLOGY_SYSTEM = "urn:medshare:pathology:"
+# A teleconsultation is a request (ServiceRequest) of the requesting hospital, which is also the
+# hospital of the ECG or specimen it asks a centre to read.
+TELECONSULT_SYSTEM = "urn:medshare:teleconsult:"
 HOSPITAL_SYSTEM = "urn:medshare:hospital"
 DICOM_UID_SYSTEM = "urn:dicom:uid"  # FHIR's own system for DICOM UIDs (values `urn:oid:…`)
 
@@ -137,10 +208,59 @@ CONDITION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-cat
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 IDENTIFIER_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"  # how FHIR codes a DICOM SOP class (`urn:oid:…`)
+SNOMED_SYSTEM = "http://snomed.info/sct"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+DIAGNOSTIC_SERVICE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0074"  # DiagnosticReport.category
+# ICD-O-3 (morphology codes such as 8140/3, whose last digit is the behaviour): HL7's URI and OID.
+ICDO3_SYSTEMS = ("http://terminology.hl7.org/CodeSystem/icd-o-3", "urn:oid:2.16.840.1.113883.6.43.1")
 # Our route codes (the medications contract's values) and DICOM Body Part Examined (0018,0015)
 # terms: neither has a FHIR code system, so the project names them.
 ROUTE_SYSTEM = "urn:medshare:route"
 BODY_PART_SYSTEM = "urn:medshare:dicom-body-part"
+# The ecg_reports and pathology_reports contracts' values: rhythm, specimen type.
+RHYTHM_SYSTEM = "urn:medshare:ecg-rhythm"
+SPECIMEN_TYPE_SYSTEM = "urn:medshare:specimen-type"
+
+# --- ECGs and pathology ---------------------------------------------------------------------
+ECG_STUDY = "11524-6"  # LOINC EKG study: the Observation we write for a resting ECG
+ECG_TWELVE_LEAD = "34534-8"  # LOINC 12 lead EKG panel: an ECG too, of 12 leads
+ECG_CODES = (ECG_STUDY, ECG_TWELVE_LEAD)
+# Measurements (components, or member Observations): column → (LOINC, the UCUM unit we write).
+ECG_MEASURES = {
+    "heart_rate_bpm": ("8867-4", "/min"),
+    "pr_interval_ms": ("8625-6", "ms"),
+    "qrs_duration_ms": ("8633-2", "ms"),
+    "qt_interval_ms": ("8634-0", "ms"),
+    "qtc_interval_ms": ("8636-5", "ms"),
+}
+# The unit a measurement may come in, and what turns it into ours; another one cannot be read.
+RATE_UNITS = {u: 1 for u in ("/min", "1/min", "{beats}/min", "{beat}/min", "beats/min", "bpm", "次/分")}
+INTERVAL_UNITS = {"ms": 1, "msec": 1, "s": 1000}
+ECG_RHYTHM = "76281-5"  # LOINC Type of arrhythmia on EKG: the code of the spec's EKG rhythm example
+ECG_IMPRESSION = "8601-7"  # LOINC EKG impression (a narrative reading)
+# SNOMED CT rhythm findings (the disorder and the ECG-finding concepts) → the contract's rhythm;
+# we write the first of each.
+RHYTHM_SNOMED = {
+    "426783006": "sinus",
+    "11092001": "sinus_tachycardia",
+    "427084000": "sinus_tachycardia",
+    "49710005": "sinus_bradycardia",
+    "426177001": "sinus_bradycardia",
+    "49436004": "atrial_fibrillation",
+    "164889003": "atrial_fibrillation",
+    "5370000": "atrial_flutter",
+    "164890007": "atrial_flutter",
+    "426453001": "paced",
+    "10370003": "paced",
+}
+# DiagnosticReports of pathology: by diagnostic service section (v2-0074 surgical pathology,
+# cytopathology, pathology), else by a LOINC pathology report code (Pathology study, Surgical
+# pathology study, Comprehensive pathology report panel, Pathology synoptic report).
+PATHOLOGY_SECTIONS = ("SP", "CP", "PAT")
+PATHOLOGY_STUDY = "11526-1"
+PATHOLOGY_CODES = (PATHOLOGY_STUDY, "11529-5", "60567-5", "60568-3")
+SPECIMEN_SNOMED = {"258415003": "biopsy", "48469005": "cytology", "439479000": "excision"}
+ICDO_BEHAVIOUR = {"0": "benign", "1": "uncertain", "2": "in_situ", "3": "malignant", "6": "metastatic"}
 
 # --- Extensions (contract columns with no FHIR R4 element) ------------------------------------
 REGISTERED_AT_URL = "urn:medshare:fhir:registered-at"
@@ -150,6 +270,8 @@ DIAGNOSIS_TYPE_URL = "urn:medshare:fhir:diagnosis-type"
 VALUE_TEXT_URL = "urn:medshare:fhir:value-text"
 BODY_PART_URL = "urn:medshare:fhir:body-part"
 SOP_CLASS_URL = "urn:medshare:fhir:sop-class"
+LEAD_COUNT_URL = "urn:medshare:fhir:lead-count"
+BEHAVIOUR_URL = "urn:medshare:fhir:behaviour"
 TAG_SYSTEM = "urn:medshare:fhir:tag"
 REFERENCE_ONLY = "reference-only"
 
@@ -251,6 +373,47 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "sop_class_uid",
         "number_of_instances",
         "series_date",
+    ),
+    "ecg_reports": (
+        "hospital_id",
+        "ecg_id",
+        "encounter_id",
+        "patient_mrn",
+        "resident_id",
+        "teleconsult_id",
+        "reading_hospital_id",
+        "study_instance_uid",
+        "recorded_at",
+        "reported_at",
+        "lead_count",
+        "heart_rate_bpm",
+        "pr_interval_ms",
+        "qrs_duration_ms",
+        "qt_interval_ms",
+        "qtc_interval_ms",
+        "rhythm",
+        "findings",
+        "conclusion_code",
+        "report_status",
+        "reading_physician",
+    ),
+    "pathology_reports": (
+        "hospital_id",
+        "pathology_id",
+        "encounter_id",
+        "patient_mrn",
+        "resident_id",
+        "teleconsult_id",
+        "reading_hospital_id",
+        "specimen_type",
+        "specimen_site",
+        "collected_at",
+        "reported_at",
+        "diagnosis_code",
+        "diagnosis_text",
+        "behaviour",
+        "report_status",
+        "pathologist",
     ),
 }
 FHIR_DATASETS = tuple(COLUMNS)
@@ -700,9 +863,124 @@ class _BundleWriter:
             }
         )
 
+    # -- ECGs and pathology ----------------------------------------------------------------
+    @staticmethod
+    def teleconsult_ref(h: str | None, teleconsult_id: str | None) -> Json | None:
+        # The request is a teleconsultations row, which has no FHIR form here: a logical reference.
+        if teleconsult_id is None:
+            return None
+        identifier = {"system": _scoped(TELECONSULT_SYSTEM, h), "value": teleconsult_id}
+        return {"type": "ServiceRequest", "identifier": identifier}
+
+    def ecg(self, r: Mapping[str, str | None]) -> None:
+        h, rhythm, conclusion = r.get("hospital_id"), r.get("rhythm"), r.get("conclusion_code")
+        subject = self.patient_ref(r, with_mrn=True)
+        components = [_measurement(code, unit, r.get(col)) for col, (code, unit) in ECG_MEASURES.items()]
+        if rhythm is not None:
+            coding = [_coding(RHYTHM_SYSTEM, rhythm), _translation(RHYTHM_SNOMED, rhythm)]
+            components.append(
+                {
+                    "code": {"coding": [_coding(LOINC_SYSTEM, ECG_RHYTHM)]},
+                    "valueCodeableConcept": {"coding": coding},
+                }
+            )
+        self.resources.append(
+            {
+                "resourceType": "Observation",
+                "id": self.new_id("Observation", "ecg", h, r.get("ecg_id")),
+                "contained": self.contained(),
+                "extension": [_extension(LEAD_COUNT_URL, "Integer", _fhir_number(r.get("lead_count")))],
+                "identifier": [_id_identifier(_scoped(ECG_SYSTEM, h), r.get("ecg_id"))],
+                "basedOn": [self.teleconsult_ref(h, r.get("teleconsult_id"))],
+                # `unknown`, read back as no status: FHIR requires one, the row may have none.
+                "status": r.get("report_status") or "unknown",
+                "category": [{"coding": [_coding(OBSERVATION_CATEGORY_SYSTEM, "procedure")]}],
+                "code": {"coding": [_coding(LOINC_SYSTEM, ECG_STUDY)]},
+                "subject": subject,
+                "encounter": self.encounter_ref(h, r.get("encounter_id")),
+                "effectiveDateTime": _fhir_datetime(r.get("recorded_at")),
+                "issued": _fhir_datetime(r.get("reported_at")),
+                "performer": [
+                    self.org(r.get("reading_hospital_id")),
+                    _practitioner(r.get("reading_physician")),
+                ],
+                # The reading: its text, and its ICD-10 code when abnormal.
+                "valueCodeableConcept": {
+                    "coding": [_coding(ICD10_SYSTEM, conclusion)] if conclusion else [],
+                    "text": r.get("findings"),
+                },
+                # The DICOM waveform, a study of modality ECG: by its UID, wherever it is.
+                "derivedFrom": [_study_ref(r.get("study_instance_uid"))],
+                "component": components,
+            }
+        )
+
+    def pathology(self, r: Mapping[str, str | None]) -> None:
+        h, kind, code = r.get("hospital_id"), r.get("specimen_type"), r.get("diagnosis_code")
+        subject = self.patient_ref(r, with_mrn=True)
+        # Contained: the export knows the specimen only through its report (it has no id of its
+        # own), which is when FHIR says a resource is contained rather than referred to.
+        specimen = {
+            "resourceType": "Specimen",
+            "id": "specimen",
+            "type": {"coding": [_coding(SPECIMEN_TYPE_SYSTEM, kind), _translation(SPECIMEN_SNOMED, kind)]},
+            "collection": {
+                "collectedDateTime": _fhir_datetime(r.get("collected_at")),
+                "bodySite": {"text": r.get("specimen_site")},
+            },
+        }
+        section = "CP" if kind == "cytology" else "SP"
+        self.resources.append(
+            {
+                "resourceType": "DiagnosticReport",
+                "id": self.new_id("DiagnosticReport", h, r.get("pathology_id")),
+                "contained": [*self.contained(), specimen],
+                "extension": [_extension(BEHAVIOUR_URL, "Code", r.get("behaviour"))],
+                "identifier": [_id_identifier(_scoped(PATHOLOGY_SYSTEM, h), r.get("pathology_id"))],
+                "basedOn": [self.teleconsult_ref(h, r.get("teleconsult_id"))],
+                "status": r.get("report_status") or "unknown",
+                "category": [{"coding": [_coding(DIAGNOSTIC_SERVICE_SYSTEM, section)]}],
+                "code": {"coding": [_coding(LOINC_SYSTEM, PATHOLOGY_STUDY)]},
+                "subject": subject,
+                "encounter": self.encounter_ref(h, r.get("encounter_id")),
+                # For a report on a specimen, FHIR's effective time is the collection's.
+                "effectiveDateTime": _fhir_datetime(r.get("collected_at")),
+                "issued": _fhir_datetime(r.get("reported_at")),
+                "performer": [self.org(r.get("reading_hospital_id"))],
+                "resultsInterpreter": [_practitioner(r.get("pathologist"))],
+                "specimen": [{"reference": "#specimen"}],
+                "conclusion": r.get("diagnosis_text"),
+                "conclusionCode": [{"coding": [_coding(ICD10_SYSTEM, code)]}] if code else [],
+            }
+        )
+
 
 def _uid_identifier(uid: str | None) -> Json | None:
     return None if uid is None else {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uid}"}
+
+
+def _study_ref(uid: str | None) -> Json | None:
+    return None if uid is None else {"type": "ImagingStudy", "identifier": _uid_identifier(uid)}
+
+
+def _practitioner(name: str | None) -> Json | None:
+    # A name is all the export has of a physician: a reference by display.
+    return None if name is None else {"type": "Practitioner", "display": name}
+
+
+def _measurement(code: str, unit: str, value: str | None) -> Json | None:
+    if value is None:
+        return None
+    return {
+        "code": {"coding": [_coding(LOINC_SYSTEM, code)]},
+        "valueQuantity": {"value": _fhir_number(value), "unit": unit, "system": UCUM_SYSTEM, "code": unit},
+    }
+
+
+def _translation(snomed: Mapping[str, str], value: str | None) -> Json | None:
+    """The SNOMED CT coding of one of our values, when it has one (the reader maps it back)."""
+    code = next((k for k, v in snomed.items() if v == value), None)
+    return None if code is None else _coding(SNOMED_SYSTEM, code)
 
 
 def _body_part(value: str | None) -> Json | None:
@@ -718,6 +996,8 @@ _WRITERS: dict[str, Callable[[_BundleWriter, Mapping[str, str | None]], None]] =
     "medications": _BundleWriter.medication,
     "imaging_studies": _BundleWriter.study,
     "imaging_series": _BundleWriter.series,
+    "ecg_reports": _BundleWriter.ecg,
+    "pathology_reports": _BundleWriter.pathology,
 }
 
 
@@ -792,6 +1072,7 @@ DATASET_OF_TYPE = {
     "Observation": "lab_results",
     "MedicationRequest": "medications",
     "ImagingStudy": "imaging_studies",
+    "DiagnosticReport": "pathology_reports",
 }
 # Bundles whose entries hold resources to read. Not `history`: its entries are past versions and
 # deletions of the same resources, not the resources as they are.
@@ -807,6 +1088,17 @@ READ_BUNDLE_TYPES = (
 # v2 table 0203 and the observation categories had other URLs before R4; exports still use them.
 IDENTIFIER_TYPE_SYSTEMS = (IDENTIFIER_TYPE_SYSTEM, "http://hl7.org/fhir/v2/0203")
 OBSERVATION_CATEGORY_SYSTEMS = (OBSERVATION_CATEGORY_SYSTEM, "http://hl7.org/fhir/observation-category")
+DIAGNOSTIC_SERVICE_SYSTEMS = (DIAGNOSTIC_SERVICE_SYSTEM, "http://hl7.org/fhir/v2/0074")
+# Statuses with no report_status of their own: what they are a kind of (FHIR's own hierarchy), or
+# none (`unknown`: the system does not know, as our writer says of a row without one).
+OBSERVATION_STATUS: dict[str, str | None] = {"corrected": "amended", "unknown": None}
+REPORT_STATUS: dict[str, str | None] = {
+    "corrected": "amended",
+    "appended": "amended",
+    "partial": "preliminary",
+    "unknown": None,
+}
+PEOPLE = ("Practitioner", "PractitionerRole")
 
 # `Type/id`, absolute or relative, optionally version-specific.
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([^/]+)(?:/_history/[^/]+)?$")
@@ -959,14 +1251,17 @@ def _value(identifier: dict[str, Any] | None, what: str) -> str | None:
     return None if identifier is None else _text(identifier.get("value"), f"{what} value")
 
 
-def _business_id(resource: object, logical_id: str | None, ours: str, *types: str) -> str | None:
-    """An Encounter's, lab result's or order's id: our own system's identifier, else one of the
-    given v2-0203 types, else the first identifier with a value, else the logical id."""
+def _business_id(
+    resource: object, logical_id: str | None, ours: str, *types: str, besides: tuple[str, ...] = ()
+) -> str | None:
+    """An Encounter's, lab result's, order's or report's id: our own system's identifier, else
+    one of the given v2-0203 types, else the first identifier with a value (not of a system in
+    `besides`, which names something else), else the logical id."""
     identifiers = _items(resource, "identifier")
     own = _first(identifiers, _system_starts(ours))
     if own is not None:
         return _value(own, "identifier")  # ours without a value: the export had none
-    given = [i for i in identifiers if i.get("value") not in (None, "")]
+    given = [i for i in identifiers if i.get("value") not in (None, "") and i.get("system") not in besides]
     chosen = _first(given, _type_is(*types), lambda _: True)
     # A business id is what the hospital itself uses, in this export and in its other systems;
     # the logical id is only a server's key for the resource, the last resort.
@@ -1075,6 +1370,7 @@ class _Target:
     host: _Entry | None
     logical_id: str | None
     identifier: dict[str, Any] | None  # Reference.identifier: a logical reference
+    kind: str | None = None  # the resource type, when anything says it
 
 
 @dataclass(frozen=True)
@@ -1227,7 +1523,7 @@ class _Reader:
                 named = repr(reference) if reference else "(a logical reference)"
                 raise _Bad(f"{where} {named} is a {kind}, not a {expected}")
             return None
-        return _Target(resource, found_in, logical, identifier)
+        return _Target(resource, found_in, logical, identifier, kind)
 
     def patient_ids(self, patient: object) -> tuple[str | None, str | None]:
         """(MRN, resident ID card number) of a Patient."""
@@ -1316,9 +1612,82 @@ class _Reader:
         if target is None:
             # A Location, say: its reference text goes through for validation to judge.
             return _str(node, "reference") if node is not None else None
-        identifiers = [target.identifier] if target.identifier else []
-        ours = _first([*identifiers, *_items(target.resource, "identifier")], _system_is(HOSPITAL_SYSTEM))
-        return _value(ours, "origin hospital identifier") or target.logical_id or _str(node, "reference")
+        return _named_hospital(target, "origin") or _str(node, "reference")
+
+    def reading(self, entry: _Entry, *elements: str) -> tuple[str | None, str | None]:
+        """(hospital, physician) of who read an ECG or specimen, from the references in these
+        elements, the first that names one in element order: the hospital of an Organization
+        (our identifier, else its id — validation judges an id that names none of ours); the
+        display of a Practitioner or PractitionerRole (else the Practitioner's name), else a
+        display alone that says of no type (a HIS's `{"display": "王医生"}`)."""
+        hospital: str | None = None
+        people: list[str] = []
+        untyped: list[str] = []
+        for element in elements:
+            for node in _items(entry.resource, element):
+                if hospital is None:
+                    target = self.follow(entry, node, element, "Organization", strict=False)
+                    hospital = _named_hospital(target, element) if target is not None else None
+                target = self.follow(entry, node, element, "Practitioner", strict=False) or self.follow(
+                    entry, node, element, "PractitionerRole", strict=False
+                )
+                display = _str(node, "display")
+                if target is not None and target.kind in PEOPLE:
+                    name = display or (_name(target.resource) if target.kind == "Practitioner" else None)
+                    people += [name] if name else []
+                elif target is None and display and _str(node, "type") in (None, *PEOPLE):
+                    (people if _str(node, "type") else untyped).append(display)
+        return hospital, next(iter(people + untyped), None)
+
+    def teleconsult(self, entry: _Entry) -> str | None:
+        """The teleconsultation a report answers: a basedOn ServiceRequest with our teleconsult
+        identifier (on the reference or the request). Other requests are the hospital's orders."""
+        for node in _items(entry.resource, "basedOn"):
+            target = self.follow(entry, node, "basedOn", "ServiceRequest", strict=False)
+            if target is None:
+                continue
+            identifiers = [target.identifier] if target.identifier else []
+            found = _first(
+                [*identifiers, *_items(target.resource, "identifier")], _system_starts(TELECONSULT_SYSTEM)
+            )
+            if found is not None:
+                return _value(found, "basedOn teleconsultation identifier")
+        return None
+
+    def waveform(self, entry: _Entry) -> str | None:
+        """The study UID of the DICOM waveform an ECG was read from: a derivedFrom ImagingStudy's
+        `urn:dicom:uid` identifier (on the reference or the study), else the Observation's own."""
+        for node in _items(entry.resource, "derivedFrom"):
+            target = self.follow(entry, node, "derivedFrom", "ImagingStudy", strict=False)
+            if target is None:
+                continue
+            identifiers = [target.identifier] if target.identifier else []
+            found = _first(
+                [*identifiers, *_items(target.resource, "identifier")], _system_is(DICOM_UID_SYSTEM)
+            )
+            if found is not None:
+                return _strip_oid(_value(found, "derivedFrom DICOM UID"))
+            if target.kind == "ImagingStudy":
+                raise _Bad(
+                    f"derivedFrom {_reference_text(node)} is an ImagingStudy whose DICOM study UID "
+                    f"(identifier {DICOM_UID_SYSTEM}) is not in this bundle"
+                )
+        return _strip_oid(_identifier_value(entry.resource, DICOM_UID_SYSTEM))
+
+    def specimen(self, entry: _Entry) -> dict[str, Any] | None:
+        """The report's (first) Specimen, contained or in the bundle."""
+        nodes = _items(entry.resource, "specimen")
+        if not nodes:
+            return None
+        target = self.follow(entry, nodes[0], "specimen", "Specimen")
+        if target is None:
+            return None  # a display alone: nothing to read
+        if target.resource is None:
+            raise _Bad(
+                f"specimen {_reference_text(nodes[0])} is not a Specimen of this bundle or contained: "
+                "no specimen type, site or collection time to read"
+            )
+        return target.resource
 
     def medication(self, entry: _Entry) -> tuple[object, str]:
         """The medication's CodeableConcept, inline or in a referenced (bundled, contained)
@@ -1428,9 +1797,15 @@ class _Reader:
 
     def _observation(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
-        if not _is_laboratory(r):  # vital signs, surveys, imaging findings: no dataset of ours
-            self.skip("Observation")
-            return []
+        if _is_laboratory(r):
+            return self._lab_result(entry)
+        if _has_loinc(r, ECG_CODES):  # any category: ours say procedure, others may say none
+            return self._ecg(entry)
+        self.skip("Observation")  # vital signs, surveys, imaging findings: no dataset of ours
+        return []
+
+    def _lab_result(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        r = entry.resource
         row = _Row()
         subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
         encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
@@ -1455,15 +1830,98 @@ class _Reader:
             "abnormal_flag",
             lambda: _loose_code(_get(r, "interpretation.0"), "interpretation", INTERPRETATION_SYSTEM),
         )
+        row.set("collected_at", lambda: _local_timestamp(_effective(r)))
+        return [self.emit("lab_results", entry, row, subject, encounter)]
+
+    def _ecg(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        r = entry.resource
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        # Where it was recorded; its performer is who read it.
+        row.set("hospital_id", lambda: self.hospital(_DEPENDANT, encounter.hospital_id, subject.hospital_id))
+        row.set(
+            "ecg_id",
+            lambda: _business_id(r, entry.id, ECG_SYSTEM, "FILL", "ACSN", besides=(DICOM_UID_SYSTEM,)),
+        )
+        row.values.update(
+            encounter_id=encounter.encounter_id,
+            patient_mrn=subject.patient_mrn,
+            resident_id=subject.resident_id,
+        )
+        row.set("teleconsult_id", lambda: self.teleconsult(entry))
+        reader, physician = row.attempt(lambda: self.reading(entry, "performer"), _NO_IDS)
+        row.values.update(reading_hospital_id=reader, reading_physician=physician)
+        row.set("study_instance_uid", lambda: self.waveform(entry))
+        row.set("recorded_at", lambda: _local_timestamp(_effective(r)))
+        row.set("reported_at", lambda: _local_timestamp(_str(r, "issued")))
+        row.set(
+            "lead_count",
+            lambda: (
+                _extension_code(r, LEAD_COUNT_URL, "lead-count")
+                or ("12" if _has_loinc(r, (ECG_TWELVE_LEAD,)) else None)
+            ),
+        )
+        no_parts: list[dict[str, Any]] = []
+        parts = row.attempt(lambda: _items(r, "component"), no_parts)
+        for column in ECG_MEASURES:
+            row.set(column, partial(_measured, parts, column))
+        row.set("rhythm", lambda: _rhythm(parts))
+        row.set("findings", lambda: _findings(r, parts))
+        row.set("conclusion_code", lambda: _conclusion(r, parts))
+        row.set("report_status", lambda: _status(r, OBSERVATION_STATUS))
+        return [self.emit("ecg_reports", entry, row, subject, encounter)]
+
+    def _diagnostic_report(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
+        r = entry.resource
+        if not _is_pathology(r):  # laboratory panels, imaging reports: no dataset of ours
+            self.skip("DiagnosticReport")
+            return []
+        row = _Row()
+        subject = row.attempt(lambda: self.subject(entry), _NO_SUBJECT)
+        encounter = row.attempt(lambda: self.encounter(entry), _NO_ENCOUNTER)
+        row.set("hospital_id", lambda: self.hospital(_DEPENDANT, encounter.hospital_id, subject.hospital_id))
+        row.set("pathology_id", lambda: _business_id(r, entry.id, PATHOLOGY_SYSTEM, "FILL", "ACSN"))
+        row.values.update(
+            encounter_id=encounter.encounter_id,
+            patient_mrn=subject.patient_mrn,
+            resident_id=subject.resident_id,
+        )
+        row.set("teleconsult_id", lambda: self.teleconsult(entry))
+        # The diagnostic service is the performer, the pathologist the results interpreter;
+        # exports that put them the other way round are read too.
+        reader, _ = row.attempt(lambda: self.reading(entry, "performer", "resultsInterpreter"), _NO_IDS)
+        _, pathologist = row.attempt(lambda: self.reading(entry, "resultsInterpreter", "performer"), _NO_IDS)
+        row.values.update(reading_hospital_id=reader, pathologist=pathologist)
+        specimen = row.attempt(lambda: self.specimen(entry), None)
+        row.set(
+            "specimen_type",
+            lambda: _mapped_code(
+                _get(specimen, "type"), "Specimen.type", SPECIMEN_TYPE_SYSTEM, SPECIMEN_SNOMED
+            ),
+        )
+        site = "collection.bodySite"
+        row.set("specimen_site", lambda: _concept_text(_get(specimen, site), f"Specimen.{site}", codes=True))
         row.set(
             "collected_at",
             lambda: _local_timestamp(
-                _str(r, "effectiveDateTime")
-                or _str(r, "effectivePeriod.start")
-                or _str(r, "effectiveInstant")
+                _str(specimen, "collection.collectedDateTime")
+                or _str(specimen, "collection.collectedPeriod.start")
+                or _effective(r)
             ),
         )
-        return [self.emit("lab_results", entry, row, subject, encounter)]
+        row.set("reported_at", lambda: _local_timestamp(_str(r, "issued")))
+        row.set("diagnosis_code", lambda: _diagnosis_code(r))
+        row.set(
+            "diagnosis_text",
+            lambda: (
+                _str(r, "conclusion")
+                or next(filter(None, (_str(c, "text") for c in _items(r, "conclusionCode"))), None)
+            ),
+        )
+        row.set("behaviour", lambda: _extension_code(r, BEHAVIOUR_URL, "behaviour") or _icdo_behaviour(r))
+        row.set("report_status", lambda: _status(r, REPORT_STATUS))
+        return [self.emit("pathology_reports", entry, row, subject, encounter)]
 
     def _medication(self, entry: _Entry) -> list[tuple[str, RawRecord]]:
         r = entry.resource
@@ -1550,7 +2008,21 @@ _MAPPERS: dict[str, Callable[[_Reader, _Entry], list[tuple[str, RawRecord]]]] = 
     "Observation": _Reader._observation,
     "MedicationRequest": _Reader._medication,
     "ImagingStudy": _Reader._imaging_study,
+    "DiagnosticReport": _Reader._diagnostic_report,
 }
+
+
+def _reference_text(node: dict[str, Any]) -> str:
+    reference = _str(node, "reference")
+    return repr(reference) if reference else "(a logical reference)"
+
+
+def _named_hospital(target: _Target, where: str) -> str | None:
+    """The hospital an Organization reference names: our identifier (of the reference or the
+    Organization), else its logical id."""
+    identifiers = [target.identifier] if target.identifier else []
+    ours = _first([*identifiers, *_items(target.resource, "identifier")], _system_is(HOSPITAL_SYSTEM))
+    return _value(ours, f"{where} hospital identifier") or target.logical_id
 
 
 def _series(shared: _Row, s: dict[str, Any]) -> _Row:
@@ -1578,6 +2050,177 @@ def _is_laboratory(r: dict[str, Any]) -> bool:
         for concept in _items(r, "category")
         for c in _codings(concept, "category")
     )
+
+
+def _has_loinc(r: dict[str, Any], codes: Sequence[str]) -> bool:
+    return any(
+        c.get("system") == LOINC_SYSTEM and c.get("code") in codes for c in _codings(_get(r, "code"), "code")
+    )
+
+
+def _is_pathology(r: dict[str, Any]) -> bool:
+    return _has_loinc(r, PATHOLOGY_CODES) or any(
+        c.get("system") in DIAGNOSTIC_SERVICE_SYSTEMS and c.get("code") in PATHOLOGY_SECTIONS
+        for concept in _items(r, "category")
+        for c in _codings(concept, "category")
+    )
+
+
+def _effective(r: dict[str, Any]) -> str | None:
+    return _str(r, "effectiveDateTime") or _str(r, "effectivePeriod.start") or _str(r, "effectiveInstant")
+
+
+def _status(r: dict[str, Any], kinds: Mapping[str, str | None]) -> str | None:
+    status = _str(r, "status")
+    return kinds.get(status, status) if status is not None else None
+
+
+def _extension_code(r: dict[str, Any], url: str, where: str) -> str | None:
+    """An extension's value: a code or number as it is, a Coding's or CodeableConcept's code."""
+    value = _extension_value(r, url)
+    return _loose_code(value, where, "") if isinstance(value, dict) else _text(value, where)
+
+
+def _concept_text(concept: object, where: str, *, codes: bool) -> str | None:
+    """What a CodeableConcept says in words: its text, else a coding's display (else, with
+    `codes`, a code)."""
+    if concept is not None and not isinstance(concept, dict):
+        raise _Bad(f"{where} is not a CodeableConcept")
+    codings = _codings(concept, where)
+    displays = (_text(c.get("display"), f"{where} display") for c in codings)
+    found = _str(concept, "text") or next((d for d in displays if d), None)
+    if found is None and codes:
+        return next(filter(None, (_text(c.get("code"), f"{where} code") for c in codings)), None)
+    return found
+
+
+def _mapped_code(concept: object, where: str, ours: str, snomed: Mapping[str, str]) -> str | None:
+    """Our value: from a coding in our system, else one SNOMED CT code we know (`snomed`), else
+    any other code or the text as written, for the profile's spellings and validation to judge."""
+    codings = _codings(concept, where)
+    for coding in codings:
+        if coding.get("system") == ours:
+            return _text(coding.get("code"), f"{where} code")
+    for coding in codings:
+        if coding.get("system") == SNOMED_SYSTEM and (value := snomed.get(str(coding.get("code")))):
+            return value
+    return _loose_code(concept, where, "")
+
+
+def _component(parts: Sequence[dict[str, Any]], code: str) -> dict[str, Any] | None:
+    """The first component coded `code` in LOINC."""
+    for i, part in enumerate(parts, start=1):
+        if any(
+            c.get("system") == LOINC_SYSTEM and c.get("code") == code
+            for c in _codings(part.get("code"), f"component {i} code")
+        ):
+            return part
+    return None
+
+
+def _value_kind(node: dict[str, Any]) -> str | None:
+    return next((k for k in node if k.startswith("value")), None)
+
+
+def _measured(parts: Sequence[dict[str, Any]], column: str) -> str | None:
+    """An ECG measurement in the contract's unit (seconds become milliseconds); a unit that is
+    none of those we know is a reason, never a silent misreading."""
+    code, _ = ECG_MEASURES[column]
+    part = _component(parts, code)
+    kind = None if part is None else _value_kind(part)
+    if part is None or kind is None:
+        return None
+    where = f"component {code} ({column})"
+    if kind in ("valueInteger", "valueString"):  # a string goes as written: validation judges it
+        return _str(part, kind)
+    if kind != "valueQuantity":
+        raise _Bad(f"{where} holds {kind}, not a valueQuantity")
+    value = _str(part, "valueQuantity.value")
+    unit = _str(part, "valueQuantity.code") or _str(part, "valueQuantity.unit")
+    if value is None or unit is None:
+        return value
+    units = RATE_UNITS if column == "heart_rate_bpm" else INTERVAL_UNITS
+    if unit not in units:
+        raise _Bad(f"{where} is in {unit!r}, not {', '.join(units)}")
+    return value if units[unit] == 1 else _scaled(value, units[unit])
+
+
+def _scaled(text: str, factor: int) -> str:
+    try:
+        value = Decimal(text) * factor
+    except ArithmeticError:  # not a number: as written, for validation to judge
+        return text
+    return format(value.normalize(), "f") if value.is_finite() else text
+
+
+def _rhythm(parts: Sequence[dict[str, Any]]) -> str | None:
+    part = _component(parts, ECG_RHYTHM)
+    kind = None if part is None else _value_kind(part)
+    if part is None or kind is None:
+        return None
+    where = f"component {ECG_RHYTHM} (rhythm)"
+    if kind == "valueString":
+        return _str(part, kind)
+    if kind != "valueCodeableConcept":
+        raise _Bad(f"{where} holds {kind}, not a valueCodeableConcept")
+    return _mapped_code(part[kind], f"{where} value", RHYTHM_SYSTEM, RHYTHM_SNOMED)
+
+
+def _findings(r: dict[str, Any], parts: Sequence[dict[str, Any]]) -> str | None:
+    """The reading in words: the value's text (else a display), else valueString, else an EKG
+    impression component's, else the first note."""
+    impression = _component(parts, ECG_IMPRESSION)
+    return (
+        _concept_text(r.get("valueCodeableConcept"), "valueCodeableConcept", codes=False)
+        or _str(r, "valueString")
+        or _str(impression, "valueString")
+        or _concept_text(_get(impression, "valueCodeableConcept"), "impression", codes=False)
+        or _str(r, "note.0.text")
+    )
+
+
+def _icd10(concept: object, where: str) -> str | None:
+    """The ICD-10 code of a concept; None without one (another vocabulary's code, SNOMED CT's
+    "normal sinus rhythm" say, is no conclusion code)."""
+    found = [c for c in _codings(concept, where) if c.get("system") == ICD10_SYSTEM]
+    return _text(found[0].get("code"), f"{where} code") if found else None
+
+
+def _conclusion(r: dict[str, Any], parts: Sequence[dict[str, Any]]) -> str | None:
+    impression = _component(parts, ECG_IMPRESSION)
+    return _icd10(r.get("valueCodeableConcept"), "valueCodeableConcept") or _icd10(
+        _get(impression, "valueCodeableConcept"), "impression"
+    )
+
+
+def _diagnosis_code(r: dict[str, Any]) -> str | None:
+    """conclusionCode's ICD-10 code, else its first other code (not ICD-O: that is the
+    morphology, read for the behaviour) as written, for validation to judge."""
+    concepts = _items(r, "conclusionCode")
+    for concept in concepts:
+        if (code := _icd10(concept, "conclusionCode")) is not None:
+            return code
+    others = (
+        _text(c.get("code"), "conclusionCode code")
+        for concept in concepts
+        for c in _codings(concept, "conclusionCode")
+        if c.get("system") not in ICDO3_SYSTEMS
+    )
+    return next(filter(None, others), None)
+
+
+_MORPHOLOGY = re.compile(r"\d{4}/(\d)")
+
+
+def _icdo_behaviour(r: dict[str, Any]) -> str | None:
+    """The behaviour an ICD-O-3 morphology code in conclusionCode ends with (8140/3: malignant);
+    a digit the contract has no word for goes as the code, for validation to judge."""
+    for concept in _items(r, "conclusionCode"):
+        for coding in _codings(concept, "conclusionCode"):
+            code = _text(coding.get("code"), "conclusionCode code")
+            if coding.get("system") in ICDO3_SYSTEMS and code and (match := _MORPHOLOGY.fullmatch(code)):
+                return ICDO_BEHAVIOUR.get(match.group(1), code)
+    return None
 
 
 def _encounter_type(r: dict[str, Any]) -> str | None:

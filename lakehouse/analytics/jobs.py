@@ -83,13 +83,27 @@ def disease_burden(spark: SparkSession, topology: Topology) -> DataFrame:
     )
 
 
+# The specialist centres' reports, linked to the request they answer by (hospital_id, teleconsult_id).
+REPORTS = ("ecg_reports", "pathology_reports")
+
+
 def teleconsultation_load(spark: SparkSession, topology: Topology) -> DataFrame:
+    """Requests per specialist centre, requesting care level and month: how many were answered,
+    in what time, and how many have their ECG or pathology report in the province."""
     from pyspark.sql import functions as F
 
     minutes = (F.unix_timestamp("answered_at") - F.unix_timestamp("requested_at")) / 60.0
     requesters = hospitals(spark, topology).select("hospital_id", F.col("level").alias("requesting_level"))
+    reported = None
+    for name in REPORTS:
+        links = spark.table(f"{PROVINCE_DB}.{name}").where(F.col("teleconsult_id").isNotNull())
+        links = links.select("hospital_id", "teleconsult_id")
+        reported = links if reported is None else reported.unionByName(links)
+    assert reported is not None
+    reported = reported.distinct().withColumn("has_report", F.lit(1))
     return (
         spark.table(f"{PROVINCE_DB}.teleconsultations")
+        .join(reported, ["hospital_id", "teleconsult_id"], "left")
         .join(F.broadcast(requesters), "hospital_id", "left")
         .withColumn("requesting_level", F.coalesce("requesting_level", F.lit("unknown")))
         .withColumn("month", _month("requested_at"))
@@ -98,6 +112,7 @@ def teleconsultation_load(spark: SparkSession, topology: Topology) -> DataFrame:
         .agg(
             F.count(F.lit(1)).alias("requests"),
             F.count("answered_at").alias("answered"),
+            F.count("has_report").alias("reports"),
             F.countDistinct("person_key").alias("patients"),
             # Exact percentiles (linear interpolation) over answered requests; null if none.
             F.percentile("turnaround", F.lit(0.5)).alias("turnaround_median_min"),
@@ -226,10 +241,10 @@ JOBS: dict[str, Job] = {
         Job(
             "teleconsultation_load",
             "Teleconsultation load and turnaround by specialist centre and requesting care level",
-            ("teleconsultations",),
+            ("teleconsultations", *REPORTS),
             ("specialist_centre", "requesting_level", "month"),
             ("patients",),
-            ("requests", "answered", "patients", "turnaround_median_min", "turnaround_p90_min"),
+            ("requests", "answered", "reports", "patients", "turnaround_median_min", "turnaround_p90_min"),
             teleconsultation_load,
         ),
         Job(

@@ -109,10 +109,21 @@ def test_teleconsultation_load(stack: Settings, topology: Topology, analytics_ru
     t["month"] = month(t["requested_at"])
     t["turnaround"] = (t["answered_at"] - t["requested_at"]).dt.total_seconds() / 60
     assert t["answered_at"].isna().any(), "the data should hold unanswered requests"
+    # A request has a report when an ECG or pathology report names it (same hospital and id).
+    links = pd.concat(
+        [
+            frame(analytics_run, n)[["hospital_id", "teleconsult_id"]]
+            for n in ("ecg_reports", "pathology_reports")
+        ]
+    ).dropna()
+    linked = set(zip(links["hospital_id"], links["teleconsult_id"], strict=True))
+    t["reported"] = [(h, i) in linked for h, i in zip(t["hospital_id"], t["teleconsult_id"], strict=True)]
+    assert t["reported"].any() and not t["reported"].all(), "the data should hold requests with and without"
     grouped = t.groupby(["specialist_centre", "requesting_level", "month"])
     expected = grouped.agg(
         requests=("person_key", "size"),
         answered=("answered_at", "count"),
+        reports=("reported", "sum"),
         patients=("person_key", "nunique"),
         turnaround_median_min=("turnaround", "median"),
     ).reset_index()
@@ -123,7 +134,7 @@ def test_teleconsultation_load(stack: Settings, topology: Topology, analytics_ru
         expected,
         ["specialist_centre", "requesting_level", "month"],
         ["patients"],
-        ["requests", "answered", "patients", "turnaround_median_min", "turnaround_p90_min"],
+        ["requests", "answered", "reports", "patients", "turnaround_median_min", "turnaround_p90_min"],
     )
 
 

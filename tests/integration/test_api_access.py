@@ -16,7 +16,16 @@ import pytest
 from lakehouse.topology import Topology
 from tests.utils import grants_oracle
 
-HISTORY = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
+HISTORY = (
+    "encounters",
+    "diagnoses",
+    "lab_results",
+    "medications",
+    "imaging_studies",
+    "teleconsultations",
+    "ecg_reports",
+    "pathology_reports",
+)
 PURPOSES = ("treatment", "emergency", "research", "public_health", "operations")
 DATASETS = (
     "patients",
@@ -27,6 +36,8 @@ DATASETS = (
     "imaging_studies",
     "imaging_series",
     "teleconsultations",
+    "ecg_reports",
+    "pathology_reports",
 )
 
 

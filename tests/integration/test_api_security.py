@@ -33,7 +33,16 @@ from sharing_api.masking import Masker
 from tests.utils.api import ApiServer
 
 REASON = "unconscious on arrival, allergies unknown"
-DATASETS = ("encounters", "diagnoses", "lab_results", "medications", "imaging_studies", "teleconsultations")
+DATASETS = (
+    "encounters",
+    "diagnoses",
+    "lab_results",
+    "medications",
+    "imaging_studies",
+    "teleconsultations",
+    "ecg_reports",
+    "pathology_reports",
+)
 
 
 @pytest.fixture(scope="module")

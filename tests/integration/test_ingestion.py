@@ -213,6 +213,8 @@ def test_fhir_and_dicom_yield_the_same_curated_rows_as_csv(
         "medications",
         "imaging_studies",
         "imaging_series",
+        "ecg_reports",
+        "pathology_reports",
     ):
         from_media = _curated_rows(ingested, ingested.root, dataset, hospital.id)
         from_csv = _curated_rows(ingested, root, dataset, hospital.id)

@@ -614,7 +614,10 @@ def test_dialect_choice_follows_the_seed_and_the_shares(
     assert defaults and {only[k] for k in defaults} == {"jsonl"}
     shares = _plan(topology, contracts, profiles, seed=3, dialects={"csv": 3, "xlsx": 1})
     counts = [sum(1 for k in defaults if shares[k] == d) for d in ("csv", "xlsx")]
-    assert counts[0] == pytest.approx(3 * counts[1], abs=3)
+    # Each city rounds its own shares (largest remainders): csv = 3/4 n + e and xlsx = 1/4 n - e
+    # with |e| < 1, so csv - 3 xlsx = 4e is off by less than 4 a city.
+    assert abs(counts[0] - 3 * counts[1]) < 4 * len(topology.cities)
+    assert counts[0] == pytest.approx(3 * counts[1], rel=0.05)
 
 
 def test_workbook_budget_keeps_named_profiles(

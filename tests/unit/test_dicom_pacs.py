@@ -53,6 +53,10 @@ STUDY = StudyTags(
     number_of_series=2,
     instances_per_series=2,
 )
+ECG_STUDY = dataclasses.replace(
+    STUDY, description="resting 12-lead ECG", number_of_series=1, instances_per_series=1
+)
+ECG_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"  # 12-lead ECG Waveform Storage (PS3.4)
 
 
 def sample(name: str) -> Path:
@@ -173,6 +177,28 @@ def test_files_are_recognised_by_content_whatever_their_name() -> None:
         batch = read_dicom_files([(f"kf-h03/dicom/x/{name}", content)], hospital_id="kf-h03")
         assert batch.rejects == [], name
         assert [s["modality"] for s in batch.studies] == ["CT"], name
+
+
+def test_an_ecg_as_a_pacs_sends_it_is_indexed_and_linked_by_its_mrn() -> None:
+    """pydicom's own 12-lead ECG, as it is: PatientID only, an empty OtherPatientIDs."""
+    path = sample("waveform_ecg.dcm")
+    ds = pydicom.dcmread(path)
+    assert "PixelData" not in ds and "WaveformSequence" in ds
+    for name, content in (("IMG00001", path.read_bytes()), ("I0", bare(path))):
+        batch = read_dicom_files([(f"kf-h03/dicom/cd1/{name}", content)], hospital_id="kf-h03")
+        assert batch.rejects == [], name
+        (study,), (series,) = batch.studies, batch.series
+        assert (study["study_instance_uid"], study["modality"]) == (ds.StudyInstanceUID, "ECG"), name
+        assert (study["patient_mrn"], study["resident_id"], study["_link_mrn"]) == (
+            ds.PatientID,
+            None,
+            ds.PatientID,
+        ), name
+        assert (series["series_instance_uid"], series["sop_class_uid"]) == (
+            ds.SeriesInstanceUID,
+            ECG_WAVEFORM_STORAGE,
+        ), name
+        assert series["_link_mrn"] == ds.PatientID, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +340,35 @@ def test_truncated_instances_are_rejected() -> None:
     assert [s["_source"] for s in batch.studies] == ["whole"]
 
 
+def test_truncated_waveforms_are_rejected() -> None:
+    """A waveform has no pixel data to stop before: the cut is in its WaveformSequence, or after."""
+    path = sample("waveform_ecg.dcm")
+    ecg = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    waveforms = ds["WaveformSequence"]
+    first, second = waveforms.value
+    samples = first["WaveformData"]
+    last = ds.get_item(list(ds.keys())[-1])
+    assert waveforms.file_tell is not None and samples.file_tell is not None
+    assert isinstance(last, RawDataElement) and last.value_tell + last.length == len(ecg)
+    sequence_at = waveforms.file_tell - 12  # tag, VR, reserved, length: then its first item
+    cut: list[tuple[str, bytes | Path]] = [
+        # Inside the sequence's header, the element before it whole (an empty DS, which pydicom
+        # holds as None): pydicom stops without a word, the waveform gone.
+        ("in-sequence-header", ecg[: sequence_at + 6]),
+        ("in-samples", ecg[: samples.file_tell + len(samples.value) // 2]),
+        ("between-items", ecg[: second.file_tell]),
+        ("after-the-waveform", ecg[: last.value_tell + last.length // 2]),
+        ("bare-in-samples", bare(path)[: -len(ecg) // 4]),
+    ]
+    batch = read_dicom_files([*cut, ("whole", ecg)], hospital_id="kf-h03")
+
+    reasons = {r.source: r.reason for r in batch.rejects}
+    assert set(reasons) == {key for key, _ in cut}
+    assert all("truncated" in reason for reason in reasons.values()), reasons
+    assert [s["_source"] for s in batch.studies] == ["whole"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Our own PACS-style export, read back
 
@@ -358,6 +413,83 @@ def test_pacs_style_study_with_its_dicomdir_reads_back(tmp_path: Path) -> None:
     assert (study["patient_mrn"], study["resident_id"], study["_link_mrn"]) == ("MRN0077", None, "MRN0077")
     assert study["number_of_series"] == "2" and study["accession_number"] == "ACC240603001"
     assert [(s["resident_id"], s["_link_mrn"]) for s in batch.series] == [(None, "MRN0077")] * 2
+
+
+def test_a_pacs_style_ecg_with_its_dicomdir_reads_back(tmp_path: Path) -> None:
+    out = tmp_path / "kf-h03" / "dicom"
+    uid = "1.2.826.0.1.3680043.10.2654321.3.9"  # as the ECG cart gave it, its report's too
+    paths = write_dicom_study(
+        out,
+        templates=[sample("waveform_ecg.dcm")],
+        patient=PATIENT,
+        study=ECG_STUDY,
+        seed=5,
+        pacs_style=True,
+        study_uid=uid,
+    )
+    assert [p.relative_to(out).as_posix() for p in paths] == [f"{uid}/IMG00001"]
+    ds = pydicom.dcmread(paths[0])
+    assert (ds.PatientID, ds.StudyInstanceUID, ds.SOPClassUID) == ("MRN0077", uid, ECG_WAVEFORM_STORAGE)
+    assert "OtherPatientIDs" not in ds and "OtherPatientIDsSequence" not in ds
+    assert "PixelData" not in ds and len(ds.WaveformSequence) > 0
+    assert RESIDENT_ID.encode() not in paths[0].read_bytes()
+
+    dicomdir = write_dicomdir(paths[0].parent)
+
+    assert RESIDENT_ID.encode() not in dicomdir.read_bytes()
+    (instance,) = FileSet(dicomdir)
+    assert instance.node.record_type == "WAVEFORM"
+    assert (instance.StudyInstanceUID, instance.PatientID) == (uid, "MRN0077")
+
+    batch = read_folder(tmp_path, out)
+
+    assert batch.rejects == []
+    assert batch.indexes == [
+        DicomIndex(
+            source=dicomdir.relative_to(tmp_path).as_posix(),
+            patients=1,
+            studies=1,
+            series=1,
+            instances=1,
+            note=None,
+        )
+    ]
+    (study,), (series,) = batch.studies, batch.series
+    assert (study["study_instance_uid"], study["modality"], study["study_description"]) == (
+        uid,
+        "ECG",
+        "resting 12-lead ECG",
+    )
+    assert (study["resident_id"], study["_link_mrn"]) == (None, "MRN0077")
+    assert (series["sop_class_uid"], series["resident_id"], series["_link_mrn"]) == (
+        ECG_WAVEFORM_STORAGE,
+        None,
+        "MRN0077",
+    )
+
+
+def test_a_pacs_style_study_uid_must_not_hold_the_resident_id(tmp_path: Path) -> None:
+    holding = f"1.2.{RESIDENT_ID[:17]}.1"
+    with pytest.raises(ValueError, match="resident ID"):
+        write_dicom_study(
+            tmp_path / "pacs",
+            templates=[sample("waveform_ecg.dcm")],
+            patient=PATIENT,
+            study=ECG_STUDY,
+            seed=5,
+            pacs_style=True,
+            study_uid=holding,
+        )
+    # As a modality sends it the files name the resident anyway: nothing to hide.
+    (path,) = write_dicom_study(
+        tmp_path / "modality",
+        templates=[sample("waveform_ecg.dcm")],
+        patient=PATIENT,
+        study=ECG_STUDY,
+        seed=5,
+        study_uid=holding,
+    )
+    assert pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == holding
 
 
 def test_only_a_modality_style_study_carries_the_resident_id(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ H = "zz-fahzu"
 WANG, LI = "410105197803120416", "410322199208271080"
 CT_STUDY = "1.2.826.0.1.3680043.10.543.20250410.1"
 DX_STUDY = "1.2.826.0.1.3680043.10.543.20250302.7"
+ECG_WAVEFORM = "1.2.826.0.1.3680043.10.2123456.31.1"
+ECG_CENTRE, PATHOLOGY_CENTRE = "zz-ecg-centre", "zz-path-centre"
 
 
 def clean_records() -> dict[str, list[dict[str, str | None]]]:
@@ -295,6 +297,139 @@ def clean_records() -> dict[str, list[dict[str, str | None]]]:
                 "series_date": "2025-03-02",
             },
         ],
+        "ecg_reports": [
+            # Read remotely by the ECG centre, from a DICOM waveform: every column but one.
+            {
+                "hospital_id": H,
+                "ecg_id": "ECG00000031",
+                "encounter_id": "E00000101",
+                "patient_mrn": "ZZ-FAHZU-0000123",
+                "resident_id": WANG,
+                "teleconsult_id": "T00000007",
+                "reading_hospital_id": ECG_CENTRE,
+                "study_instance_uid": ECG_WAVEFORM,
+                "recorded_at": "2025-03-02T09:05:12",
+                "reported_at": "2025-03-02T09:40:00",
+                "lead_count": "12",
+                "heart_rate_bpm": "118",
+                "pr_interval_ms": None,  # no P waves in atrial fibrillation
+                "qrs_duration_ms": "96",
+                "qt_interval_ms": "330",
+                "qtc_interval_ms": "463",
+                "rhythm": "atrial_fibrillation",
+                "findings": "心房颤动",
+                "conclusion_code": "I48.9",
+                "report_status": "final",
+                "reading_physician": "周医生",
+            },
+            # Read at the hospital, normal, not yet reported.
+            {
+                "hospital_id": H,
+                "ecg_id": "ECG00000032",
+                "encounter_id": "E00000103",
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "teleconsult_id": None,
+                "reading_hospital_id": H,
+                "study_instance_uid": None,
+                "recorded_at": "2025-06-01T22:50:00",
+                "reported_at": None,
+                "lead_count": "12",
+                "heart_rate_bpm": "72",
+                "pr_interval_ms": "160",
+                "qrs_duration_ms": "88",
+                "qt_interval_ms": "380",
+                "qtc_interval_ms": "416",
+                "rhythm": "sinus",
+                "findings": "窦性心律，正常心电图",
+                "conclusion_code": None,
+                "report_status": "preliminary",
+                "reading_physician": None,
+            },
+            # From the ECG cart's own export: no MRN, encounter, reader or words.
+            {
+                "hospital_id": H,
+                "ecg_id": "ECG00000033",
+                "encounter_id": None,
+                "patient_mrn": None,
+                "resident_id": LI,
+                "teleconsult_id": None,
+                "reading_hospital_id": None,
+                "study_instance_uid": None,
+                "recorded_at": "2025-04-11T08:00:00",
+                "reported_at": None,
+                "lead_count": None,
+                "heart_rate_bpm": "64",
+                "pr_interval_ms": None,
+                "qrs_duration_ms": "150",
+                "qt_interval_ms": None,
+                "qtc_interval_ms": None,
+                "rhythm": "paced",
+                "findings": None,
+                "conclusion_code": None,
+                "report_status": "amended",
+                "reading_physician": None,
+            },
+        ],
+        "pathology_reports": [
+            # A resection diagnosed at the hospital.
+            {
+                "hospital_id": H,
+                "pathology_id": "P00000041",
+                "encounter_id": "E00000102",
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "teleconsult_id": None,
+                "reading_hospital_id": H,
+                "specimen_type": "resection",
+                "specimen_site": "colon",
+                "collected_at": "2025-04-11T10:00:00",
+                "reported_at": "2025-04-15T16:30:00",
+                "diagnosis_code": "C18.9",
+                "diagnosis_text": "结肠腺癌",
+                "behaviour": "malignant",
+                "report_status": "final",
+                "pathologist": "赵医生",
+            },
+            # A biopsy sent to the provincial pathology centre, its reading preliminary.
+            {
+                "hospital_id": H,
+                "pathology_id": "P00000042",
+                "encounter_id": "E00000101",
+                "patient_mrn": "ZZ-FAHZU-0000123",
+                "resident_id": WANG,
+                "teleconsult_id": "T00000008",
+                "reading_hospital_id": PATHOLOGY_CENTRE,
+                "specimen_type": "biopsy",
+                "specimen_site": "stomach",
+                "collected_at": "2025-03-02T08:30:00",
+                "reported_at": "2025-03-03T11:00:00",
+                "diagnosis_code": "K29.5",
+                "diagnosis_text": "慢性萎缩性胃炎",
+                "behaviour": "benign",
+                "report_status": "preliminary",
+                "pathologist": "吴医生",
+            },
+            # A cytology request cancelled: nothing diagnosed, nobody named.
+            {
+                "hospital_id": H,
+                "pathology_id": "P00000043",
+                "encounter_id": None,
+                "patient_mrn": "ZZ-FAHZU-0000456",
+                "resident_id": LI,
+                "teleconsult_id": "T00000009",
+                "reading_hospital_id": PATHOLOGY_CENTRE,
+                "specimen_type": "cytology",
+                "specimen_site": "thyroid",
+                "collected_at": "2025-06-01T23:10:00",
+                "reported_at": None,
+                "diagnosis_code": None,
+                "diagnosis_text": None,
+                "behaviour": None,
+                "report_status": "cancelled",
+                "pathologist": None,
+            },
+        ],
     }
 
 
@@ -319,6 +454,17 @@ def defective_records() -> dict[str, list[dict[str, str | None]]]:
     records["imaging_studies"][0]["modality"] = "ZZ"
     records["imaging_series"][1]["resident_id"] = LI[:17] + "5"
     records["imaging_series"][2]["study_instance_uid"] = None
+    records["ecg_reports"][0]["heart_rate_bpm"] = "n/a"
+    records["ecg_reports"][0]["recorded_at"] = "2025-02-30T09:05:12"
+    records["ecg_reports"][1]["rhythm"] = "junctional"  # not one of the contract's
+    records["ecg_reports"][1]["conclusion_code"] = "U80.1"
+    records["ecg_reports"][2]["report_status"] = None
+    records["ecg_reports"][2]["lead_count"] = "twelve"
+    records["pathology_reports"][0]["reported_at"] = "2025-04-10T09:00:00"  # before collection
+    records["pathology_reports"][0]["resident_id"] = LI[:17] + "7"
+    records["pathology_reports"][1]["specimen_type"] = None
+    records["pathology_reports"][1]["behaviour"] = "borderline"
+    records["pathology_reports"][2]["collected_at"] = "2031-06-01T23:10:00"
     records["lab_results"].append(dict(records["lab_results"][3]))  # exact duplicate
     records["patients"].append(dict(records["patients"][0]))  # exact duplicate
     records["imaging_series"].append(
@@ -410,15 +556,26 @@ def test_bad_values_pass_through_unchanged() -> None:
     assert got["encounters"][2]["admit_time"] == "yesterday"
     assert got["lab_results"][1]["value_num"] == "n/a"
     assert got["lab_results"][3]["value_num"] == "5.20"
+    ecg, pathology = got["ecg_reports"], got["pathology_reports"]
+    assert (ecg[0]["heart_rate_bpm"], ecg[0]["recorded_at"]) == ("n/a", "2025-02-30T09:05:12")
+    assert (ecg[1]["rhythm"], ecg[1]["conclusion_code"]) == ("junctional", "U80.1")
+    assert (ecg[2]["report_status"], ecg[2]["lead_count"]) == (None, "twelve")
+    # Reported before it was collected: both as written, for the contract's rule to judge.
+    assert (pathology[0]["collected_at"], pathology[0]["reported_at"]) == (
+        "2025-04-11T10:00:00",
+        "2025-04-10T09:00:00",
+    )
+    assert (pathology[1]["specimen_type"], pathology[1]["behaviour"]) == (None, "borderline")
 
 
 def test_reference_only_patients_and_studies_add_no_rows() -> None:
     records = defective_records()
     bundle = records_to_bundle(records, bundle_id="b")
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    # 3 patients rows; stubs for the DX study's missing MRN, the encounter without MRN, the
-    # lab's broken resident ID and the series' broken one.
-    assert types.count("Patient") == 3 + 4
+    # 3 patients rows; stubs for the DX study's missing MRN, the encounter without MRN (which
+    # the ECG without MRN shares), the lab's broken resident ID, the series' and the pathology
+    # report's broken ones.
+    assert types.count("Patient") == 3 + 5
     assert types.count("ImagingStudy") == 2 + 3
     got = bundle_to_records(bundle, source="s").records
     assert len(got["patients"]) == 3 and len(got["imaging_studies"]) == 2
@@ -456,7 +613,10 @@ def test_bundle_is_structurally_sound(bundle_type: str) -> None:
         else:
             assert "request" not in entry
         for reference in references(resource):
-            assert f"{FULL_URL_BASE}/{reference}" in urls, f"{path} → {reference}"
+            if reference.startswith("#"):  # a resource it contains
+                assert reference[1:] in [c["id"] for c in resource["contained"]], f"{path} → {reference}"
+            else:
+                assert f"{FULL_URL_BASE}/{reference}" in urls, f"{path} → {reference}"
     resources = [e["resource"] for e in bundle["entry"]]
     # FHIR forbids empty strings, objects and lists.
     assert '""' not in json.dumps(resources) and "{}" not in json.dumps(resources)
@@ -469,6 +629,7 @@ def test_bundle_is_structurally_sound(bundle_type: str) -> None:
             "MedicationRequest": ("status", "intent", "subject"),
             "ImagingStudy": ("status", "subject"),
             "Condition": ("subject",),
+            "DiagnosticReport": ("status", "code"),
         }
         assert all(k in r for k in required.get(r["resourceType"], ())), r
 
@@ -730,3 +891,91 @@ def test_reads_references_by_urn_uuid_and_encounter_by_reference_only() -> None:
             "_fhir_id": "c1",  # no id: the uuid of its urn:uuid fullUrl
         }
     ]
+
+
+# --- ECGs and pathology reports ---------------------------------------------------------------
+
+
+def resources_of(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def codes(concept: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c["system"], c["code"]) for c in concept.get("coding", [])}
+
+
+def test_an_ecg_is_an_observation_with_the_loinc_components_of_a_12_lead_ekg() -> None:
+    records = defective_records()
+    bundle = records_to_bundle({k: records[k] for k in ("patients", "ecg_reports")}, bundle_id="b")
+    first, _, third = resources_of(bundle, "Observation")
+    assert codes(first["code"]) == {(LOINC_SYSTEM, "11524-6")}  # EKG study
+    assert codes(first["category"][0]) == {
+        ("http://terminology.hl7.org/CodeSystem/observation-category", "procedure")
+    }
+    assert first["status"] == "final"
+    assert third["status"] == "unknown"  # the row has none; FHIR requires one
+    parts = {c["code"]["coding"][0]["code"]: c for c in first["component"]}
+    # No PR interval in atrial fibrillation: no component for it.
+    assert set(parts) == {"8867-4", "8633-2", "8634-0", "8636-5", "76281-5"}
+    ucum = "http://unitsofmeasure.org"
+    assert (parts["8867-4"]["valueQuantity"]["system"], parts["8867-4"]["valueQuantity"]["code"]) == (
+        ucum,
+        "/min",
+    )
+    assert parts["8867-4"]["valueQuantity"]["value"] == "n/a"  # as written: the contract judges it
+    assert {p["valueQuantity"]["code"] for k, p in parts.items() if k not in ("8867-4", "76281-5")} == {"ms"}
+    assert parts["8636-5"]["valueQuantity"]["value"] == 463
+    assert codes(parts["76281-5"]["valueCodeableConcept"]) == {
+        ("urn:medshare:ecg-rhythm", "atrial_fibrillation"),
+        ("http://snomed.info/sct", "49436004"),  # SNOMED CT atrial fibrillation, as a translation
+    }
+    assert first["valueCodeableConcept"] == {
+        "coding": [{"system": ICD10_SYSTEM, "code": "I48.9"}],
+        "text": "心房颤动",
+    }
+    waveform = {"system": "urn:dicom:uid", "value": f"urn:oid:{ECG_WAVEFORM}"}
+    assert first["derivedFrom"] == [{"type": "ImagingStudy", "identifier": waveform}]
+    request = {"system": f"urn:medshare:teleconsult:{H}", "value": "T00000007"}
+    assert first["basedOn"] == [{"type": "ServiceRequest", "identifier": request}]
+    assert first["performer"] == [
+        {"reference": f"Organization/{ECG_CENTRE}"},
+        {"type": "Practitioner", "display": "周医生"},
+    ]
+    assert first["effectiveDateTime"] == "2025-02-30T09:05:12+08:00"  # the bad date, as written
+    assert first["issued"] == "2025-03-02T09:40:00+08:00"
+
+
+def test_a_pathology_report_is_a_diagnostic_report_on_its_contained_specimen() -> None:
+    records = clean_records()
+    bundle = records_to_bundle({k: records[k] for k in ("patients", "pathology_reports")}, bundle_id="b")
+    reports = resources_of(bundle, "DiagnosticReport")
+    assert [r["category"][0]["coding"][0]["code"] for r in reports] == ["SP", "SP", "CP"]
+    assert all(codes(r["code"]) == {(LOINC_SYSTEM, "11526-1")} for r in reports)  # Pathology study
+    assert not resources_of(bundle, "Specimen")  # each inside its report
+    for report, record in zip(reports, records["pathology_reports"], strict=True):
+        assert report["specimen"] == [{"reference": "#specimen"}]
+        [specimen] = [c for c in report["contained"] if c["resourceType"] == "Specimen"]
+        assert ("urn:medshare:specimen-type", record["specimen_type"]) in codes(specimen["type"])
+        assert specimen["collection"]["collectedDateTime"] == f"{record['collected_at']}+08:00"
+        assert specimen["collection"]["bodySite"] == {"text": record["specimen_site"]}
+        assert report["status"] == record["report_status"]
+    resection, biopsy, cytology = reports
+    assert resection["conclusionCode"] == [{"coding": [{"system": ICD10_SYSTEM, "code": "C18.9"}]}]
+    assert resection["conclusion"] == "结肠腺癌"
+    assert resection["resultsInterpreter"] == [{"type": "Practitioner", "display": "赵医生"}]
+    assert biopsy["performer"] == [{"reference": f"Organization/{PATHOLOGY_CENTRE}"}]
+    assert "conclusionCode" not in cytology and "issued" not in cytology
+
+
+def test_an_ecg_is_read_by_its_code_whatever_else_its_category_says() -> None:
+    records = clean_records()
+    wanted = ("patients", "lab_results", "ecg_reports")
+    bundle = records_to_bundle({k: records[k] for k in wanted}, bundle_id="b")
+    observations = resources_of(bundle, "Observation")
+    ecg = next(o for o in observations if o["code"]["coding"][0]["code"] == "11524-6")
+    del ecg["category"]
+    lab = next(o for o in observations if o is not ecg)
+    lab["code"]["coding"][0]["code"] = "11524-6"  # a laboratory Observation stays a lab result
+    got = bundle_to_records(bundle, source="s").records
+    assert len(got["ecg_reports"]) == 3 and len(got["lab_results"]) == 4
+    assert sum(r["loinc_code"] == "11524-6" for r in got["lab_results"]) == 1

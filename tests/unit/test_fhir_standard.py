@@ -5,11 +5,14 @@ examples, not by our writer (except for the NDJSON round trip at the end)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql.types import StringType, StructField, StructType
 
 from ingestion.profiles import FhirSystems
 from ingestion.sources.fhir import (
@@ -23,7 +26,9 @@ from ingestion.sources.fhir import (
     records_to_ndjson,
     resource_type_of_file,
 )
-from tests.unit.test_fhir_source import LI, WANG, clean_records, defective_records
+from ingestion.validate import validate
+from lakehouse.contracts import load_contracts
+from tests.unit.test_fhir_source import LI, PLATFORM, WANG, clean_records, defective_records
 
 H = "zz-fahzu"
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -886,3 +891,451 @@ def test_records_to_ndjson_and_back(make: Any) -> None:
     assert len(resources["Patient"]) == len(records["patients"])
     linked = [r for rs in got.values() for r in rs if "_link_patient" in r or "_link_encounter" in r]
     assert linked  # the round trip did go through the links
+
+
+# --- ECGs and pathology reports, as the HL7 examples write them --------------------------------
+
+ID_CARD_SYSTEM = "http://hospital.example.org/id-card"  # untyped: only the profile names it
+PROFILE = FhirSystems(mrn_systems=(MRN_SYSTEM,), resident_id_systems=(ID_CARD_SYSTEM,))
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+WAVEFORM_UID = "1.2.826.0.1.3680043.10.2123456.31.1"
+ECG_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c01"
+REPORT_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c02"
+SPECIMEN_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c03"
+WAVEFORM_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c04"
+ECG_CENTRE_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c05"
+PATHOLOGY_CENTRE_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c06"
+CARDIOLOGIST_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c07"
+ORDER_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c08"
+REQUEST_UUID = "urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c09"
+
+
+def loinc(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": LOINC, "code": code, "display": display}]}
+
+
+def ecg_observation() -> dict[str, Any]:
+    """A resting 12-lead ECG read by the provincial ECG centre: the measurements and the reading
+    as components (the HL7 EKG examples' codes), seconds for one interval, SNOMED CT rhythm."""
+    return {
+        "resourceType": "Observation",
+        "identifier": [
+            {"type": typed("FILL"), "system": "http://hospital.example.org/ecg", "value": "ECG-2025-031"}
+        ],
+        # The hospital's own order, and the teleconsultation that sent it to the centre.
+        "basedOn": [{"reference": ORDER_UUID}, {"reference": REQUEST_UUID}],
+        "status": "final",
+        "category": [{"coding": [{"system": CATEGORY, "code": "procedure", "display": "Procedure"}]}],
+        "code": loinc("34534-8", "12 lead EKG panel"),
+        "subject": {"reference": PATIENT_UUID},
+        "encounter": {"reference": ENCOUNTER_UUID},
+        "effectiveDateTime": "2025-03-02T01:05:12Z",  # 09:05:12 in Zhengzhou
+        "issued": "2025-03-02T09:40:00+08:00",
+        "performer": [
+            {"reference": ECG_CENTRE_UUID, "display": "河南省远程心电诊断中心"},
+            {"reference": CARDIOLOGIST_UUID},
+        ],
+        "interpretation": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                        "code": "A",
+                    }
+                ]
+            }
+        ],
+        "derivedFrom": [{"reference": WAVEFORM_UUID}],
+        "component": [
+            {
+                "code": loinc("8867-4", "Heart rate"),
+                "valueQuantity": {"value": 118, "unit": "beats/minute", "system": UCUM, "code": "/min"},
+            },
+            {
+                "code": loinc("8633-2", "QRS duration"),
+                "valueQuantity": {"value": 0.096, "unit": "s", "system": UCUM, "code": "s"},
+            },
+            {
+                "code": loinc("8634-0", "Q-T interval"),
+                "valueQuantity": {"value": 330, "unit": "ms", "system": UCUM, "code": "ms"},
+            },
+            {
+                "code": loinc("8636-5", "Q-T interval corrected"),
+                "valueQuantity": {"value": 463, "unit": "ms", "system": UCUM, "code": "ms"},
+            },
+            {
+                "code": loinc("76281-5", "Type of arrhythmia on EKG"),
+                "valueCodeableConcept": {
+                    "coding": [{"system": SNOMED, "code": "49436004", "display": "Atrial fibrillation"}]
+                },
+            },
+            {
+                "code": loinc("8601-7", "EKG impression"),
+                "valueCodeableConcept": {
+                    "coding": [
+                        {"system": SNOMED, "code": "49436004"},
+                        {"system": ICD10_SYSTEM, "code": "I48.9"},
+                    ],
+                    "text": "心房颤动伴快速心室率",
+                },
+            },
+        ],
+    }
+
+
+def pathology_report() -> dict[str, Any]:
+    """A gastric biopsy diagnosed by the provincial pathology centre: surgical pathology, the
+    Specimen a resource of its own, an ICD-10 and an ICD-O-3 conclusion code, corrected."""
+    return {
+        "resourceType": "DiagnosticReport",
+        "identifier": [
+            {"type": typed("ACSN"), "system": "http://hospital.example.org/pathology", "value": "S25-0042"}
+        ],
+        "basedOn": [
+            {
+                "type": "ServiceRequest",
+                "identifier": {"system": f"urn:medshare:teleconsult:{H}", "value": "T00000008"},
+            }
+        ],
+        "status": "corrected",
+        "category": [{"coding": [{"system": V2_0074, "code": "SP", "display": "Surgical Pathology"}]}],
+        "code": loinc("60568-3", "Pathology Synoptic report"),
+        "subject": {"reference": PATIENT_UUID},
+        "encounter": {"reference": ENCOUNTER_UUID},
+        "effectiveDateTime": "2025-03-02T08:30:00+08:00",
+        "issued": "2025-03-05T10:15:00+08:00",
+        "performer": [{"reference": PATHOLOGY_CENTRE_UUID}],
+        "resultsInterpreter": [{"reference": "Practitioner/wu-7", "display": "吴医生"}],
+        "specimen": [{"reference": SPECIMEN_UUID}],
+        "conclusion": "胃窦黏膜腺癌，中分化",
+        "conclusionCode": [
+            {
+                "coding": [
+                    {"system": ICD10_SYSTEM, "code": "C16.9"},
+                    {"system": ICDO3, "code": "8140/3", "display": "Adenocarcinoma, NOS"},
+                ]
+            }
+        ],
+    }
+
+
+def specialist_bundle() -> dict[str, Any]:
+    patient = wang()
+    for ident in patient["identifier"]:
+        del ident["type"]
+    patient["identifier"][1]["system"] = ID_CARD_SYSTEM
+    encounter = {
+        "resourceType": "Encounter",
+        "identifier": [{"type": typed("VN"), "value": "V2025-0001"}],
+        "status": "finished",
+        "class": {"system": ACT, "code": "AMB"},
+        "subject": {"reference": PATIENT_UUID},
+        "period": {"start": "2025-03-02T08:10:00+08:00"},
+    }
+
+    def centre(hospital: str, name: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Organization",
+            "identifier": [{"system": HOSPITAL_SYSTEM, "value": hospital}],
+            "name": name,
+        }
+
+    def request(system: str, value: str) -> dict[str, Any]:
+        return {
+            "resourceType": "ServiceRequest",
+            "identifier": [{"system": system, "value": value}],
+            "status": "completed",
+            "intent": "order",
+            "code": loinc("34534-8", "12 lead EKG panel"),
+            "subject": {"reference": PATIENT_UUID},
+        }
+
+    waveform = {
+        "resourceType": "ImagingStudy",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{WAVEFORM_UID}"}],
+        "status": "available",
+        "modality": [{"system": DCM, "code": "ECG"}],
+        "subject": {"reference": PATIENT_UUID},
+        "started": "2025-03-02T09:05:12+08:00",
+    }
+    specimen = {
+        "resourceType": "Specimen",
+        "accessionIdentifier": {"system": "http://hospital.example.org/pathology", "value": "S25-0042"},
+        "type": {
+            "coding": [{"system": SNOMED, "code": "258415003", "display": "Biopsy sample"}],
+            "text": "胃黏膜活检",
+        },
+        "subject": {"reference": PATIENT_UUID},
+        "collection": {
+            "collectedDateTime": "2025-03-02T00:30:00Z",
+            "bodySite": {"coding": [{"system": SNOMED, "code": "69695003", "display": "Stomach structure"}]},
+        },
+    }
+    blood_count = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "category": [{"coding": [{"system": V2_0074, "code": "HM", "display": "Hematology"}]}],
+        "code": loinc("58410-2", "CBC panel - Blood by Automated count"),
+        "subject": {"reference": PATIENT_UUID},
+    }
+    doctor = {"resourceType": "Practitioner", "name": [{"family": "周", "given": ["明"]}]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            post(PATIENT_UUID, patient),
+            post(ENCOUNTER_UUID, encounter),
+            post(ECG_CENTRE_UUID, centre("zz-ecg-centre", "河南省远程心电诊断中心")),
+            post(PATHOLOGY_CENTRE_UUID, centre("zz-path-centre", "河南省病理诊断中心")),
+            post(CARDIOLOGIST_UUID, doctor),
+            post(ORDER_UUID, request("http://hospital.example.org/orders", "ORD-1")),
+            post(REQUEST_UUID, request(f"urn:medshare:teleconsult:{H}", "T00000007")),
+            post(WAVEFORM_UUID, waveform),
+            post(ECG_UUID, ecg_observation()),
+            post(SPECIMEN_UUID, specimen),
+            post(REPORT_UUID, pathology_report()),
+            post("urn:uuid:3a9e0f4c-7b21-4d8e-9c55-0e6f1a2b3c10", blood_count),
+        ],
+    }
+
+
+def test_an_hl7_style_ecg_and_pathology_report_are_read_column_by_column() -> None:
+    batch = read_fhir_file(
+        "zz-fahzu/fhir/tx.json", as_file(specialist_bundle()), hospital_id=H, systems=PROFILE
+    )
+    assert batch.rejects == []
+    assert batch.skipped == {
+        "Organization": 2,
+        "Practitioner": 1,
+        "ServiceRequest": 2,
+        "Specimen": 1,
+        "DiagnosticReport": 1,  # the blood count: not pathology
+    }
+    [ecg] = batch.records["ecg_reports"]
+    assert columns(ecg) == {
+        "hospital_id": H,  # neither Encounter nor Patient names one: the landing folder's
+        "ecg_id": "ECG-2025-031",  # typed FILL
+        "encounter_id": "V2025-0001",
+        "patient_mrn": "0012345",  # by the profile's systems: the identifiers carry no type
+        "resident_id": WANG,
+        "teleconsult_id": "T00000007",  # not the hospital's own order
+        "reading_hospital_id": "zz-ecg-centre",
+        "study_instance_uid": WAVEFORM_UID,
+        "recorded_at": "2025-03-02T09:05:12",
+        "reported_at": "2025-03-02T09:40:00",
+        "lead_count": "12",  # a 12 lead EKG panel
+        "heart_rate_bpm": "118",
+        "pr_interval_ms": None,
+        "qrs_duration_ms": "96",  # 0.096 s
+        "qt_interval_ms": "330",
+        "qtc_interval_ms": "463",
+        "rhythm": "atrial_fibrillation",  # SNOMED CT 49436004
+        "findings": "心房颤动伴快速心室率",
+        "conclusion_code": "I48.9",
+        "report_status": "final",
+        "reading_physician": "周明",  # the Practitioner's name: the reference has no display
+    }
+    assert meta(ecg) == {
+        "_source": "zz-fahzu/fhir/tx.json",
+        "_line": "9",
+        "_fhir_id": ECG_UUID.removeprefix("urn:uuid:"),
+    }
+    [report] = batch.records["pathology_reports"]
+    assert columns(report) == {
+        "hospital_id": H,
+        "pathology_id": "S25-0042",  # typed ACSN
+        "encounter_id": "V2025-0001",
+        "patient_mrn": "0012345",
+        "resident_id": WANG,
+        "teleconsult_id": "T00000008",  # a logical reference
+        "reading_hospital_id": "zz-path-centre",
+        "specimen_type": "biopsy",  # SNOMED CT 258415003
+        "specimen_site": "Stomach structure",  # no text: the coding's display
+        "collected_at": "2025-03-02T08:30:00",
+        "reported_at": "2025-03-05T10:15:00",
+        "diagnosis_code": "C16.9",
+        "diagnosis_text": "胃窦黏膜腺癌，中分化",
+        "behaviour": "malignant",  # ICD-O-3 8140/3
+        "report_status": "amended",  # corrected is a kind of amended
+        "pathologist": "吴医生",  # the display of a Practitioner elsewhere
+    }
+    # The waveform is an imaging study of its own.
+    [study] = batch.records["imaging_studies"]
+    assert (study["study_instance_uid"], study["modality"]) == (WAVEFORM_UID, "ECG")
+    # Without the profile's systems the identifiers name nobody.
+    plain = read_fhir_file("f.json", as_file(specialist_bundle()), hospital_id=H)
+    assert [(r["patient_mrn"], r["resident_id"]) for r in plain.records["ecg_reports"]] == [(None, None)]
+
+
+def test_ecg_and_pathology_from_other_shapes() -> None:
+    """The same readings in other places FHIR allows: a contained Specimen with a collection
+    period, the reading as the Observation's value, an ECG without category, `s` and `ms`, and
+    an untyped display for the physician."""
+    bundle = specialist_bundle()
+    entries = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    ecg = entries[ECG_UUID]
+    del ecg["category"]
+    ecg["code"] = loinc("11524-6", "EKG study")  # leads: not said
+    ecg["performer"] = [{"display": "周医生"}, {"reference": ECG_CENTRE_UUID}]
+    ecg["component"] = [c for c in ecg["component"] if c["code"]["coding"][0]["code"] != "8601-7"]
+    ecg["component"].append(
+        {"code": loinc("8625-6", "P-R interval"), "valueQuantity": {"value": 0.2, "unit": "s"}}
+    )
+    ecg["valueCodeableConcept"] = {
+        "coding": [{"system": SNOMED, "code": "49436004", "display": "Atrial fibrillation"}]
+    }
+    ecg["derivedFrom"] = [
+        {
+            "type": "ImagingStudy",
+            "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{WAVEFORM_UID}"},
+        }
+    ]
+    report = entries[REPORT_UUID]
+    report["contained"] = [
+        {
+            "resourceType": "Specimen",
+            "id": "sp1",
+            "type": {"text": "细胞学"},  # words only
+            "collection": {
+                "collectedPeriod": {"start": "2025-03-02T08:20:00+08:00"},
+                "bodySite": {"text": "甲状腺"},
+            },
+        }
+    ]
+    report["specimen"] = [{"reference": "#sp1"}]
+    report["status"] = "partial"
+    report["category"] = [{"coding": [{"system": "http://hl7.org/fhir/v2/0074", "code": "CP"}]}]  # pre-R4 URL
+    report["code"] = {"text": "细胞病理报告"}
+    del report["conclusion"]
+    report["conclusionCode"] = [
+        {"coding": [{"system": SNOMED, "code": "255052006"}], "text": "甲状腺乳头状癌"}
+    ]
+    report["extension"] = [
+        {
+            "url": "urn:medshare:fhir:behaviour",
+            "valueCoding": {"system": "urn:medshare:behaviour", "code": "in_situ"},
+        }
+    ]
+    batch = read_fhir_file("f.json", as_file(bundle), hospital_id=H, systems=PROFILE)
+    assert (
+        batch.rejects == [] and not invalid(batch, "ecg_reports") and not invalid(batch, "pathology_reports")
+    )
+    [ecg_row] = batch.records["ecg_reports"]
+    assert (ecg_row["pr_interval_ms"], ecg_row["qrs_duration_ms"], ecg_row["lead_count"]) == (
+        "200",
+        "96",
+        None,
+    )
+    # The reading coded in SNOMED CT alone: its words, but no ICD-10 conclusion code.
+    assert (ecg_row["findings"], ecg_row["conclusion_code"]) == ("Atrial fibrillation", None)
+    assert (ecg_row["reading_physician"], ecg_row["reading_hospital_id"]) == ("周医生", "zz-ecg-centre")
+    assert ecg_row["study_instance_uid"] == WAVEFORM_UID
+    [row] = batch.records["pathology_reports"]
+    # A specimen type in words: as written, for the profile's spellings (细胞学 → cytology).
+    assert (row["specimen_type"], row["specimen_site"]) == ("细胞学", "甲状腺")
+    assert (row["collected_at"], row["report_status"], row["behaviour"]) == (
+        "2025-03-02T08:20:00",
+        "preliminary",
+        "in_situ",
+    )
+    # Another vocabulary's diagnosis: as written, for validation to judge; its words are the text.
+    assert (row["diagnosis_code"], row["diagnosis_text"]) == ("255052006", "甲状腺乳头状癌")
+    assert batch.skipped["Specimen"] == 1  # the bundled one, no longer referred to
+
+
+def test_what_cannot_be_read_of_an_ecg_or_pathology_report_is_a_reason() -> None:
+    bundle = specialist_bundle()
+    ecg, report = ecg_observation(), pathology_report()
+    nobody_ecg = {**ecg, "id": "ecg-nobody"}
+    del nobody_ecg["subject"]
+    nobody_report = {**report, "id": "report-nobody"}
+    del nobody_report["subject"]
+    odd_units = {**ecg, "id": "ecg-units"}
+    odd_units["component"] = [
+        {"code": loinc("8625-6", "P-R interval"), "valueQuantity": {"value": 16, "unit": "mm", "code": "mm"}},
+        {"code": loinc("76281-5", "Type of arrhythmia on EKG"), "valueQuantity": {"value": 1}},
+        {"code": loinc("8867-4", "Heart rate"), "valueQuantity": {"value": 75, "unit": "/min"}},
+    ]
+    unseen_waveform = {**ecg, "id": "ecg-waveform", "derivedFrom": [{"reference": "ImagingStudy/w9"}]}
+    unseen_specimen = {**report, "id": "report-specimen", "specimen": [{"reference": "Specimen/s9"}]}
+    bundle["entry"] += [
+        {"resource": r} for r in (nobody_ecg, odd_units, unseen_waveform, nobody_report, unseen_specimen)
+    ]
+    n = len(bundle["entry"])
+    batch = read_fhir_file("f.json", as_file(bundle), hospital_id=H, systems=PROFILE)
+    assert batch.rejects == []
+    errors = {
+        r["_fhir_id"]: r["_error"]
+        for r in invalid(batch, "ecg_reports") + invalid(batch, "pathology_reports")
+    }
+    assert errors == {
+        "ecg-nobody": f"entry {n - 4} (Observation/ecg-nobody): has no subject reference to a Patient",
+        "ecg-units": f"entry {n - 3} (Observation/ecg-units): component 8625-6 (pr_interval_ms) is in 'mm', "
+        "not ms, msec, s; component 76281-5 (rhythm) holds valueQuantity, not a valueCodeableConcept",
+        "ecg-waveform": f"entry {n - 2} (Observation/ecg-waveform): derivedFrom 'ImagingStudy/w9' is an "
+        "ImagingStudy whose DICOM study UID (identifier urn:dicom:uid) is not in this bundle",
+        "report-nobody": f"entry {n - 1} (DiagnosticReport/report-nobody): "
+        "has no subject reference to a Patient",
+        "report-specimen": f"entry {n} (DiagnosticReport/report-specimen): specimen 'Specimen/s9' is not a "
+        "Specimen of this bundle or contained: no specimen type, site or collection time to read",
+    }
+    # Every other column of a rejected entry is read.
+    units = next(r for r in batch.records["ecg_reports"] if r["_fhir_id"] == "ecg-units")
+    assert (units["resident_id"], units["heart_rate_bpm"], units["pr_interval_ms"], units["rhythm"]) == (
+        WANG,
+        "75",
+        None,
+        None,
+    )
+    nobody = next(r for r in batch.records["pathology_reports"] if r["_fhir_id"] == "report-nobody")
+    assert (nobody["hospital_id"], nobody["resident_id"], nobody["specimen_type"]) == (H, None, "biopsy")
+    assert len([r for r in batch.records["ecg_reports"] if "_rule" not in r]) == 1
+
+
+def test_bad_ecg_and_pathology_values_reach_the_contract_rules(local_spark: SparkSession) -> None:
+    """What the reader cannot judge goes through as written — an unknown rhythm, a report issued
+    before its specimen was taken — and is quarantined by the contract's rules, with a reason;
+    an entry without subject is quarantined with the reader's."""
+    bundle = specialist_bundle()
+    entries = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    svt = {"system": SNOMED, "code": "426761007", "display": "Supraventricular tachycardia"}
+    odd_rhythm = {**ecg_observation(), "id": "ecg-svt"}
+    odd_rhythm["component"] = [
+        {**c, "valueCodeableConcept": {"coding": [svt]}} if c["code"]["coding"][0]["code"] == "76281-5" else c
+        for c in odd_rhythm["component"]
+    ]
+    entries[REPORT_UUID]["issued"] = "2025-03-01T10:00:00+08:00"  # collected 2025-03-02 08:30
+    nobody = {**ecg_observation(), "id": "ecg-nobody"}
+    del nobody["subject"]
+    bundle["entry"] += [{"resource": odd_rhythm}, {"resource": nobody}]
+    batch = read_fhir_file("zz-fahzu/fhir/tx.json", as_file(bundle), hospital_id=H, systems=PROFILE)
+    contracts = load_contracts(PLATFORM)
+    verdicts: dict[str | None, tuple[list[str], str]] = {}
+    for dataset in ("ecg_reports", "pathology_reports"):
+        contract = contracts[dataset]
+        names = [*contract.column_names, "_source", "_fhir_id", "_rule", "_error"]
+        schema = StructType([StructField(n, StringType()) for n in names])
+        rows = [[r.get(n) for n in names] for r in batch.records[dataset]]
+        checked = validate(
+            local_spark.createDataFrame(rows, schema),
+            contract,
+            city_hospitals=[H],
+            all_hospitals=[H, "zz-ecg-centre", "zz-path-centre"],
+            now_local=dt.datetime(2026, 6, 30, 12),
+        )
+        for row in checked.select("_fhir_id", "_rules", "_reason").collect():
+            verdicts[row["_fhir_id"]] = (list(row["_rules"]), row["_reason"])
+    rhythms = ", ".join(contracts["ecg_reports"].column("rhythm").allowed or ())
+    assert verdicts == {
+        ECG_UUID.removeprefix("urn:uuid:"): ([], ""),  # the example itself breaks no rule
+        "ecg-svt": (["value_not_allowed"], f"rhythm: '426761007' is not one of {rhythms}"),
+        "ecg-nobody": (
+            ["fhir_entry_invalid"],
+            f"entry {len(bundle['entry'])} (Observation/ecg-nobody): has no subject reference to a Patient",
+        ),
+        REPORT_UUID.removeprefix("urn:uuid:"): (
+            ["reported_before_collected"],
+            "reported_at: 2025-03-01T10:00:00 is before collected_at 2025-03-02T08:30:00",
+        ),
+    }

@@ -303,6 +303,68 @@ def build_province(
         },
         len(tele),
     )
+    # ECGs: local ones (6 % of encounters, read where recorded) and one for each answered request
+    # to the ECG centre (read there, carrying the request's id). Drawn after every other table, so
+    # those stay as they were for a seed.
+    centre = province.tables["teleconsultations"]
+    to_ecg = np.flatnonzero(
+        (centre.column("specialist_centre").to_numpy(zero_copy_only=False) == "ecg") & ~pending
+    )
+    local = subset(0.06)
+    ecg = np.concatenate([local, tele[to_ecg]])
+    remote = np.arange(len(ecg)) >= len(local)
+    request = np.concatenate([np.full(len(local), None), np.char.add("T", tele[to_ecg].astype(str))])
+    rate = rng.integers(50, 130, len(ecg)).astype(np.int32)
+    qt = (400 - (rate - 75) * 1.5).astype(np.int32)
+    recorded = admit[ecg] + np.where(remote, -60, 600).astype("timedelta64[s]")
+    reported = np.concatenate([recorded[: len(local)] + np.timedelta64(1800, "s"), answered[to_ecg]])
+    province.tables["ecg_reports"] = _frame(
+        contracts["ecg_reports"],
+        topology,
+        {
+            "hospital_id": enc_hospital[ecg],
+            "ecg_id": np.char.add(np.where(remote, "ECGT", "ECG"), ecg.astype(str)),
+            "encounter_id": enc_ids[ecg],
+            "person_key": keys[who[ecg]],
+            "key_version": np.full(len(ecg), key.version, np.int32),
+            "teleconsult_id": request,
+            "reading_hospital_id": np.where(remote, topology.province.telemedicine_centre, enc_hospital[ecg]),
+            "recorded_at": recorded,
+            "reported_at": reported,
+            "lead_count": np.full(len(ecg), 12, np.int32),
+            "heart_rate_bpm": rate,
+            "qt_interval_ms": qt,
+            "qtc_interval_ms": (qt / np.sqrt(60 / rate)).round().astype(np.int32),
+            "rhythm": np.where(rate > 100, "sinus_tachycardia", "sinus"),
+            "findings": np.where(rate > 100, "窦性心动过速", "窦性心律，正常心电图"),
+            "report_status": np.full(len(ecg), "final"),
+        },
+        len(ecg),
+    )
+    path = subset(0.02)
+    collected = admit[path] + np.timedelta64(7200, "s")
+    malignant = rng.random(len(path)) < 0.3
+    province.tables["pathology_reports"] = _frame(
+        contracts["pathology_reports"],
+        topology,
+        {
+            "hospital_id": enc_hospital[path],
+            "pathology_id": np.char.add("P", path.astype(str)),
+            "encounter_id": enc_ids[path],
+            "person_key": keys[who[path]],
+            "key_version": np.full(len(path), key.version, np.int32),
+            "reading_hospital_id": enc_hospital[path],
+            "specimen_type": np.full(len(path), "biopsy"),
+            "specimen_site": np.full(len(path), "stomach"),
+            "collected_at": collected,
+            "reported_at": collected + np.timedelta64(3 * 86400, "s"),
+            "diagnosis_code": np.where(malignant, "C16.9", "K29.5"),
+            "diagnosis_text": np.where(malignant, "胃腺癌", "慢性萎缩性胃炎"),
+            "behaviour": np.where(malignant, "malignant", "benign"),
+            "report_status": np.full(len(path), "final"),
+        },
+        len(path),
+    )
     return province
 
 
