@@ -120,3 +120,11 @@ def _grow_partitions(
         with transport_errors(f"add partitions to {', '.join(sorted(short))}"):
             client.create_partitions(short)
     return sorted(short)
+
+
+def group_members(client: KafkaAdminClient, group_id: str) -> int:
+    """How many members the consumer group has now (0 for a group that is empty or unknown)."""
+    with transport_errors(f"describe consumer group {group_id}"):
+        described = client.describe_groups([group_id])
+    info = described.get(group_id) or {}
+    return len(info.get("members") or [])

@@ -194,6 +194,70 @@ def verify(
     raise typer.Exit(1)
 
 
+def relayout(
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", help="Only these datasets (repeatable).")
+    ] = None,
+    namespace: Namespace = "",
+) -> None:
+    """Rebuild provincial tables created before the (city, month) layout: one overwrite commit in
+    the new partitioning, then clustered by person_key. Applied versions, rows and time travel to
+    earlier versions are kept (and checked). Stop every replicator first: the table has one writer.
+    Tables already laid out, or not there, are left alone."""
+    from lakehouse.contracts import load_contracts
+    from lakehouse.kafka import admin, group_members
+    from lakehouse.replication.relayout import relayout_table
+    from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+
+    settings = get_settings()
+    try:
+        layout = _layout(settings, namespace)
+        names = sorted(n for n, c in load_contracts(settings.platform_dir).items() if c.shareable)
+        unknown = sorted(set(dataset or ()) - set(names))
+        if unknown:
+            raise typer.BadParameter(
+                f"not a shareable dataset: {', '.join(unknown)} (known: {', '.join(names)})"
+            )
+        client = admin(settings)
+        try:
+            members = group_members(client, layout.group_id)
+        finally:
+            client.close()
+        if members:
+            fail(
+                MedshareError(
+                    f"{members} replicator(s) of group {layout.group_id} are running: stop them first "
+                    "(the provincial tables have one writer), then run relayout again"
+                )
+            )
+        options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+        results = []
+        with progress_bar() as bar:
+            chosen = dataset or names
+            task = bar.add_task("relayout", total=len(chosen))
+            for name in chosen:
+                results.append(
+                    relayout_table(layout, name, options, lambda m: bar.update(task, description=m))
+                )
+                bar.advance(task)
+    except MedshareError as exc:
+        fail(exc)
+    table = Table("dataset", "was partitioned by", "rows", "files before", "files after", "versions", "s")
+    for r in results:
+        if not r.changed:
+            state = "not there" if not r.partitioned_by else "already (city, month)"
+            table.add_row(r.dataset, ", ".join(r.partitioned_by) or "-", "-", "-", "-", state, "-")
+            continue
+        versions = f"{r.from_version} → {r.to_version}"
+        files = (f"{r.files_before:,}", f"{r.files_after:,}")
+        table.add_row(
+            r.dataset, ", ".join(r.partitioned_by), f"{r.rows:,}", *files, versions, f"{r.seconds:.1f}"
+        )
+    Console(width=max(Console().width, 110)).print(table)
+    rebuilt = sum(r.changed for r in results)
+    console.print(f"{rebuilt} table(s) rebuilt; applied versions and row counts checked")
+
+
 def print_replication(settings: Settings, namespace: str = "", *, by_dataset: bool = False) -> bool:
     """The replication part of `medshare status`: how far the province is behind each city (one
     row per city, or per city and dataset), and what each replicator on this machine is doing;
@@ -285,3 +349,4 @@ def register(app: typer.Typer) -> None:
     app.command()(publish)
     app.command()(replicator)
     app.command()(verify)
+    app.command()(relayout)

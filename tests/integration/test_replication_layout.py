@@ -3,15 +3,19 @@ small units leave at a few files, with exactly-once versions, verify and time tr
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import CITY, MONTH, PROVINCE_PARTITIONS, ReplicationLayout
 from lakehouse.replication.replicator import COMPACT_AT_FILES
 from lakehouse.settings import Settings
+from lakehouse.shareable import shareable_schema
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 from tests.utils.replication import (
@@ -28,6 +32,10 @@ from tests.utils.replication import (
 )
 
 UNITS = 16
+
+
+def _files(table: DeltaTable) -> int:
+    return pa.table(table.get_add_actions(flatten=True)).num_rows
 
 
 def _files_in(table: DeltaTable, city: str, month: str) -> int:
@@ -75,3 +83,75 @@ def test_many_small_units_into_one_partition_leave_a_bounded_number_of_files(
         then = DeltaTable(layout.province_table("encounters").uri, version=version, storage_options=options)
         assert set(read_all(then)["encounter_id"].to_pylist()) == ids, version
     wait_verified(stack, layout, contracts, key, cities=[city])
+
+
+def test_relayout_rebuilds_an_old_table_keeping_versions_rows_and_time_travel(
+    stack: Settings,
+    topology: Topology,
+    layout: ReplicationLayout,
+    contracts: dict[str, Contract],
+    key: ProvinceKey,
+) -> None:
+    """A table the replicator created before the (city, month) layout — partitioned per hospital
+    too — rebuilt by `medshare relayout`: same rows, same applied versions, an earlier version
+    still readable, `verify` clean; the replicator then applies to it and compacts it as usual."""
+    enc = contracts["encounters"]
+    city = "luoyang"
+    ours = hospitals(topology, city)
+    options = delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE))
+    uri = layout.province_table("encounters").uri
+    old_partitions = (CITY, "hospital_id", MONTH)
+    schema = shareable_schema(enc).insert(0, pa.field(CITY, pa.string()))
+    write_deltalake(uri, schema.empty_table(), partition_by=list(old_partitions), storage_options=options)
+    with replicator_thread(stack, layout, contracts):
+        for k in range(3):
+            write_city(
+                stack, layout, city, enc, curated_rows(enc, [ours[k]], 12, months=2, salt=f"o{k}", seed=k)
+            )
+            publish(stack, layout, city, contracts, key)
+            wait_verified(stack, layout, contracts, key, cities=[city], datasets=["encounters"])
+    old = province_table(stack, layout, "encounters")
+    assert tuple(old.metadata().partition_columns) == old_partitions
+    served, applied = old.version(), old.transaction_version(layout.app_id(city, "encounters"))
+    before = sorted(read_all(old)["encounter_id"].to_pylist())
+    assert len(before) == 36 and applied is not None
+
+    def relayout() -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "medshare",
+                "relayout",
+                "--dataset",
+                "encounters",
+                "--namespace",
+                layout.namespace,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    assert "1 table(s) rebuilt" in relayout()
+    new = province_table(stack, layout, "encounters")
+    assert tuple(new.metadata().partition_columns) == PROVINCE_PARTITIONS
+    assert new.transaction_version(layout.app_id(city, "encounters")) == applied
+    assert sorted(read_all(new)["encounter_id"].to_pylist()) == before
+    # Each (city, month) is one file now, where there was one per hospital and month.
+    assert _files(new) == 2 < _files(old)
+    then = DeltaTable(uri, version=served, storage_options=options)
+    assert tuple(then.metadata().partition_columns) == old_partitions
+    assert sorted(read_all(then)["encounter_id"].to_pylist()) == before
+    wait_verified(stack, layout, contracts, key, cities=[city], datasets=["encounters"])
+    assert "already (city, month)" in relayout()
+
+    with replicator_thread(stack, layout, contracts):
+        write_city(stack, layout, city, enc, curated_rows(enc, [ours[3]], 6, months=1, salt="after", seed=9))
+        publish(stack, layout, city, contracts, key)
+        wait_verified(stack, layout, contracts, key, cities=[city], datasets=["encounters"])
+    assert province_table(stack, layout, "encounters").transaction_version(
+        layout.app_id(city, "encounters")
+    ) == (city_table(stack, layout, city, "encounters").version())
