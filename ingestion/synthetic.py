@@ -509,7 +509,7 @@ class RecordFactory:
             {
                 **base,
                 "study_instance_uid": study_uid,
-                "accession_number": f"ECG{n:08d}",
+                "accession_number": f"AE{n:08d}",
                 "patient_mrn": mrn,
                 "modality": "ECG",
                 "body_part": None,
