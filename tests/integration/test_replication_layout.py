@@ -103,20 +103,8 @@ def test_relayout_rebuilds_an_old_table_keeping_versions_rows_and_time_travel(
     old_partitions = (CITY, "hospital_id", MONTH)
     schema = shareable_schema(enc).insert(0, pa.field(CITY, pa.string()))
     write_deltalake(uri, schema.empty_table(), partition_by=list(old_partitions), storage_options=options)
-    with replicator_thread(stack, layout, contracts):
-        for k in range(3):
-            write_city(
-                stack, layout, city, enc, curated_rows(enc, [ours[k]], 12, months=2, salt=f"o{k}", seed=k)
-            )
-            publish(stack, layout, city, contracts, key)
-            wait_verified(stack, layout, contracts, key, cities=[city], datasets=["encounters"])
-    old = province_table(stack, layout, "encounters")
-    assert tuple(old.metadata().partition_columns) == old_partitions
-    served, applied = old.version(), old.transaction_version(layout.app_id(city, "encounters"))
-    before = sorted(read_all(old)["encounter_id"].to_pylist())
-    assert len(before) == 36 and applied is not None
 
-    def relayout() -> str:
+    def relayout(expect: int = 0) -> str:
         done = subprocess.run(
             [
                 sys.executable,
@@ -132,8 +120,23 @@ def test_relayout_rebuilds_an_old_table_keeping_versions_rows_and_time_travel(
             text=True,
             timeout=600,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout + done.stderr
+        assert done.returncode == expect, done.stdout + done.stderr
+        return " ".join((done.stdout + done.stderr).split())  # as one line, however rich wrapped it
+
+    with replicator_thread(stack, layout, contracts):
+        for k in range(3):
+            write_city(
+                stack, layout, city, enc, curated_rows(enc, [ours[k]], 12, months=2, salt=f"o{k}", seed=k)
+            )
+            publish(stack, layout, city, contracts, key)
+            wait_verified(stack, layout, contracts, key, cities=[city], datasets=["encounters"])
+        # The table has one writer: not while a replicator runs.
+        assert "are running: stop them first" in relayout(expect=1)
+    old = province_table(stack, layout, "encounters")
+    assert tuple(old.metadata().partition_columns) == old_partitions
+    served, applied = old.version(), old.transaction_version(layout.app_id(city, "encounters"))
+    before = sorted(read_all(old)["encounter_id"].to_pylist())
+    assert len(before) == 36 and applied is not None
 
     assert "1 table(s) rebuilt" in relayout()
     new = province_table(stack, layout, "encounters")
