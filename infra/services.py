@@ -128,8 +128,9 @@ def prepare_kafka(settings: Settings) -> Path:
             settings,
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            # One argument with '=': a base64 id starts with '-' one time in 64, and as a separate
+            # argument argparse then takes it for an option ("--cluster-id: expected one argument").
+            f"--cluster-id={cluster_id}",
             "-c",
             str(config),
             "--standalone",
