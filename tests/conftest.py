@@ -59,7 +59,12 @@ def stack(settings: Settings, topology: Topology) -> Iterator[Settings]:
     from infra import stack as stack_mod
 
     assert settings.state_dir == TEST_STATE_DIR, "tests must run on their own stack"
-    stack_mod.up(settings, topology)
+    try:
+        stack_mod.up(settings, topology)
+    except BaseException:
+        # A start that failed half way (Kafka after MinIO, say) must not leave MinIO running.
+        stack_mod.down(settings)
+        raise
     yield settings
     stack_mod.down(settings)
 
