@@ -6,6 +6,7 @@ so that code can take a fake in unit tests and the real broker in integration te
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -103,7 +104,21 @@ def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str =
                 raise
         else:
             created.append(topic.name)
+    _await_listed(client, set(created))
     return created + grown
+
+
+def _await_listed(client: KafkaAdminClient, names: set[str], timeout: float = 30.0) -> None:
+    """CreateTopics returns once the controller has the topics; the broker lists them a moment
+    later. Wait until it does, so that whoever is told they exist finds them."""
+    deadline = time.monotonic() + timeout
+    while names:
+        with transport_errors("list topics"):
+            names = names - set(client.list_topics())
+        if names and time.monotonic() > deadline:
+            raise TransportError(f"created but not listed after {timeout:.0f} s: {', '.join(sorted(names))}")
+        if names:
+            time.sleep(0.1)
 
 
 def _grow_partitions(
