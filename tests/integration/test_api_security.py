@@ -29,20 +29,12 @@ from lakehouse.storage import (
     site_credentials,
 )
 from lakehouse.topology import Topology
+from sharing_api.catalog import HISTORY
 from sharing_api.masking import Masker
 from tests.utils.api import ApiServer
 
 REASON = "unconscious on arrival, allergies unknown"
-DATASETS = (
-    "encounters",
-    "diagnoses",
-    "lab_results",
-    "medications",
-    "imaging_studies",
-    "teleconsultations",
-    "ecg_reports",
-    "pathology_reports",
-)
+DATASETS = HISTORY  # every dataset of the patient history: none may be read as a bulk emergency
 
 
 @pytest.fixture(scope="module")
