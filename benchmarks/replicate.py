@@ -284,7 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--rows", type=int, default=5_000_000, help="throughput phase's rows; 0 = skip")
     parser.add_argument("--big-unit-rows", type=int, default=5_000_000, help="one city, one unit; 0 = skip")
     parser.add_argument("--trickle-seconds", type=float, default=60)
     parser.add_argument("--trickle-rows", type=int, default=50)
@@ -292,6 +292,7 @@ def main() -> None:
     parser.add_argument(
         "--cities", default="3", help="how many of the topology's cities publish (first N), or `all` (18)"
     )
+    parser.add_argument("--out", type=Path, help="results file (default: by the number of cities)")
     args = parser.parse_args()
     settings = get_settings()
     topology = load_topology(settings.platform_dir)
@@ -310,8 +311,9 @@ def main() -> None:
     }
     layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
     make_topics(settings, layout)
-    results["throughput"] = throughput(settings, layout, args.rows, logs, cities)
-    print(json.dumps(results["throughput"], indent=1), flush=True)
+    if args.rows:
+        results["throughput"] = throughput(settings, layout, args.rows, logs, cities)
+        print(json.dumps(results["throughput"], indent=1), flush=True)
     if args.big_unit_rows:
         # The replicator's memory must not follow the size of a version: one unit of all rows.
         big = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
@@ -324,7 +326,9 @@ def main() -> None:
         settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs, cities
     )
     print(json.dumps(results["lag"], indent=1), flush=True)
-    out = RESULTS if len(cities) == len(CITIES) else RESULTS.with_name(f"replicate-{len(cities)}-cities.json")
+    out = args.out or (
+        RESULTS if len(cities) == len(CITIES) else RESULTS.with_name(f"replicate-{len(cities)}-cities.json")
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {out}")

@@ -43,27 +43,24 @@ class DeltaLog:
         self.month = month
 
     def latest_version(self, known: int | None = None) -> int | None:
-        """The newest committed version (None: no table). Lists only the commits after `known`."""
+        """The newest committed version (None: no table). Lists only from commit `known` on.
+
+        The listing includes `known` itself, so that one request both finds newer commits and
+        proves the table is still there — this runs for every table of every city twice a second.
+        """
         prefix = self.table.log_prefix
-        start = f"{prefix}{known:020d}.json" if known is not None else None
-        latest = known
+        start = f"{prefix}{known - 1:020d}.json" if known else None
+        latest = None
         with storage_errors(f"list {self.table.uri}/_delta_log"):
             for obj in self.client.list_objects(self.table.bucket, prefix=prefix, start_after=start):
                 m = _COMMIT.search(obj.object_name or "")
                 if m and (latest is None or int(m.group(1)) > latest):
                     latest = int(m.group(1))
-        if known is not None and latest == known and not self.exists(known):
-            return None
+        if latest is None and known:
+            # Nothing from `known` on: the table is gone or was recreated with fewer commits (the
+            # publisher refuses the latter); rare, so the whole log may be listed to tell which.
+            return self.latest_version()
         return latest
-
-    def exists(self, version: int) -> bool:
-        try:
-            self.client.stat_object(self.table.bucket, f"{self.table.log_prefix}{version:020d}.json")
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-        return True
 
     def commit(self, version: int) -> Commit:
         key = f"{self.table.log_prefix}{version:020d}.json"

@@ -14,11 +14,12 @@ from deltalake import DeltaTable
 from lakehouse import kafka
 from lakehouse.contracts import Column, Contract
 from lakehouse.pseudonyms import ProvinceKey, person_key
+from lakehouse.replication.deltalog import DeltaLog
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.replication.replicator import Replicator
 from lakehouse.replication.wire import Header
 from lakehouse.settings import Settings
-from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, remove_prefix, s3_client, site_credentials
 from lakehouse.topology import Topology
 from tests.utils.replication import (
     CITIES,
@@ -140,6 +141,28 @@ def test_publisher_restart_neither_skips_nor_repeats(
     units = units_on_topic(stack, layout, "encounters")
     # Two pending commits coalesce into one unit at the newest version; each unit once.
     assert [(u.version, u.prev) for u in units] == [(0, -1), (v2, 0)]
+
+
+def test_the_log_reader_finds_new_commits_and_a_deleted_table_in_one_listing(
+    stack: Settings, topology: Topology, layout: ReplicationLayout, contracts: dict[str, Contract]
+) -> None:
+    enc, city = contracts["encounters"], "zhengzhou"
+    table = layout.city_table(city, enc.name)
+    client = s3_client(stack, site_credentials(stack, city))
+    log = DeltaLog(client, table, hospital="hospital_id", month="month")
+    assert log.latest_version() is None
+    rows = curated_rows(enc, hospitals(topology, city), 30, months=1)
+    versions = [write_city(stack, layout, city, enc, rows) for _ in range(3)]
+    assert versions == [0, 1, 2]
+    assert log.latest_version() == 2
+    assert [log.latest_version(known=v) for v in versions] == [2, 2, 2]
+    # The table deleted under a publisher that knows version 2: no table, not "still at 2".
+    remove_prefix(client, [table.bucket], table.log_prefix)
+    assert log.latest_version(known=2) is None
+    assert log.latest_version(known=0) is None
+    # Recreated with fewer commits: the reader says so (the publisher then refuses to go on).
+    assert write_city(stack, layout, city, enc, rows) == 0
+    assert log.latest_version(known=2) == 0
 
 
 def test_a_replayed_stream_changes_nothing(
