@@ -42,7 +42,15 @@ from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings, get_settings
 from lakehouse.storage import PROVINCE_SITE, s3_client, site_credentials
 from lakehouse.topology import load_topology
-from tests.utils.replication import CITIES, curated_rows, make_topics, medshare, province_table, write_city
+from tests.utils.replication import (
+    CITIES,
+    curated_rows,
+    discard,
+    make_topics,
+    medshare,
+    province_table,
+    write_city,
+)
 
 DATASET = "encounters"
 RESULTS = Path(__file__).parent / "results" / "replicate.json"
@@ -293,6 +301,7 @@ def main() -> None:
         "--cities", default="3", help="how many of the topology's cities publish (first N), or `all` (18)"
     )
     parser.add_argument("--out", type=Path, help="results file (default: by the number of cities)")
+    parser.add_argument("--keep", action="store_true", help="keep the runs' topics and tables")
     args = parser.parse_args()
     settings = get_settings()
     topology = load_topology(settings.platform_dir)
@@ -309,22 +318,31 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "logs": str(logs),
     }
-    layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
-    make_topics(settings, layout)
-    if args.rows:
-        results["throughput"] = throughput(settings, layout, args.rows, logs, cities)
-        print(json.dumps(results["throughput"], indent=1), flush=True)
-    if args.big_unit_rows:
-        # The replicator's memory must not follow the size of a version: one unit of all rows.
-        big = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
-        make_topics(settings, big)
-        results["big_unit"] = throughput(settings, big, args.big_unit_rows, logs, cities=("zhengzhou",))
-        print(json.dumps(results["big_unit"], indent=1), flush=True)
-    lag_layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
-    make_topics(settings, lag_layout)
-    results["lag"] = trickle(
-        settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs, cities
-    )
+    layouts: list[ReplicationLayout] = []
+
+    def new_layout() -> ReplicationLayout:
+        layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
+        make_topics(settings, layout)
+        layouts.append(layout)
+        return layout
+
+    try:
+        if args.rows:
+            results["throughput"] = throughput(settings, new_layout(), args.rows, logs, cities)
+            print(json.dumps(results["throughput"], indent=1), flush=True)
+        if args.big_unit_rows:
+            # The replicator's memory must not follow the size of a version: one unit of all rows.
+            big = throughput(settings, new_layout(), args.big_unit_rows, logs, cities=("zhengzhou",))
+            results["big_unit"] = big
+            print(json.dumps(big, indent=1), flush=True)
+        lag_layout = new_layout()
+        results["lag"] = trickle(
+            settings, lag_layout, args.trickle_seconds, args.trickle_rows, args.trickle_interval, logs, cities
+        )
+    finally:
+        if not args.keep:  # the benchmark's topics and tables, out of the user's stack
+            for layout in layouts:
+                discard(settings, layout)
     print(json.dumps(results["lag"], indent=1), flush=True)
     out = args.out or (
         RESULTS if len(cities) == len(CITIES) else RESULTS.with_name(f"replicate-{len(cities)}-cities.json")

@@ -108,6 +108,21 @@ def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str =
     return created + grown
 
 
+def delete_namespace_topics(client: KafkaAdminClient, namespace: str) -> list[str]:
+    """Delete every topic of a test's or benchmark's namespace; the names deleted.
+
+    A namespace's topics have 18 partitions each (one per city), and every partition holds file
+    handles in the broker: a test session that left each test's topics behind ran the broker out
+    of descriptors ("Too many open files") after ~100 fault rounds, and the broker shut down."""
+    if not namespace:
+        raise ValueError("no namespace: refusing to delete the platform's own topics")
+    with transport_errors(f"delete the topics of namespace {namespace}"):
+        names = sorted(t for t in client.list_topics() if t.startswith(f"{namespace}."))
+        if names:
+            client.delete_topics(names)
+    return names
+
+
 def _await_listed(client: KafkaAdminClient, names: set[str], timeout: float = 30.0) -> None:
     """CreateTopics returns once the controller has the topics; the broker lists them a moment
     later. Wait until it does, so that whoever is told they exist finds them."""

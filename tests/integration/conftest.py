@@ -19,7 +19,7 @@ from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings
 from lakehouse.topology import Topology
 from tests.utils.province import Province
-from tests.utils.replication import make_topics
+from tests.utils.replication import drop_topics, make_topics
 from tests.utils.user_stack import snapshot, user_settings
 
 
@@ -49,10 +49,13 @@ def key(settings: Settings) -> ProvinceKey:
 
 
 @pytest.fixture
-def layout(stack: Settings, topology: Topology, unique: str) -> ReplicationLayout:
+def layout(stack: Settings, topology: Topology, unique: str) -> Iterator[ReplicationLayout]:
     layout = ReplicationLayout(topology, f"t{unique}")
     make_topics(stack, layout)
-    return layout
+    yield layout
+    # Each namespace is 13 topics × 18 partitions of broker file handles: left behind, a long
+    # session (`make test-faults FAULT_REPEATS=20`) ran the tests' broker out of descriptors.
+    drop_topics(stack, layout)
 
 
 # -- the sharing API ------------------------------------------------------------------------------

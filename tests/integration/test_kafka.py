@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from kafka import TopicPartition
 from kafka.admin import NewTopic
 
@@ -41,6 +42,24 @@ def test_topics_with_fewer_partitions_than_the_topology_are_grown(
         assert kafka.ensure_topics(client, topology, unique) == []
     finally:
         client.delete_topics(sorted(names))
+        client.close()
+
+
+def test_a_namespace_is_deleted_with_exactly_its_topics(
+    stack: Settings, topology: Topology, unique: str
+) -> None:
+    client = kafka.admin(stack)
+    try:
+        created = kafka.ensure_topics(client, topology, f"a{unique}")
+        beside = kafka.ensure_topics(client, topology, f"a{unique}x")  # shares the prefix, not the dot
+        assert sorted(kafka.delete_namespace_topics(client, f"a{unique}")) == sorted(created)
+        with pytest.raises(ValueError):
+            kafka.delete_namespace_topics(client, "")
+        left = set(client.list_topics())
+        assert not left & set(created) and set(beside) <= left
+        assert {t.name for t in topology.kafka.topics} <= left  # the platform's own
+        kafka.delete_namespace_topics(client, f"a{unique}x")
+    finally:
         client.close()
 
 

@@ -33,7 +33,14 @@ from lakehouse.replication.verify import VerifyReport, verify
 from lakehouse.replication.wire import Header
 from lakehouse.settings import Settings
 from lakehouse.shareable import ARROW_TYPES, shareable_schema
-from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.storage import (
+    PROVINCE_SITE,
+    delta_storage_options,
+    remove_prefix,
+    root_credentials,
+    s3_client,
+    site_credentials,
+)
 from lakehouse.topology import Topology
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -150,6 +157,23 @@ def make_topics(settings: Settings, layout: ReplicationLayout) -> None:
         kafka.ensure_topics(client, layout.topology, layout.namespace)
     finally:
         client.close()
+
+
+def drop_topics(settings: Settings, layout: ReplicationLayout) -> None:
+    """Delete the layout's topics (its namespace's), as a test or benchmark ends."""
+    client = kafka.admin(settings)
+    try:
+        kafka.delete_namespace_topics(client, layout.namespace)
+    finally:
+        client.close()
+
+
+def discard(settings: Settings, layout: ReplicationLayout) -> None:
+    """Remove everything a namespace wrote: its topics, and its city and provincial tables."""
+    drop_topics(settings, layout)
+    topology = layout.topology
+    buckets = [c.buckets.curated for c in topology.cities] + [topology.province.buckets.lakehouse]
+    remove_prefix(s3_client(settings, root_credentials(settings)), buckets, f"{layout.namespace}/")
 
 
 @contextmanager
