@@ -54,13 +54,6 @@ TRANSACTION_TIMEOUT_MS = 600_000
 # Markers of a committed transaction reach the partitions shortly after the commit returns.
 CONFIRM_SECONDS = 30.0
 SCAN_BATCH_ROWS = 65_536
-# A follower looks at a table whose log did not change less and less often (0.5, 1, 2, 4 s):
-# at 18 cities × 10 datasets, listing every log twice a second was most of the publishers' CPU
-# on a small machine (docs/benchmarks.md, replication at 18 cities), and mostly for tables that
-# had nothing new. A table waking up after such a pause wakes the city's other tables too, since
-# an ingestion run commits them one after another.
-FIRST_IDLE_LOOK_S = 0.5
-LONGEST_IDLE_LOOK_S = 4.0
 
 
 class PublishError(MedshareError):
@@ -117,30 +110,6 @@ def _lookahead(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
 _END = object()
 
 
-class LookSchedule:
-    """When a following publisher next looks at each table's log (see FIRST_IDLE_LOOK_S)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._idle: dict[str, int] = {}  # looks in a row that found nothing new
-        self._next: dict[str, float] = {}
-
-    def due(self, name: str) -> bool:
-        return self.clock() >= self._next.get(name, 0.0)
-
-    def looked(self, name: str, *, changed: bool) -> None:
-        idle = self._idle.get(name, 0)
-        if not changed:
-            self._idle[name] = idle + 1
-            self._next[name] = self.clock() + min(FIRST_IDLE_LOOK_S * 2**idle, LONGEST_IDLE_LOOK_S)
-        elif idle > 2:  # waking up after a pause: look at every table again at once
-            self._idle.clear()
-            self._next.clear()
-        else:
-            self._idle[name] = 0
-            self._next.pop(name, None)
-
-
 class Publisher:
     """One city's publisher. Not thread-safe: one per city and process."""
 
@@ -170,7 +139,6 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         self._progress: KafkaConsumer | None = None
         self.published: dict[str, int] = {}
-        self.looks = LookSchedule()
 
     # -- Kafka: the transactional producer and the progress it wrote -----------------------
     def _connect(self) -> KafkaProducer:
@@ -255,17 +223,13 @@ class Publisher:
             time.sleep(0.05)
 
     # -- what to ship ----------------------------------------------------------------------
-    def pending(self, *, due_only: bool = False) -> list[Unit]:
-        """Units waiting to be shipped; `due_only` skips tables whose next look is not due yet."""
+    def pending(self) -> list[Unit]:
         self._connect()
         units = []
         for name, delta_log in self.logs.items():
-            if due_only and not self.looks.due(name):
-                continue
             unit = self._pending_unit(name, delta_log)
             if unit is not None:
                 units.append(unit)
-            self.looks.looked(name, changed=unit is not None)
         return units
 
     def _pending_unit(self, name: str, delta_log: DeltaLog) -> Unit | None:
@@ -401,15 +365,13 @@ class Publisher:
             log.warning("could not abort the transaction (%s); a new producer will", exc)
             self.close()
 
-    def run_once(
-        self, *, attempts: int = 5, stop: threading.Event | None = None, due_only: bool = False
-    ) -> PublishReport:
+    def run_once(self, *, attempts: int = 5, stop: threading.Event | None = None) -> PublishReport:
         """Publish everything pending, once. Broker or storage failures are retried with backoff."""
         report = PublishReport(self.city)
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
             try:
-                units = self.pending(due_only=due_only)
+                units = self.pending()
                 for done, unit in enumerate(units):
                     if stop is not None and stop.is_set():
                         break
@@ -434,7 +396,7 @@ class Publisher:
         """Publish as commits appear until `stop` is set; failures are retried, never fatal."""
         while not stop.is_set():
             try:
-                self.run_once(attempts=1, stop=stop, due_only=True)
+                self.run_once(attempts=1, stop=stop)
             except (KafkaError, DeltaError, OSError, MedshareError) as exc:
                 if isinstance(exc, PublishError):
                     raise
