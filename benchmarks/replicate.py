@@ -197,6 +197,42 @@ def _commit_times(client, bucket: str, path: str) -> list[tuple[int, int, dict[s
     return sorted(out)
 
 
+def _published_times(settings: Settings, layout: ReplicationLayout) -> dict[str, list[tuple[int, int]]]:
+    """(version, published_ms) of every unit each city's publisher committed, by city: the
+    publishers' progress records, read back from the layout's progress topic."""
+    from kafka import TopicPartition
+
+    from lakehouse import kafka
+
+    consumer = kafka.consumer(settings, group_id=None)
+    try:
+        topic = layout.progress_topic
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out: dict[str, list[tuple[int, int]]] = {}
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                for record in records:
+                    city, _, dataset = (record.key or b"").decode().partition("/")
+                    if dataset == DATASET and record.value:
+                        value = json.loads(record.value)
+                        out.setdefault(city, []).append((int(value["version"]), int(value["published_ms"])))
+        return out
+    finally:
+        consumer.close()
+
+
+def _quantiles(values: list[float], prefix: str) -> dict[str, float]:
+    values = sorted(values)
+    return {
+        f"{prefix}_p50_s": round(statistics.median(values), 3),
+        f"{prefix}_p99_s": round(values[min(len(values) - 1, int(len(values) * 0.99))], 3),
+    }
+
+
 def trickle(
     settings: Settings,
     layout: ReplicationLayout,
@@ -255,7 +291,12 @@ def trickle(
     province_commits = _commit_times(
         s3_client(settings, site_credentials(settings, PROVINCE_SITE)), province.bucket, province.path
     )
+    published = _published_times(settings, layout)
     lags: list[float] = []
+    # Where the lag is spent: city commit → its unit committed to Kafka (the publisher), and
+    # from there → the provincial commit (Kafka to the replicator, its queue and its apply).
+    to_kafka: list[float] = []
+    from_kafka: list[float] = []
     never: list[str] = []
     for city in cities:
         app_id = layout.app_id(city, DATASET)
@@ -266,10 +307,14 @@ def trickle(
             if version == 0:  # existed before the processes started
                 continue
             reached = [p_ts for _, p_ts, txns in province_commits if txns.get(app_id, -1) >= version]
-            if reached:
-                lags.append((min(reached) - ts) / 1000)
-            else:
+            if not reached:
                 never.append(f"{city} v{version}")
+                continue
+            lags.append((min(reached) - ts) / 1000)
+            sent = [p_ms for v, p_ms in published.get(city, []) if v >= version]
+            if sent:
+                to_kafka.append((min(sent) - ts) / 1000)
+                from_kafka.append((min(reached) - min(sent)) / 1000)
     lags.sort()
     if never or not lags:
         raise SystemExit(f"{len(never)} city commit(s) never reached the province: {never[:10]}")
@@ -283,6 +328,8 @@ def trickle(
         "lag_p50_s": round(statistics.median(lags), 3),
         "lag_p99_s": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
         "lag_max_s": round(lags[-1], 3),
+        **(_quantiles(to_kafka, "to_kafka") if to_kafka else {}),
+        **(_quantiles(from_kafka, "kafka_to_province") if from_kafka else {}),
         "replicator_peak_rss_mb": round(rss),
         "publisher_exit_codes": codes,
     }
