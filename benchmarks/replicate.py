@@ -37,6 +37,9 @@ from pathlib import Path
 # The curated-shaped table generator is shared with the replication tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kafka import TopicPartition
+
+from lakehouse import kafka
 from lakehouse.contracts import load_contracts
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings, get_settings
@@ -200,10 +203,6 @@ def _commit_times(client, bucket: str, path: str) -> list[tuple[int, int, dict[s
 def _published_times(settings: Settings, layout: ReplicationLayout) -> dict[str, list[tuple[int, int]]]:
     """(version, published_ms) of every unit each city's publisher committed, by city: the
     publishers' progress records, read back from the layout's progress topic."""
-    from kafka import TopicPartition
-
-    from lakehouse import kafka
-
     consumer = kafka.consumer(settings, group_id=None)
     try:
         topic = layout.progress_topic
@@ -325,8 +324,7 @@ def trickle(
         "commits_never_applied": len(never),
         **checked,
         "lags_measured": len(lags),
-        "lag_p50_s": round(statistics.median(lags), 3),
-        "lag_p99_s": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+        **_quantiles(lags, "lag"),
         "lag_max_s": round(lags[-1], 3),
         **(_quantiles(to_kafka, "to_kafka") if to_kafka else {}),
         **(_quantiles(from_kafka, "kafka_to_province") if from_kafka else {}),

@@ -93,7 +93,6 @@ def _copy_info(uri: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-
     from benchmarks.analytics import ensure_data
     from infra.recipient import read_share
     from lakehouse.settings import get_settings

@@ -149,13 +149,25 @@ def test_the_log_reader_finds_new_commits_and_a_deleted_table_in_one_listing(
     enc, city = contracts["encounters"], "zhengzhou"
     table = layout.city_table(city, enc.name)
     client = s3_client(stack, site_credentials(stack, city))
-    log = DeltaLog(client, table, hospital="hospital_id", month="month")
+    requests: list[str] = []
+
+    class Counted:
+        """The real client, with the name of every call the reader makes to it recorded."""
+
+        def __getattr__(self, name: str) -> object:
+            requests.append(name)
+            return getattr(client, name)
+
+    log = DeltaLog(Counted(), table, hospital="hospital_id", month="month")  # type: ignore[arg-type]
     assert log.latest_version() is None
     rows = curated_rows(enc, hospitals(topology, city), 30, months=1)
     versions = [write_city(stack, layout, city, enc, rows) for _ in range(3)]
     assert versions == [0, 1, 2]
     assert log.latest_version() == 2
+    requests.clear()
     assert [log.latest_version(known=v) for v in versions] == [2, 2, 2]
+    # A look that finds nothing new (known = 2) is one listing, like the others.
+    assert requests == ["list_objects"] * 3
     # The table deleted under a publisher that knows version 2: no table, not "still at 2".
     remove_prefix(client, [table.bucket], table.log_prefix)
     assert log.latest_version(known=2) is None
