@@ -66,18 +66,36 @@ def hospitals(spark: SparkSession, topology: Topology) -> DataFrame:
 
 
 def disease_burden(spark: SparkSession, topology: Topology) -> DataFrame:
+    """Diagnoses, encounters and patients by city, month and ICD-10 chapter.
+
+    Two distinct counts in one aggregation make Spark copy every row once per count (Expand)
+    and shuffle both copies; counting per encounter, then per patient, then per cell shuffles
+    the rows once, clustered by (cell, patient) so the later steps need no further exchange.
+    An encounter is one patient's, so its diagnoses share one person_key."""
     from pyspark.sql import functions as F
 
     titles = spark.createDataFrame(list(TITLES.items()), "icd10_chapter string, chapter_title string")
-    return (
+    cell = ["city", "month", "icd10_chapter"]
+    diagnoses = (
         spark.table(f"{PROVINCE_DB}.diagnoses")
         .withColumn("month", _month("diagnosed_at"))
         .withColumn("icd10_chapter", chapter_column(F.col("icd10_code")))
-        .groupBy("city", "month", "icd10_chapter")
+        .select(*cell, "person_key", "hospital_id", "encounter_id")
+        .repartition(*cell, "person_key")
+    )
+    encounter = F.col("hospital_id").isNotNull() & F.col("encounter_id").isNotNull()
+    per_encounter = diagnoses.groupBy(*cell, "person_key", "hospital_id", "encounter_id").agg(
+        F.count(F.lit(1)).alias("n"), F.max(F.when(encounter, 1).otherwise(0)).alias("is_encounter")
+    )
+    per_patient = per_encounter.groupBy(*cell, "person_key").agg(
+        F.sum("n").alias("n"), F.sum("is_encounter").alias("encounters")
+    )
+    return (
+        per_patient.groupBy(*cell)
         .agg(
-            F.count(F.lit(1)).alias("diagnoses"),
-            F.countDistinct("hospital_id", "encounter_id").alias("encounters"),
-            F.countDistinct("person_key").alias("patients"),
+            F.sum("n").alias("diagnoses"),
+            F.sum("encounters").alias("encounters"),
+            F.count("person_key").alias("patients"),
         )
         .join(F.broadcast(titles), "icd10_chapter", "left")
     )
@@ -143,7 +161,13 @@ def readmissions(spark: SparkSession, topology: Topology) -> DataFrame:
     inpatient admission in the data (later ones cannot be followed for 30 days yet). A stay is
     followed by a readmission when the same patient is admitted as an inpatient (any hospital)
     after the discharge and no more than 30 days after it.
+
+    Each patient's admissions and discharges are put on one time line (one shuffle by
+    person_key, no self-join): walking it backwards, the earliest admission seen so far when a
+    discharge is reached is the first one after it. At equal times a discharge is walked before
+    an admission, so an admission at the very instant of a discharge does not count as after it.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     inpatient = (
@@ -153,34 +177,53 @@ def readmissions(spark: SparkSession, topology: Topology) -> DataFrame:
     )
     horizon = inpatient.agg(F.max("admit_time").alias("latest"))
     window = F.expr(f"INTERVAL {READMISSION_DAYS} DAYS")
-    index = (
-        inpatient.where(F.col("discharge_time").isNotNull())
+    admissions = inpatient.where(F.col("person_key").isNotNull() & F.col("admit_time").isNotNull()).select(
+        F.lit(None).cast("string").alias("hospital_id"),
+        F.lit(None).cast("string").alias("encounter_id"),
+        "person_key",
+        F.col("admit_time").alias("at"),
+        F.lit(0).alias("is_discharge"),
+    )
+    discharges = inpatient.where(F.col("discharge_time").isNotNull()).select(
+        "hospital_id",
+        "encounter_id",
+        "person_key",
+        F.col("discharge_time").alias("at"),
+        F.lit(1).alias("is_discharge"),
+    )
+    backwards = (
+        Window.partitionBy("person_key")
+        .orderBy(F.col("at").desc(), F.col("is_discharge").desc())
+        .rowsBetween(Window.unboundedPreceding, -1)
+    )
+    next_admission = F.min(F.when(F.col("is_discharge") == 0, F.col("at"))).over(backwards)
+    stays = (
+        admissions.unionByName(discharges)
+        .withColumn("next_admission", next_admission)
+        .where(F.col("is_discharge") == 1)
         .crossJoin(F.broadcast(horizon))
-        .where(F.col("discharge_time") <= F.col("latest") - window)
-        .drop("latest")
-    )
-    later = inpatient.select(F.col("person_key").alias("p2"), F.col("admit_time").alias("readmit_time"))
-    followed = (
-        index.join(
-            later,
-            (F.col("person_key") == F.col("p2"))
-            & (F.col("readmit_time") > F.col("discharge_time"))
-            & (F.col("readmit_time") <= F.col("discharge_time") + window),
+        .where(F.col("at") <= F.col("latest") - window)
+        .withColumn(
+            "readmitted",
+            F.col("person_key").isNotNull()
+            & F.coalesce(F.col("next_admission") <= F.col("at") + window, F.lit(False)),
         )
-        .select("hospital_id", "encounter_id")
-        .distinct()
-        .withColumn("readmitted", F.lit(True))
     )
-    flagged = index.join(followed, ["hospital_id", "encounter_id"], "left").withColumn(
-        "readmitted", F.coalesce("readmitted", F.lit(False))
+    # Per patient first, then per hospital: one distinct count each, no Expand of the rows.
+    per_patient = stays.groupBy("hospital_id", "person_key").agg(
+        F.count(F.lit(1)).alias("stays"),
+        F.sum(F.col("readmitted").cast("long")).alias("readmissions"),
+        F.max(F.col("readmitted").cast("int")).alias("readmitted"),
     )
     return (
-        flagged.groupBy("hospital_id")
+        per_patient.groupBy("hospital_id")
         .agg(
-            F.count(F.lit(1)).alias("index_stays"),
-            F.countDistinct("person_key").alias("patients"),
-            F.sum(F.col("readmitted").cast("long")).alias("readmissions"),
-            F.countDistinct(F.when(F.col("readmitted"), F.col("person_key"))).alias("readmitted_patients"),
+            F.sum("stays").alias("index_stays"),
+            F.count("person_key").alias("patients"),
+            F.sum("readmissions").alias("readmissions"),
+            F.coalesce(F.sum(F.when(F.col("person_key").isNotNull(), F.col("readmitted"))), F.lit(0))
+            .cast("long")
+            .alias("readmitted_patients"),
         )
         .withColumn("readmission_rate", F.round(F.col("readmissions") / F.col("index_stays"), 4))
         .join(
