@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 2
 # One job is enough to prove the cluster path (executor JVMs, jars, shuffles between processes,
-# Python on the workers): the readmission self-join shuffles both sides. Every job's own result is
-# checked on local[*] by test_analytics_jobs; a second job here cost ~40 s of `make test`.
+# Python on the workers): readmissions shuffles every stay by patient between the executors.
+# Every job's own result is checked on local[*] by test_analytics_jobs; a second job here cost
+# ~40 s of `make test`.
 CLUSTER_JOBS = ("readmissions_30d",)
 APP_NAME = "medshare-analytics-run"  # what `medshare analytics run` names its application
 
