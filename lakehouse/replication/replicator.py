@@ -78,6 +78,10 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 # person_key, files of up to COMPACT_TARGET_BYTES), so a table stays at about one file per city
 # and month however many small units arrive. See docs/replication.md ("Provincial layout").
 COMPACT_AT_FILES = 8
+# Units applied together in one commit (see `Replicator.apply_ready`) hold at most this many bytes
+# of chunks; a bigger unit is applied alone, as before group commit, so a write's open files and
+# memory stay those of one unit (the fixed cost a group saves is negligible beside a big unit's).
+GROUP_BYTES = 16 * 1024 * 1024
 COMPACT_TARGET_BYTES = 128 * 1024 * 1024
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -137,6 +141,7 @@ class Spool:
     partitions: int = 0  # (hospital, month) pairs
     months: int = 0
     ready: bool = False  # its last chunk is in; applied with the next group
+    size: int = 0  # bytes of its chunks
     _file: IO[bytes] | None = None
 
     @property
@@ -153,6 +158,7 @@ class Spool:
                 self._file = self.path.open("wb")
             self._file.write(struct.pack(">Q", len(value)))
             self._file.write(value)
+            self.size += len(value)
         self.messages.append(
             _Message(record.topic, record.partition, record.offset, record.key, list(record.headers or []))
         )
@@ -412,10 +418,7 @@ class Replicator:
         if not self.ready:
             return
         ready, self.ready = self.ready, []
-        groups: dict[tuple[str, str], list[Spool]] = {}
-        for spool in ready:
-            groups.setdefault((spool.header.dataset, spool.header.schema), []).append(spool)
-        for units in groups.values():
+        for units in commit_groups(ready):
             self.health.busy("apply " + ", ".join(s.label for s in units))
             try:
                 self.apply(units)
@@ -791,6 +794,18 @@ def _reason_kind(reason: str) -> str:
         if kind in reason:
             return kind.lower()
     return "other"
+
+
+def commit_groups(ready: list[Spool], limit: int = GROUP_BYTES) -> list[list[Spool]]:
+    """The units to apply together, in arrival order: those of one dataset and schema, up to
+    `limit` bytes of chunks a group (a unit over it is a group of its own)."""
+    groups: dict[tuple[str, str], list[list[Spool]]] = {}
+    for spool in ready:
+        batches = groups.setdefault((spool.header.dataset, spool.header.schema), [[]])
+        if batches[-1] and sum(s.size for s in batches[-1]) + spool.size > limit:
+            batches.append([])
+        batches[-1].append(spool)
+    return [batch for batches in groups.values() for batch in batches]
 
 
 def predicate(header: Header) -> str:
