@@ -11,8 +11,9 @@ Chunks of a unit are spooled to local disk as they arrive, then streamed into a 
 `write_deltalake` call: memory stays bounded whatever the unit's size, and units of different
 cities may interleave in one partition. The small units complete in one poll are written
 together, one commit per dataset with a `txn` for each (group commit: the fixed cost of a commit
-is paid per batch, which is what keeps 18 trickling cities' lag at seconds). Messages that cannot be decoded or applied go to the
-dead-letter table with their bytes and the reason; storage and broker failures are retried.
+is paid per batch, which is what keeps 18 trickling cities' lag at seconds). Messages that
+cannot be decoded or applied go to the dead-letter table with their bytes and the reason;
+storage and broker failures are retried.
 """
 
 from __future__ import annotations
