@@ -280,10 +280,20 @@ def main() -> None:
         print(f"cluster up in {up:.1f} s: {root}", flush=True)
         admin.create_topics([NewTopic(TOPIC, PARTITIONS, 2)])
         wait_for("topic fully replicated", lambda: isr_sizes(admin) == [2] * PARTITIONS, 60)
-        admin.close()
+        at_kill: dict[str, Any] = {}
+
+        def kill_site_a() -> None:
+            # What the partitions looked like the moment site A died: an ISR of A alone means
+            # acks=all was satisfied by A alone (min.insync.replicas=1).
+            (topic,) = admin.describe_topics([TOPIC])
+            at_kill["isr"] = [p.get("isr_nodes", p.get("isr")) for p in topic["partitions"]]
+            at_kill["leaders"] = [p.get("leader_id", p.get("leader")) for p in topic["partitions"]]
+            a.kill9()
 
         print(f"producing for {args.seconds:.0f} s; site A killed at {args.kill_at:.0f} s", flush=True)
-        produced = produce(settings, args.seconds, args.interval, args.kill_at, a.kill9)
+        produced = produce(settings, args.seconds, args.interval, args.kill_at, kill_site_a)
+        admin.close()
+        produced["at_kill"] = at_kill
         found = read_back(only_b)
         committed = produced.pop("committed")
         lost = sorted(set(committed) - set(found))
