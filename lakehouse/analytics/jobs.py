@@ -70,8 +70,9 @@ def disease_burden(spark: SparkSession, topology: Topology) -> DataFrame:
 
     Two distinct counts in one aggregation make Spark copy every row once per count (Expand)
     and shuffle both copies; counting per encounter, then per patient, then per cell shuffles
-    the rows once, clustered by (cell, patient) so the later steps need no further exchange.
-    An encounter is one patient's, so its diagnoses share one person_key."""
+    the rows once, clustered by (cell, patient) so the per-encounter and per-patient steps need
+    no further exchange (only the small per-patient counts move again). An encounter is one
+    patient's, so its diagnoses share one person_key."""
     from pyspark.sql import functions as F
 
     titles = spark.createDataFrame(list(TITLES.items()), "icd10_chapter string, chapter_title string")
