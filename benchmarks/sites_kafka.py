@@ -43,7 +43,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 from benchmarks.machine import machine
-from infra.services import _kafka_java
+from infra.services import kafka_java
 from lakehouse import kafka
 from lakehouse.settings import Settings, get_settings, load_settings
 
@@ -117,7 +117,7 @@ class Node:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "server.properties"
         config.write_text(self.properties())
-        argv = _kafka_java(
+        argv = kafka_java(
             settings, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)
         )
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -125,7 +125,7 @@ class Node:
             raise SystemExit(f"formatting node {self.id} failed:\n{proc.stdout}{proc.stderr}")
 
     def start(self, settings: Settings) -> None:
-        argv = _kafka_java(settings, "kafka.Kafka", str(self.dir / "server.properties"))
+        argv = kafka_java(settings, "kafka.Kafka", str(self.dir / "server.properties"))
         log = (self.dir / "kafka.log").open("ab")
         env = {**os.environ, "LOG_DIR": str(self.dir)}
         self.proc = subprocess.Popen(

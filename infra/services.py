@@ -99,7 +99,8 @@ def _kafka_properties(settings: Settings, data: Path) -> str:
     )
 
 
-def _kafka_java(settings: Settings, main: str, *args: str) -> tuple[str, ...]:
+def kafka_java(settings: Settings, main: str, *args: str) -> tuple[str, ...]:
+    """The java command line running a Kafka main class from the cached jars (also the two-site spike's)."""
     classpath = f"{settings.kafka_jars_dir}/*"
     log4j = INFRA_DIR / "kafka" / "log4j2.properties"
     return (
@@ -124,7 +125,7 @@ def prepare_kafka(settings: Settings) -> Path:
     config.write_text(_kafka_properties(settings, data))
     if not (data / "log" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        argv = _kafka_java(
+        argv = kafka_java(
             settings,
             "kafka.tools.StorageTool",
             "format",
@@ -159,7 +160,7 @@ def kafka_spec(settings: Settings) -> ServiceSpec:
 
     return ServiceSpec(
         name="kafka",
-        argv=_kafka_java(settings, "kafka.Kafka", str(data / "server.properties")),
+        argv=kafka_java(settings, "kafka.Kafka", str(data / "server.properties")),
         env={
             "LOG_DIR": str(log.parent),
             "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", ""),

@@ -322,12 +322,10 @@ def test_units_waiting_from_several_cities_share_one_commit_each_with_its_own_ve
         wait_verified(stack, layout, contracts, key, datasets=["encounters"])
 
     # Read back through the Delta protocol: each table version's txn versions per city.
-    latest = province_table(stack, layout, "encounters")
-    options = delta_storage_options(stack, site_credentials(stack, PROVINCE_SITE))
-    uri = layout.province_table("encounters").uri
+    table = province_table(stack, layout, "encounters")
     steps = []
-    for version in range(latest.version() + 1):
-        table = DeltaTable(uri, version=version, storage_options=options)
+    for version in range(table.version() + 1):
+        table.load_as_version(version)
         steps.append({c: table.transaction_version(layout.app_id(c, "encounters")) for c in CITIES})
     advanced = [sum(now[c] != before[c] for c in CITIES) for before, now in itertools.pairwise(steps)]
     assert max([sum(v is not None for v in steps[0].values()), *advanced]) >= 2, steps
