@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from minio import MinioAdmin
 from minio.commonconfig import ENABLED
@@ -18,6 +19,7 @@ from lakehouse.storage import (
     API_READER_SITE,
     AUDIT_SITE,
     PROVINCE_SITE,
+    PROVINCIAL_IDENTITIES,
     SHARING_SITE,
     SIGNER_SITE,
     root_credentials,
@@ -81,40 +83,63 @@ def bucket_policy(read_write: tuple[str, ...], read_only: tuple[str, ...] = ()) 
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def _admin(settings: Settings) -> MinioAdmin:
+def _admin(settings: Settings, endpoint: str) -> MinioAdmin:
     root = root_credentials(settings)
+    url = urlsplit(endpoint)
     return MinioAdmin(
-        endpoint=settings.s3_host,
+        endpoint=url.netloc,
         credentials=StaticProvider(root.access_key, root.secret_key.get_secret_value()),
         region=settings.s3_region,
-        secure=settings.s3_secure,
+        secure=url.scheme == "https",
     )
 
 
-def provision_storage(settings: Settings, topology: Topology) -> None:
-    client = s3_client(settings, root_credentials(settings))
-    for bucket in topology.all_buckets():
-        with storage_errors(f"create bucket {bucket}"):
-            if not client.bucket_exists(bucket):
-                client.make_bucket(bucket)
-    with storage_errors(f"turn versioning on for {topology.province.buckets.audit}"):
-        client.set_bucket_versioning(topology.province.buckets.audit, VersioningConfig(ENABLED))
-    admin = _admin(settings)
-    for site in site_buckets(topology):
-        settings.ensure_site_secret(site)
-        creds = site_credentials(settings, site)
-        policy = f"medshare-{site}"
-        with storage_errors(f"create user and policy for site {site}"):
-            admin.policy_add(policy, policy=site_policy(topology, site))
-            admin.user_add(creds.access_key, creds.secret_key.get_secret_value())
-            attached = json.loads(admin.user_info(creds.access_key)).get("policyName", "")
-            if policy not in attached.split(","):
-                admin.attach_policy([policy], user=creds.access_key)
+def store_contents(settings: Settings, topology: Topology) -> dict[str, tuple[list[str], list[str]]]:
+    """What each object store holds: endpoint -> (buckets, identities). A provincial site's store
+    holds the provincial buckets and identities; the cities' store the cities' (one store holds
+    both unless `cities_s3_endpoint` names another)."""
+    province = list(topology.province.buckets.model_dump().values())
+    identities = list(site_buckets(topology))
+    stores: dict[str, tuple[list[str], list[str]]] = {
+        settings.s3_endpoint: (province, [i for i in identities if i in PROVINCIAL_IDENTITIES])
+    }
+    buckets, ids = stores.setdefault(settings.cities_endpoint, ([], []))
+    buckets += [b for b in topology.all_buckets() if b not in province]
+    ids += [i for i in identities if i not in PROVINCIAL_IDENTITIES]
+    return stores
+
+
+def provision_storage(settings: Settings, topology: Topology, *, cities: bool = True) -> None:
+    """Buckets, users and policies in this site's store and (unless `cities` is false) the
+    cities' store."""
+    audit = topology.province.buckets.audit
+    for endpoint, (buckets, identities) in store_contents(settings, topology).items():
+        if not cities and endpoint != settings.s3_endpoint:
+            continue
+        client = s3_client(settings, root_credentials(settings, endpoint))
+        for bucket in buckets:
+            with storage_errors(f"create bucket {bucket} at {endpoint}"):
+                if not client.bucket_exists(bucket):
+                    client.make_bucket(bucket)
+        if audit in buckets:
+            with storage_errors(f"turn versioning on for {audit}"):
+                client.set_bucket_versioning(audit, VersioningConfig(ENABLED))
+        admin = _admin(settings, endpoint)
+        for site in identities:
+            settings.ensure_site_secret(site)
+            creds = site_credentials(settings, site)
+            policy = f"medshare-{site}"
+            with storage_errors(f"create user and policy for site {site} at {endpoint}"):
+                admin.policy_add(policy, policy=site_policy(topology, site))
+                admin.user_add(creds.access_key, creds.secret_key.get_secret_value())
+                attached = json.loads(admin.user_info(creds.access_key)).get("policyName", "")
+                if policy not in attached.split(","):
+                    admin.attach_policy([policy], user=creds.access_key)
 
 
 def provision_topics(settings: Settings, topology: Topology) -> list[str]:
     client = kafka.admin(settings)
     try:
-        return kafka.ensure_topics(client, topology)
+        return kafka.ensure_topics(client, topology, replication_factor=kafka.replicas(settings, topology))
     finally:
         client.close()

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 from pyspark.accumulators import Accumulator, AccumulatorParam
@@ -39,7 +40,7 @@ from ingestion.sources.tabular import BadRecord, FileProblem, Part, read_csv, re
 from ingestion.sources.text import UTF8, NotText, open_utf8
 from lakehouse.contracts import Contract
 from lakehouse.settings import Settings
-from lakehouse.storage import Credentials
+from lakehouse.storage import Credentials, endpoint_of
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -136,11 +137,12 @@ class DatasetShape:
 
 
 def store_access(settings: Settings, credentials: Credentials) -> StoreAccess:
+    endpoint = urlsplit(endpoint_of(settings, credentials))
     return StoreAccess(
-        host=settings.s3_host,
+        host=endpoint.netloc,
         access_key=credentials.access_key,
         secret_key=credentials.secret_key.get_secret_value(),
-        secure=settings.s3_secure,
+        secure=endpoint.scheme == "https",
         region=settings.s3_region,
     )
 

@@ -37,7 +37,7 @@ def transport_errors(action: str) -> Iterator[None]:
 def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     """An idempotent producer (acks=all); pass `transactional_id=` for a transactional one."""
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        "bootstrap_servers": settings.kafka_servers,
         "client_id": CLIENT_ID,
         "acks": "all",
         "enable_idempotence": True,
@@ -46,14 +46,14 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
-    with transport_errors(f"connect producer to {settings.kafka_bootstrap}"):
+    with transport_errors(f"connect producer to {settings.kafka_servers}"):
         return KafkaProducer(**config)
 
 
 def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides: Any) -> KafkaConsumer:
     """A consumer that sees committed transactions only and commits offsets explicitly."""
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        "bootstrap_servers": settings.kafka_servers,
         "client_id": CLIENT_ID,
         "group_id": group_id,
         "isolation_level": "read_committed",
@@ -62,18 +62,29 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **overrides
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
-    with transport_errors(f"connect consumer to {settings.kafka_bootstrap}"):
+    with transport_errors(f"connect consumer to {settings.kafka_servers}"):
         return KafkaConsumer(*topics, **config)
 
 
 def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
-    config: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap, "client_id": CLIENT_ID}
+    config: dict[str, Any] = {"bootstrap_servers": settings.kafka_servers, "client_id": CLIENT_ID}
     config.update(overrides)
-    with transport_errors(f"connect admin client to {settings.kafka_bootstrap}"):
+    with transport_errors(f"connect admin client to {settings.kafka_servers}"):
         return KafkaAdminClient(**config)
 
 
-def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str = "") -> list[str]:
+def replicas(settings: Settings, topology: Topology) -> int:
+    """Replicas of each topic: the topology's, and at least one in each provincial site."""
+    return max(topology.kafka.replication_factor, len(settings.site_ids))
+
+
+def ensure_topics(
+    client: KafkaAdminClient,
+    topology: Topology,
+    namespace: str = "",
+    *,
+    replication_factor: int | None = None,
+) -> list[str]:
     """Create the topology's topics that do not exist yet (under `namespace.` when given, as tests
     and benchmarks do) and grow those with fewer partitions than the topology gives them; returns
     the names created or grown.
@@ -88,7 +99,7 @@ def ensure_topics(client: KafkaAdminClient, topology: Topology, namespace: str =
         NewTopic(
             prefix + t.name,
             num_partitions=topology.kafka.partitions_of(t),
-            replication_factor=topology.kafka.replication_factor,
+            replication_factor=replication_factor or topology.kafka.replication_factor,
             topic_configs=dict(t.config),
         )
         for t in topology.kafka.topics

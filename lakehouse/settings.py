@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
 
+    # The provincial sites of this stack, in order (topology ids; docs/sites.md). With two, the
+    # development stack runs a site beside the other: site i's object store, broker and controller
+    # listen `i * site_port_step` above the ports above, its services keep their state in
+    # `<state>/sites/<id>`, and a witness controller (the quorum's third voter) listens one step
+    # above the last site's controller. A deployment sets each site's endpoints itself.
+    sites: str = "henan-dc-a"
+    site_port_step: int = Field(default=10, ge=2)
+    # The provincial site this process belongs to (its replicator's consumer group, its broker's
+    # rack); None: the first of `sites`.
+    site: str | None = None
+    # The city sub-centres' object store when it is not this site's (a development stack keeps
+    # the cities' buckets in the first site's store).
+    cities_s3_endpoint: str | None = None
+
     # The province-held key of person_key = HMAC-SHA256(key, resident id); its version is stored
     # beside every pseudonym so the key can be rotated.
     # Only what pseudonymises (city ingestion and publishers, the sharing API) needs it.
@@ -96,7 +110,8 @@ class Settings(BaseSettings):
         """A development stack: env local and every endpoint on loopback. Only there are the
         public development secrets, and secrets kept in the state folder, accepted."""
         brokers = [b.strip() for b in self.kafka_bootstrap.split(",")]
-        return self.env == "local" and _loopback(self.s3_host) and all(map(_loopback, brokers))
+        stores = [urlsplit(self.cities_endpoint).netloc, self.s3_host]
+        return self.env == "local" and all(map(_loopback, stores + brokers))
 
     @property
     def province_secret(self) -> SecretStr:
@@ -126,8 +141,83 @@ class Settings(BaseSettings):
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:
+        """This site's broker: the first of the bootstrap list."""
         host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
         return host, int(port)
+
+    @property
+    def site_ids(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.sites.split(",") if s.strip())
+
+    @property
+    def site_id(self) -> str:
+        """The provincial site this process belongs to."""
+        return self.site or self.site_ids[0]
+
+    @property
+    def multi_site(self) -> bool:
+        return len(self.site_ids) > 1
+
+    @property
+    def kafka_servers(self) -> str:
+        """Every broker a client may bootstrap from: as given, or with two sites on a development
+        stack (one broker given) every site's, this site's first — a client that starts while a
+        site is down must still find the cluster."""
+        if "," in self.kafka_bootstrap or not self.multi_site:
+            return self.kafka_bootstrap
+        host, port = self.kafka_host_port
+        ports = [port + i * self.site_port_step for i in range(len(self.site_ids))]
+        return ",".join(f"{host}:{p}" for p in ports)
+
+    @property
+    def cities_endpoint(self) -> str:
+        return self.cities_s3_endpoint or self.s3_endpoint
+
+    @property
+    def witness_controller_port(self) -> int:
+        """The third KRaft voter's port (two sites on a development stack)."""
+        return self.kafka_controller_port + len(self.site_ids) * self.site_port_step
+
+    def site_named(self, name: str) -> str:
+        """A site named in full (henan-dc-b) or by what follows its last '-' (b)."""
+        matches = [s for s in self.site_ids if name in (s, s.rsplit("-", 1)[-1])]
+        if len(matches) != 1:
+            raise ConfigError(f"no site {name!r}: this stack has {', '.join(self.site_ids)}")
+        return matches[0]
+
+    def each_site(self) -> list[Settings]:
+        """Every provincial site's settings on a development stack of two; else just these."""
+        if self.multi_site and self.site is None:
+            return [self.for_site(s) for s in self.site_ids]
+        return [self]
+
+    def for_site(self, site: str) -> Settings:
+        """The development stack's settings as provincial site `site` sees them (see `sites`).
+
+        Called on the stack's own settings (no `site` chosen yet); the first site is the stack
+        itself, the others are offset by `site_port_step` and live under `<state>/sites/<id>`."""
+        if site not in self.site_ids:
+            raise ConfigError(f"unknown site {site!r}: this stack has {', '.join(self.site_ids)}")
+        if self.site is not None:
+            raise ConfigError(f"these settings are already site {self.site}'s")
+        index = self.site_ids.index(site)
+        step = index * self.site_port_step
+        url = urlsplit(self.s3_endpoint)
+        host, port = self.kafka_host_port
+        brokers = self.kafka_servers.split(",")
+        mine = f"{host}:{port + step}"
+        return self.model_copy(
+            update={
+                "site": site,
+                "s3_endpoint": f"{url.scheme}://{url.hostname}:{(url.port or 80) + step}",
+                "s3_console_port": self.s3_console_port + step,
+                "kafka_bootstrap": ",".join([mine, *(b for b in brokers if b != mine)]),
+                "kafka_controller_port": self.kafka_controller_port + step,
+                "state_dir": self.state_dir if index == 0 else self.state_dir / "sites" / site,
+                "secrets_dir": self.site_secrets_dir,
+                "cities_s3_endpoint": self.cities_endpoint,
+            }
+        )
 
     @property
     def spark_jars_dir(self) -> Path:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from lakehouse.errors import ConfigError
 from lakehouse.settings import Settings
-from lakehouse.storage import Credentials
+from lakehouse.storage import Credentials, endpoint_of
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -29,6 +29,7 @@ def spark_jars(settings: Settings) -> list[Path]:
 
 def spark_conf(settings: Settings, credentials: Credentials, *, master: str | None = None) -> dict[str, str]:
     """Every configuration the session needs, as plain strings (also handy for spark-submit)."""
+    endpoint = endpoint_of(settings, credentials)
     return {
         "spark.master": master or settings.spark_master,
         "spark.jars": ",".join(str(j) for j in spark_jars(settings)),
@@ -47,10 +48,10 @@ def spark_conf(settings: Settings, credentials: Credentials, *, master: str | No
         "spark.sql.session.timeZone": "UTC",
         # Keep new tables at a protocol delta-rs reads and writes too.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
-        "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
         "spark.hadoop.fs.s3a.endpoint.region": settings.s3_region,
         "spark.hadoop.fs.s3a.path.style.access": "true",
-        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.s3_secure).lower(),
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
         "spark.hadoop.fs.s3a.aws.credentials.provider": (
             "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
         ),

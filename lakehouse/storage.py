@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from minio import Minio
 from minio.error import MinioException, S3Error
@@ -29,6 +30,11 @@ SIGNER_SITE = "sharing-signer"
 # its audit trail in a bucket of its own that it can append to but not delete from.
 API_READER_SITE = "api-reader"
 AUDIT_SITE = "audit"
+# The identities of a provincial site: they use the site's own object store. Every other identity
+# is a city's and uses the cities' store (the same one unless `cities_s3_endpoint` says otherwise).
+PROVINCIAL_IDENTITIES = frozenset(
+    {PROVINCE_SITE, ANALYTICS_SITE, SHARING_SITE, SIGNER_SITE, API_READER_SITE, AUDIT_SITE}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,35 +43,47 @@ class Credentials:
 
     access_key: str
     secret_key: SecretStr
+    # The object store the identity lives in; None: the settings' own (`s3_endpoint`).
+    endpoint: str | None = None
 
 
-def root_credentials(settings: Settings) -> Credentials:
-    return Credentials(access_key=settings.s3_root_user, secret_key=settings.root_password)
+def root_credentials(settings: Settings, endpoint: str | None = None) -> Credentials:
+    """The store's administrator: of this site's store, or of the one at `endpoint`."""
+    return Credentials(access_key=settings.s3_root_user, secret_key=settings.root_password, endpoint=endpoint)
 
 
 def site_credentials(settings: Settings, site: str) -> Credentials:
     """The identity of one site: a city id, or `province`. Its policy allows only its buckets."""
-    return Credentials(access_key=f"medshare-{site}", secret_key=settings.site_secret(site))
+    endpoint = settings.s3_endpoint if site in PROVINCIAL_IDENTITIES else settings.cities_endpoint
+    return Credentials(
+        access_key=f"medshare-{site}", secret_key=settings.site_secret(site), endpoint=endpoint
+    )
+
+
+def endpoint_of(settings: Settings, credentials: Credentials) -> str:
+    return credentials.endpoint or settings.s3_endpoint
 
 
 def s3_client(settings: Settings, credentials: Credentials) -> Minio:
+    endpoint = urlsplit(endpoint_of(settings, credentials))
     return Minio(
-        settings.s3_host,
+        endpoint.netloc,
         access_key=credentials.access_key,
         secret_key=credentials.secret_key.get_secret_value(),
-        secure=settings.s3_secure,
+        secure=endpoint.scheme == "https",
         region=settings.s3_region,
     )
 
 
 def delta_storage_options(settings: Settings, credentials: Credentials) -> dict[str, str]:
     """Storage options for delta-rs (`deltalake`) on the configured S3 endpoint."""
+    endpoint = endpoint_of(settings, credentials)
     return {
-        "AWS_ENDPOINT_URL": settings.s3_endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": credentials.access_key,
         "AWS_SECRET_ACCESS_KEY": credentials.secret_key.get_secret_value(),
         "AWS_REGION": settings.s3_region,
-        "AWS_ALLOW_HTTP": "true" if not settings.s3_secure else "false",
+        "AWS_ALLOW_HTTP": "true" if endpoint.startswith("http://") else "false",
         # MinIO honours If-None-Match/If-Match: safe concurrent commits without a lock table.
         "aws_conditional_put": "etag",
     }

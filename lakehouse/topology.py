@@ -47,8 +47,11 @@ class SpecialistCentre(_Frozen):
 
 
 class DataCentre(_Frozen):
+    """A provincial site: its object store, broker (Kafka rack `rack`), replicator and API."""
+
     id: Ident
     name: str
+    rack: Ident
 
 
 class ProvinceBuckets(_Frozen):
@@ -70,7 +73,7 @@ class Province(_Frozen):
     name: str
     name_zh: str | None = None
     region_code: Annotated[str, StringConstraints(pattern=r"^\d{2}$")]
-    data_centre: DataCentre
+    data_centres: tuple[DataCentre, ...] = Field(min_length=1)
     telemedicine_centre: Ident
     specialist_centres: tuple[SpecialistCentre, ...] = ()
     buckets: ProvinceBuckets
@@ -127,6 +130,13 @@ class Topology(_Frozen):
                 return city
         known = ", ".join(c.id for c in self.cities)
         raise TopologyError(f"unknown city {city_id!r} (known: {known})")
+
+    def data_centre(self, site_id: str) -> DataCentre:
+        for site in self.province.data_centres:
+            if site.id == site_id:
+                return site
+        known = ", ".join(s.id for s in self.province.data_centres)
+        raise TopologyError(f"unknown provincial site {site_id!r} (known: {known})")
 
     def hospital(self, hospital_id: str) -> Hospital:
         for hospital in self.hospitals:

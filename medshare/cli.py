@@ -44,14 +44,28 @@ def setup() -> None:
     console.print(f"[green]set-up complete[/green]: everything is cached in {get_settings().cache_dir}")
 
 
+SitesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--site",
+        help="Only this provincial site (a, b or its full id; repeatable) of a two-site stack "
+        "(MEDSHARE_SITES); default: every site.",
+    ),
+]
+
+
 @app.command()
-def up() -> None:
-    """Start MinIO and Kafka on loopback, create buckets, site users and topics (idempotent)."""
+def up(site: SitesOption = None) -> None:
+    """Start MinIO and Kafka on loopback, create buckets, site users and topics (idempotent).
+
+    With two provincial sites (MEDSHARE_SITES=henan-dc-a,henan-dc-b) each gets its own MinIO and
+    broker on ports `MEDSHARE_SITE_PORT_STEP` apart, plus the witness controller of their quorum."""
     from infra import stack
 
     settings = get_settings()
     try:
-        started = stack.up(settings, load_topology(settings.platform_dir), _report)
+        chosen = [settings.site_named(s) for s in site] if site else None
+        started = stack.up(settings, load_topology(settings.platform_dir), _report, chosen)
     except MedshareError as exc:
         _fail(exc)
     console.print(
@@ -82,12 +96,14 @@ def provision() -> None:
 
 
 @app.command()
-def down() -> None:
-    """Stop the services this project started (from their pid files); nothing else."""
+def down(site: SitesOption = None) -> None:
+    """Stop the services this project started (from their pid files); nothing else. With --site,
+    only that site's (the witness controller keeps running)."""
     from infra import stack
 
+    settings = get_settings()
     try:
-        stopped = stack.down(get_settings())
+        stopped = stack.down(settings, [settings.site_named(s) for s in site] if site else None)
     except MedshareError as exc:
         _fail(exc)
     console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing of ours was running")
@@ -111,7 +127,10 @@ def status(
     try:
         healthy = _print_status()
         if healthy:
-            healthy = replication_cli.print_replication(get_settings(), by_dataset=datasets)
+            for settings in get_settings().each_site():
+                if settings.site is not None:
+                    console.print(f"[bold]site {settings.site_id}[/bold] ({settings.s3_endpoint})")
+                healthy = replication_cli.print_replication(settings, by_dataset=datasets) and healthy
     except MedshareError as exc:
         _fail(exc)
     if not healthy:

@@ -16,6 +16,7 @@ from lakehouse.errors import MedshareError
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings, get_settings
 from lakehouse.topology import load_topology
+from medshare.sites import SiteOption, site_settings
 from medshare.ui import console, fail, progress_bar, service_logging
 
 if TYPE_CHECKING:
@@ -112,20 +113,22 @@ def replicator(
         float | None, typer.Option(help="Exit after this many seconds without a message (for batch runs).")
     ] = None,
     namespace: Namespace = "",
+    site: SiteOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Run the provincial replicator: apply every city unit to the provincial tables exactly once.
 
     A Kafka consumer-group member; runs until SIGTERM (clean stop: offsets committed, nothing
-    half-applied). Unreadable or unappliable messages go to the dead-letter table, never dropped."""
+    half-applied). Unreadable or unappliable messages go to the dead-letter table, never dropped.
+    With two provincial sites each site runs its own, writing its own object store."""
     from lakehouse.contracts import load_contracts
     from lakehouse.replication.metrics import ReplicationMetrics
     from lakehouse.replication.replicator import Replicator
 
     service_logging(verbose)
-    settings = get_settings()
     stop = _stop_on_signals()
     try:
+        settings = site_settings(site)
         metrics = ReplicationMetrics()
         if metrics_port:
             metrics.serve(metrics_port)
@@ -133,7 +136,12 @@ def replicator(
         worker = Replicator(
             settings, _layout(settings, namespace), load_contracts(settings.platform_dir), metrics=metrics
         )
-        log.info("replicating into s3://%s (SIGTERM stops)", worker.layout.province_table("").bucket)
+        log.info(
+            "replicating into s3://%s at %s, site %s (SIGTERM stops)",
+            worker.layout.province_table("").bucket,
+            settings.s3_endpoint,
+            settings.site_id,
+        )
         worker.run(stop, idle_timeout=idle_exit)
     except (MedshareError, OSError) as exc:
         fail(exc)
@@ -149,7 +157,8 @@ def verify(
     namespace: Namespace = "",
 ) -> None:
     """Compare every city's shareable data with the province: counts and an order-independent
-    checksum per city, dataset and partition. Prints every difference; exit 1 if there is one."""
+    checksum per city, dataset and partition — in every provincial site of the stack, so two
+    sites that both pass hold the same rows. Prints every difference; exit 1 if there is one."""
     from lakehouse.contracts import load_contracts
     from lakehouse.pseudonyms import ProvinceKey
     from lakehouse.replication.verify import verify as run_verify
@@ -168,7 +177,14 @@ def verify(
 
             while True:
                 result = run_verify(
-                    settings, layout, contracts, key, cities=city, datasets=dataset, progress=progress
+                    settings,
+                    layout,
+                    contracts,
+                    key,
+                    cities=city,
+                    datasets=dataset,
+                    progress=progress,
+                    sites=settings.each_site(),
                 )
                 if result.ok or time.monotonic() >= deadline:
                     break
@@ -176,18 +192,19 @@ def verify(
                 time.sleep(2)
     except MedshareError as exc:
         fail(exc)
-    table = Table("city", "dataset", "partitions", "rows", "city version", "province reflects")
+    table = Table("city", "dataset", "partitions", "rows", "city version", "site", "province reflects")
     for c in result.compared:
-        versions = (str(c.city_version), str(c.province_version))
+        versions = (str(c.city_version), c.site or "-", str(c.province_version))
         table.add_row(c.city, c.dataset, str(c.partitions), f"{c.rows:,}", *versions)
     out = Console(width=max(Console().width, 110))
     out.print(table)
     if result.ok:
-        console.print("[green]no difference[/green]: the province holds exactly each city's shareable data")
+        where = "each provincial site holds" if any(c.site for c in result.compared) else "the province holds"
+        console.print(f"[green]no difference[/green]: {where} exactly each city's shareable data")
         return
-    diffs = Table("city", "dataset", "hospital", "month", "city rows", "province rows", "problem")
+    diffs = Table("city", "dataset", "hospital", "month", "site", "city rows", "province rows", "problem")
     for d in result.differences:
-        counts = (str(d.city_rows), str(d.province_rows))
+        counts = (d.site or "-", str(d.city_rows), str(d.province_rows))
         diffs.add_row(d.city, d.dataset, d.hospital or "-", d.month or "-", *counts, d.problem)
     out.print(diffs)
     console.print(f"[red]{len(result.differences)} difference(s)[/red]")
@@ -220,13 +237,14 @@ def relayout(
             )
         client = admin(settings)
         try:
-            members = group_members(client, layout.group_id)
+            group = layout.site_group(settings)
+            members = group_members(client, group)
         finally:
             client.close()
         if members:
             fail(
                 MedshareError(
-                    f"{members} replicator(s) of group {layout.group_id} are running: stop them first "
+                    f"{members} replicator(s) of group {group} are running: stop them first "
                     "(the provincial tables have one writer), then run relayout again"
                 )
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lakehouse.errors import ConfigError
+from lakehouse.settings import Settings
 from lakehouse.storage import s3_uri
 from lakehouse.topology import Topology
 
@@ -83,6 +84,11 @@ class ReplicationLayout:
     @property
     def group_id(self) -> str:
         return self._name("medshare-replicator")
+
+    def site_group(self, settings: Settings) -> str:
+        """The replicators' consumer group at this process's site: with two provincial sites each
+        site's replicators read every unit on their own, so each site has a group."""
+        return f"{self.group_id}-{settings.site_id}" if settings.multi_site else self.group_id
 
     def transactional_id(self, city: str) -> str:
         return self._name(f"medshare-publisher-{city}")

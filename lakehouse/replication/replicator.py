@@ -209,7 +209,7 @@ class Replicator:
         self.contracts = {n: c for n, c in contracts.items() if c.shareable}
         self.metrics = metrics or ReplicationMetrics()
         self.on_applied = on_applied
-        self.group_id = group_id or layout.group_id
+        self.group_id = group_id or layout.site_group(settings)
         self.storage_options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
         self.topics = {layout.topic(name): name for name in self.contracts}
         topology = layout.topology

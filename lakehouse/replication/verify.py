@@ -57,6 +57,7 @@ class Difference:
     city_rows: int
     province_rows: int
     problem: str
+    site: str | None = None  # the provincial site, when the stack has more than one
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Compared:
     rows: int
     city_version: int | None
     province_version: int | None
+    site: str | None = None
 
 
 @dataclass
@@ -189,6 +191,7 @@ def _differences(
     dataset: str,
     ours: Mapping[PartitionKey, PartitionDigest],
     theirs: Mapping[PartitionKey, PartitionDigest],
+    site: str | None = None,
 ) -> list[Difference]:
     found = []
     for hospital, month in sorted(set(ours) | set(theirs)):
@@ -204,7 +207,7 @@ def _differences(
         else:
             problem = "rows differ"
         city_rows, province_rows = (a.rows if a else 0), (b.rows if b else 0)
-        found.append(Difference(city, dataset, hospital, month, city_rows, province_rows, problem))
+        found.append(Difference(city, dataset, hospital, month, city_rows, province_rows, problem, site))
     return found
 
 
@@ -217,9 +220,12 @@ def verify(
     cities: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] = lambda *_: None,
+    sites: Sequence[Settings] | None = None,
 ) -> VerifyReport:
     """Compare each city's curated tables, projected to the shareable form, with the province's
-    rows for that city. Every difference is reported; nothing stops at the first."""
+    rows for that city — in each provincial site of `sites` (default: the settings' own). A city
+    table is read once whatever the number of sites, and two sites that both match it hold the
+    same rows. Every difference is reported; nothing stops at the first."""
     shareable = {n: c for n, c in sorted(contracts.items()) if c.shareable}
     if datasets:
         # A misspelt --dataset would otherwise compare nothing and report "no difference".
@@ -231,14 +237,18 @@ def verify(
         [layout.topology.city(c).id for c in cities] if cities else [c.id for c in layout.topology.cities]
     )
     credentials: dict[str, Credentials] = {c: site_credentials(settings, c) for c in city_ids}
-    province_options = delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE))
+    named = len(sites or ()) > 1
+    provinces = {
+        (s.site_id if named else None): delta_storage_options(s, site_credentials(s, PROVINCE_SITE))
+        for s in (sites or [settings])
+    }
 
     report = VerifyReport()
     total, done = len(shareable) * len(city_ids), 0
     for name, contract in shareable.items():
         projector = ShareableProjector(contract, key)
         province_uri = layout.province_table(name).uri
-        province = _open(province_uri, province_options)
+        opened = {site: _open(province_uri, options) for site, options in provinces.items()}
         for city in city_ids:
             progress(f"{city}/{name}", done, total)
             done += 1
@@ -253,29 +263,31 @@ def verify(
                     projector.schema,
                 )
             )
-            theirs = (
-                {}
-                if province is None
-                else _digest(
-                    province_uri,
-                    _scan(province, projector.schema.names, pads.field(CITY) == city),
-                    projector.schema,
-                )
-            )
-            if source is None and not theirs:
-                continue  # This city never had the dataset: nothing to compare.
-            report.compared.append(
-                Compared(
-                    city=city,
-                    dataset=name,
-                    partitions=len(ours),
-                    rows=sum(d.rows for d in ours.values()),
-                    city_version=None if source is None else source.version(),
-                    province_version=None
+            for site, province in opened.items():
+                theirs = (
+                    {}
                     if province is None
-                    else province.transaction_version(layout.app_id(city, name)),
+                    else _digest(
+                        province_uri,
+                        _scan(province, projector.schema.names, pads.field(CITY) == city),
+                        projector.schema,
+                    )
                 )
-            )
-            report.differences += _differences(city, name, ours, theirs)
+                if source is None and not theirs:
+                    continue  # This city never had the dataset: nothing to compare.
+                report.compared.append(
+                    Compared(
+                        city=city,
+                        dataset=name,
+                        partitions=len(ours),
+                        rows=sum(d.rows for d in ours.values()),
+                        city_version=None if source is None else source.version(),
+                        province_version=None
+                        if province is None
+                        else province.transaction_version(layout.app_id(city, name)),
+                        site=site,
+                    )
+                )
+                report.differences += _differences(city, name, ours, theirs, site)
     progress("done", total, total)
     return report
