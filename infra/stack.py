@@ -39,9 +39,12 @@ def site_settings(settings: Settings, sites: Sequence[str] | None = None) -> lis
 
 def specs(settings: Settings, sites: Sequence[str] | None = None) -> list[process.ServiceSpec]:
     """In start order; stopped in reverse. The witness belongs to no site and runs with any."""
+    return ([witness_spec(settings)] if settings.multi_site else []) + site_specs(settings, sites)
+
+
+def site_specs(settings: Settings, sites: Sequence[str] | None = None) -> list[process.ServiceSpec]:
+    """The services of the chosen sites (each site's MinIO and broker), without the witness."""
     found = []
-    if settings.multi_site:
-        found.append(witness_spec(settings))
     for site in site_settings(settings, sites):
         for spec in (minio_spec(site), kafka_spec(site)):
             # Two sites: each process named for its site (also its pid file's name).
@@ -93,7 +96,7 @@ def up(
 def down(settings: Settings, sites: Sequence[str] | None = None) -> list[str]:
     """Stop only the processes this project started (from their pid files); with `sites`, only
     theirs (the witness keeps running)."""
-    chosen = [s for s in specs(settings, sites) if sites is None or s.name != "kafka-witness"]
+    chosen = specs(settings) if sites is None else site_specs(settings, sites)
     return [spec.name for spec in reversed(chosen) if process.stop(spec)]
 
 

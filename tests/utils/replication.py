@@ -154,7 +154,8 @@ def read_all(table: DeltaTable, **kwargs: object) -> pa.Table:
 def make_topics(settings: Settings, layout: ReplicationLayout) -> None:
     client = kafka.admin(settings)
     try:
-        kafka.ensure_topics(client, layout.topology, layout.namespace)
+        replicas = kafka.replicas(settings, layout.topology)
+        kafka.ensure_topics(client, layout.topology, layout.namespace, replication_factor=replicas)
     finally:
         client.close()
 
@@ -215,11 +216,13 @@ def wait_verified(
     timeout: float = 120.0,
     cities: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
+    sites: Sequence[Settings] | None = None,
 ) -> VerifyReport:
-    """Poll `verify` until it finds no difference; fail with the differences after `timeout`."""
+    """Poll `verify` (in each of `sites`, when given) until it finds no difference; fail with the
+    differences after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        result = verify(settings, layout, contracts, key, cities=cities, datasets=datasets)
+        result = verify(settings, layout, contracts, key, cities=cities, datasets=datasets, sites=sites)
         if result.ok:
             return result
         if time.monotonic() > deadline:
