@@ -92,6 +92,22 @@ def _identities() -> Identities:
     return identities(get_settings(), load_api_settings())
 
 
+def _ship() -> None:
+    """Send this host's recorded changes to the operations topic now, so the other provincial
+    site applies them within seconds; when no broker answers they wait in the outbox and the
+    API's keeper sends them later."""
+    from sharing_api.services import ship_changes
+    from sharing_api.settings import load_api_settings
+
+    try:
+        ship_changes(get_settings(), load_api_settings())
+    except MedshareError as exc:
+        console.print(
+            f"[yellow]warning[/yellow]: the change holds at this site; it reaches the other site "
+            f"when a broker answers ({exc})"
+        )
+
+
 def _issued(issued: IssuedToken) -> None:
     console.print(
         f"[green]issued[/green] credential [bold]{issued.token_id}[/bold] for {issued.kind} "
@@ -129,6 +145,7 @@ def issue_token(
         issued = store.issue(kind, subject, days=lifetime, label=label, issued_by=who)
         detail = f"issued credential {issued.token_id} for {kind} {subject}"
         _audit_issued(store, issued, "issue-token", who, detail)
+        _ship()
         _issued(issued)
     except (MedshareError, ApiError) as exc:
         fail(exc)
@@ -173,6 +190,7 @@ def profile(
         _audit(
             "profile", who, f"issued credential {issued.token_id} for hospital {hospital}", hospital=hospital
         )
+        _ship()
         target = out or Path(f"{hospital}.share")
         write_profile(target, profile_document(endpoint or api.sharing_endpoint(), issued))
     except (MedshareError, ApiError, OSError) as exc:
@@ -194,6 +212,7 @@ def revoke(
 
     try:
         info = _identities().revoke(token_id)
+        _ship()
         hospital = info.subject if info.kind == "hospital" else None
         _audit("revoke", _who(by), f"revoked credential {token_id}", hospital=hospital)
     except (MedshareError, ApiError) as exc:
@@ -219,6 +238,7 @@ def rotate(
         store = _identities()
         new = store.rotate(token_id, grace_hours=grace, days=api.credential_days, issued_by=who)
         _audit_issued(store, new, "rotate", who, f"rotated credential {token_id} to {new.token_id}")
+        _ship()
         _issued(new)
     except (MedshareError, ApiError) as exc:
         fail(exc)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from sharing_api import operations
 from sharing_api.db import Database
 from sharing_api.errors import NotFound
 
@@ -41,19 +42,11 @@ class Consents:
             created_at=time.time(),
             created_by=created_by,
         )
-        self.db.connect().execute(
-            "INSERT INTO consents (consent_id, person_key, hospital_id, purpose, note, created_at,"
-            " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.consent_id,
-                person_key,
-                hospital_id,
-                purpose,
-                note,
-                record.created_at,
-                created_by,
-            ),
-        )
+        conn = self.db.connect()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = operations.commit(self.db, conn, *operations.consent_change(asdict(record)))
+        self.db.settle(seq)
         return record
 
     def of(self, person_key: str) -> list[OptOut]:
@@ -63,9 +56,15 @@ class Consents:
         return [OptOut(**dict(r)) for r in rows]
 
     def withdraw(self, consent_id: str) -> None:
-        cur = self.db.connect().execute("DELETE FROM consents WHERE consent_id = ?", (consent_id,))
-        if cur.rowcount == 0:
-            raise NotFound("no consent record with that id", code="consent_not_found")
+        """Withdraw an opt-out, for good: a copy of it arriving later from the other site is not
+        applied again."""
+        conn = self.db.connect()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT 1 FROM consents WHERE consent_id = ?", (consent_id,)).fetchone() is None:
+                raise NotFound("no consent record with that id", code="consent_not_found")
+            seq = operations.commit(self.db, conn, *operations.withdrawal_change(consent_id, time.time()))
+        self.db.settle(seq)
 
     def opted_out(self, hospital_id: str, purpose: str) -> set[str]:
         """person_keys of every patient whose opt-out covers this recipient and purpose."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +33,9 @@ from pydantic import (
 from lakehouse.errors import ConfigError
 from lakehouse.identity import holds_resident_id
 from lakehouse.topology import CareLevel, Hospital, Topology
+from sharing_api import operations
 from sharing_api.catalog import DatasetView
+from sharing_api.db import Database
 from sharing_api.errors import Conflict, NotFound, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -239,9 +239,17 @@ class GrantBook:
     worker of the instance, or by hand, decides the very next request."""
 
     def __init__(
-        self, path: Path, topology: Topology, views: dict[str, DatasetView], *, check_seconds: float = 0.0
+        self,
+        path: Path,
+        topology: Topology,
+        views: dict[str, DatasetView],
+        *,
+        check_seconds: float = 0.0,
+        db: Database | None = None,
     ):
         self.path = path
+        # Where an edit is recorded for the other site (sharing_api/operations.py); None: nowhere.
+        self.db = db
         self.topology = topology
         self.views = views
         self.check_seconds = check_seconds
@@ -303,15 +311,20 @@ class GrantBook:
                 parse_grants(text, source="the new grants", topology=self.topology, views=self.views)
             except ConfigError as exc:
                 raise Unprocessable(str(exc), code="invalid_grant") from exc
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".grants-", suffix=".yaml")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            seq = None
+            if self.db is not None:
+                # Recorded before the file is written: a crash in between still ships the edit,
+                # and applying it here again writes the file.
+                conn = self.db.connect()
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    seq = self.db.record(conn, *operations.grants_change(text))
+            operations.write_grants(self.path, text)
             self._grants, self._etag = self._read()
             self._checked = time.monotonic()
-            return self._etag
+        if seq is not None and self.db is not None:
+            self.db.settle(seq)
+        return self._etag
 
     def add(self, grant: Grant, *, if_match: str | None = None) -> str:
         grants, _ = self.current()

@@ -21,6 +21,7 @@ from typing import Literal
 from lakehouse.errors import TopologyError
 from lakehouse.identity import holds_resident_id
 from lakehouse.topology import Hospital, Topology
+from sharing_api import operations
 from sharing_api.db import Database
 from sharing_api.errors import NotFound, Unauthorized, Unprocessable
 
@@ -118,11 +119,26 @@ class Identities:
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
-        self.db.connect().execute(
-            "INSERT INTO credentials (token_id, kind, subject, secret_hash, created_at, expires_at,"
-            " parent_id, label, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (token_id, kind, subject, _hash(secret), now, now + lifetime, parent_id, label, issued_by),
-        )
+        row = {
+            "token_id": token_id,
+            "kind": kind,
+            "subject": subject,
+            "secret_hash": _hash(secret),
+            "created_at": now,
+            "expires_at": now + lifetime,
+            "revoked_at": None,
+            "parent_id": parent_id,
+            "label": label,
+            "issued_by": issued_by,
+        }
+        conn = self.db.connect()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = operations.commit(self.db, conn, *operations.credential_change(row))
+        if kind != "access":
+            # An access token lives minutes and a client gets another at either site: only the
+            # long-lived credentials wait until the other site can see them.
+            self.db.settle(seq)
         return IssuedToken(
             token_id=token_id,
             token=f"{PREFIX}{token_id}.{secret}",
@@ -132,21 +148,23 @@ class Identities:
         )
 
     def revoke(self, token_id: str) -> CredentialInfo:
-        """Revoke a credential and every access token obtained with it."""
+        """Revoke a credential and every access token obtained with it (at either site)."""
         conn = self.db.connect()
         now = self.clock()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            cur = conn.execute(
-                "UPDATE credentials SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
-                (now, token_id),
-            )
-            if cur.rowcount == 0:
+            rows = conn.execute(
+                "SELECT * FROM credentials WHERE token_id = ? OR parent_id = ?"
+                " ORDER BY parent_id IS NOT NULL",
+                (token_id, token_id),
+            ).fetchall()
+            if not rows or rows[0]["token_id"] != token_id:
                 raise NotFound("no credential with that id", code="credential_not_found")
-            conn.execute(
-                "UPDATE credentials SET revoked_at = COALESCE(revoked_at, ?) WHERE parent_id = ?",
-                (now, token_id),
-            )
+            seq = 0
+            for row in rows:
+                revoked = {**dict(row), "revoked_at": row["revoked_at"] or now}
+                seq = operations.commit(self.db, conn, *operations.credential_change(revoked))
+        self.db.settle(seq)
         return self.info(token_id)
 
     def rotate(self, token_id: str, *, grace_hours: float, days: float, issued_by: str = "") -> IssuedToken:
@@ -160,9 +178,13 @@ class Identities:
             old.kind, old.subject, lifetime=days * 86400, label=old.label, parent_id=None, issued_by=issued_by
         )
         cutoff = self.clock() + grace_hours * 3600
-        self.db.connect().execute(
-            "UPDATE credentials SET expires_at = MIN(expires_at, ?) WHERE token_id = ?", (cutoff, token_id)
-        )
+        conn = self.db.connect()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = dict(conn.execute("SELECT * FROM credentials WHERE token_id = ?", (token_id,)).fetchone())
+            row["expires_at"] = min(row["expires_at"], cutoff)
+            seq = operations.commit(self.db, conn, *operations.credential_change(row))
+        self.db.settle(seq)
         return new
 
     def info(self, token_id: str) -> CredentialInfo:

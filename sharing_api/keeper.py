@@ -25,6 +25,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from lakehouse.errors import ConfigError
 from sharing_api.audit import AuditFlusher, try_lock
 from sharing_api.background import lower_thread_priority
+from sharing_api.operations import OperationsLink
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,17 @@ class Keeper:
     """Runs the flusher and the watch on threads; writes what they saw to the status file."""
 
     def __init__(
-        self, *, flusher: AuditFlusher, watch: TableWatch, status: Path, lock: Path, interval: float
+        self,
+        *,
+        flusher: AuditFlusher,
+        watch: TableWatch,
+        status: Path,
+        lock: Path,
+        interval: float,
+        operations: OperationsLink | None = None,
     ):
         self.flusher = flusher
+        self.operations = operations
         self.watch = watch
         self.status = status
         self.lock = lock
@@ -79,6 +88,8 @@ class Keeper:
                 f"this host (it holds {self.lock}); give this one its own MEDSHARE_API_INSTANCE"
             )
         self.flusher.start()
+        if self.operations is not None:
+            self.operations.start()
         self._thread = threading.Thread(target=self._run, name="keeper-watch", daemon=True)
         self._thread.start()
 
@@ -88,6 +99,8 @@ class Keeper:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.flusher.stop()
+        if self.operations is not None:
+            self.operations.stop()
         self._write(self._tables)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -110,6 +123,12 @@ class Keeper:
             "tables": tables,
             "audit": {"flushed": self.flusher.flushed, "error": self.flusher.last_error},
         }
+        if self.operations is not None:
+            body["operations"] = {
+                "shipped": self.operations.shipped,
+                "applied": self.operations.applied,
+                "error": self.operations.last_error,
+            }
         # Written aside and renamed: a reader sees the old status or the new, never half of one.
         tmp = self.status.with_name(f".{self.status.name}.{os.getpid()}")
         tmp.write_text(json.dumps(body))

@@ -4,9 +4,10 @@ in the operators' queue until one of them records whether it was justified."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
+from sharing_api import operations
 from sharing_api.db import Database
 from sharing_api.errors import Conflict
 
@@ -29,13 +30,15 @@ class Reviews:
     def record(self, access_id: str, *, outcome: Outcome, note: str, reviewer: str) -> Review:
         review = Review(access_id, outcome, note, reviewer, time.time())
         conn = self.db.connect()
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO break_glass_reviews (access_id, outcome, note, reviewer, reviewed_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (review.access_id, review.outcome, review.note, review.reviewer, review.reviewed_at),
-        )
-        if cur.rowcount == 0:
-            raise Conflict("this access was reviewed already", code="already_reviewed")
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            seen = conn.execute(
+                "SELECT 1 FROM break_glass_reviews WHERE access_id = ?", (access_id,)
+            ).fetchone()
+            if seen is not None:
+                raise Conflict("this access was reviewed already", code="already_reviewed")
+            seq = operations.commit(self.db, conn, *operations.review_change(asdict(review)))
+        self.db.settle(seq)
         return review
 
     def of(self, access_ids: list[str]) -> dict[str, Review]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lakehouse import kafka
 from lakehouse.contracts import load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings
@@ -32,6 +33,7 @@ from sharing_api.journal import Journal
 from sharing_api.keeper import Keeper, TableWatch, read_status
 from sharing_api.lakeview import LakeView
 from sharing_api.masking import Masker
+from sharing_api.operations import OperationsLink, ship
 from sharing_api.ratelimit import RateLimiter
 from sharing_api.reviews import Reviews
 from sharing_api.settings import ApiSettings
@@ -148,6 +150,12 @@ def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
     """The instance's background work, for the process that supervises its workers."""
     topology = load_topology(platform.platform_dir)
     return Keeper(
+        operations=OperationsLink(
+            platform,
+            Database(api.db_path(platform)),
+            api.operations_topic_name(topology),
+            api.grants_path(platform),
+        ),
         flusher=AuditFlusher(
             audit_store(platform, api, topology),
             interval=api.audit_flush_seconds,
@@ -164,18 +172,30 @@ def build_keeper(platform: Settings, api: ApiSettings) -> Keeper:
 
 
 def identities(platform: Settings, api: ApiSettings) -> Identities:
-    """The credential store alone, for the `medshare hospitals` commands."""
+    """The credential store alone, for the `medshare hospitals` commands (which ship their
+    changes themselves: `ship_changes`)."""
     topology = load_topology(platform.platform_dir)
     return Identities(Database(api.db_path(platform)), topology)
+
+
+def ship_changes(platform: Settings, api: ApiSettings) -> int:
+    """Ship the outbox to the operations topic now (what the keeper does continuously)."""
+    topology = load_topology(platform.platform_dir)
+    producer = kafka.producer(platform, max_block_ms=10_000, request_timeout_ms=10_000)
+    try:
+        with kafka.transport_errors("ship changes to the operations topic"):
+            return ship(Database(api.db_path(platform)), producer, api.operations_topic_name(topology))
+    finally:
+        producer.close(timeout=5)
 
 
 def build_services(platform: Settings, api: ApiSettings) -> Services:
     topology = load_topology(platform.platform_dir)
     views = catalog(load_contracts(platform.platform_dir))
-    db = Database(api.db_path(platform))
+    db = Database(api.db_path(platform), settle_seconds=api.operations_wait_seconds)
     options = delta_storage_options(platform, site_credentials(platform, API_READER_SITE))
     path, _lock = claim_journal(lambda slot: api.journal_lock(platform, slot))  # held for the process's life
-    grants = GrantBook(api.grants_path(platform), topology, views)
+    grants = GrantBook(api.grants_path(platform), topology, views, db=db)
     consents = Consents(db)
     masker = Masker(platform.province_secret.get_secret_value().encode())
 

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lakehouse.errors import ConfigError
 from lakehouse.settings import Settings, describe_settings_error
+from lakehouse.topology import Topology
 
 
 class ApiSettings(BaseSettings):
@@ -75,10 +76,24 @@ class ApiSettings(BaseSettings):
     share_url_minutes: int = Field(default=10, ge=1, le=60)
     public_url: str | None = None
 
+    # Operational state in every provincial site (sharing_api/operations.py): the topic its changes
+    # go through (default: the topology's), and how long a change waits, before the response,
+    # for the keeper to ship it (then the other site applies it within about a second).
+    operations_topic: str | None = None
+    operations_wait_seconds: float = Field(default=5.0, ge=0)
+
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     # How long a paging cursor keeps its data version readable.
     cursor_minutes: float = Field(default=10.0, gt=0)
+
+    def operations_topic_name(self, topology: Topology) -> str:
+        if self.operations_topic:
+            return self.operations_topic
+        for topic in topology.kafka.topics:
+            if topic.dataset == "operations":
+                return topic.name
+        raise ConfigError("no Kafka topic for dataset 'operations' in the topology's kafka.topics")
 
     def grants_path(self, platform: Settings) -> Path:
         return self.grants_file or platform.platform_dir / "grants.yaml"

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 # A unit of a whole city's table may take minutes to send; the broker allows up to 15.
 TRANSACTION_TIMEOUT_MS = 600_000
+MAX_BLOCK_MS = 45_000
+# kafka-python keeps asking a transaction coordinator that died (a provincial site lost) until
+# max_block_ms runs out, where a new producer finds the new coordinator at once: a short wait
+# for init_transactions, then a new producer (the publisher's retry) — 45 s stalls became ~10 s.
+INIT_WAIT_MS = 8_000
 # Markers of a committed transaction reach the partitions shortly after the commit returns.
 CONFIRM_SECONDS = 30.0
 SCAN_BATCH_ROWS = 65_536
@@ -153,11 +158,18 @@ class Publisher:
                 # new producer) instead of blocking for the defaults' two minutes.
                 request_timeout_ms=15_000,
                 delivery_timeout_ms=45_000,
-                max_block_ms=45_000,
+                max_block_ms=INIT_WAIT_MS,
             )
-            with kafka.transport_errors(f"initialise transactions for {self.city}"):
-                # Fences an earlier instance and aborts its open transaction, if any.
-                producer.init_transactions()
+            try:
+                with kafka.transport_errors(f"initialise transactions for {self.city}"):
+                    # Fences an earlier instance and aborts its open transaction, if any.
+                    producer.init_transactions()
+            except TransportError:
+                producer.close(timeout=0)
+                raise
+            # init_transactions waits max_block_ms; sends may wait longer for buffer space
+            # (kafka-python reads the setting at each call).
+            producer.config["max_block_ms"] = MAX_BLOCK_MS
             self._producer = producer
             self.published = self._read_progress()
         return self._producer

@@ -120,7 +120,8 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
         for site in (a, b):
             assert_province_holds_the_cities(site, layout, contracts, key, DATASETS)
         print(
-            f"both sites complete {both_after:.1f} s after the first commits; site A lost: cities published again after {published_after:.1f} s, site B complete after "
+            f"both sites complete {both_after:.1f} s after the first commits; site A lost: cities "
+            f"published again after {published_after:.1f} s, site B complete after "
             f"{b_complete_after:.1f} s; site A back and caught up after {caught_up_after:.1f} s"
         )
     finally:
