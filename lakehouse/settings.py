@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # The city sub-centres' object store when it is not this site's (a development stack keeps
     # the cities' buckets in the first site's store).
     cities_s3_endpoint: str | None = None
+    # The other provincial sites' object stores (comma-separated): this site's API appends its
+    # audit trail there too.
+    peer_s3_endpoints: str = ""
 
     # The province-held key of person_key = HMAC-SHA256(key, resident id); its version is stored
     # beside every pseudonym so the key can be rotated.
@@ -202,22 +205,53 @@ class Settings(BaseSettings):
             raise ConfigError(f"these settings are already site {self.site}'s")
         index = self.site_ids.index(site)
         step = index * self.site_port_step
-        url = urlsplit(self.s3_endpoint)
         host, port = self.kafka_host_port
         brokers = self.kafka_servers.split(",")
         mine = f"{host}:{port + step}"
         return self.model_copy(
             update={
                 "site": site,
-                "s3_endpoint": f"{url.scheme}://{url.hostname}:{(url.port or 80) + step}",
+                "s3_endpoint": self.for_site_store(site),
                 "s3_console_port": self.s3_console_port + step,
                 "kafka_bootstrap": ",".join([mine, *(b for b in brokers if b != mine)]),
                 "kafka_controller_port": self.kafka_controller_port + step,
                 "state_dir": self.state_dir if index == 0 else self.state_dir / "sites" / site,
                 "secrets_dir": self.site_secrets_dir,
                 "cities_s3_endpoint": self.cities_endpoint,
+                "peer_s3_endpoints": ",".join(
+                    self.for_site_store(other) for other in self.site_ids if other != site
+                ),
             }
         )
+
+    def for_site_store(self, site: str) -> str:
+        """Site `site`'s object store on a development stack (see `sites`)."""
+        url = urlsplit(self.s3_endpoint)
+        step = self.site_ids.index(site) * self.site_port_step
+        return f"{url.scheme}://{url.hostname}:{(url.port or 80) + step}"
+
+    def site_environment(self) -> dict[str, str]:
+        """The MEDSHARE_* variables that make a process of this site see these settings (a
+        site's API or replicator started as its own process)."""
+        names = (
+            "sites",
+            "site",
+            "site_port_step",
+            "s3_endpoint",
+            "s3_console_port",
+            "kafka_bootstrap",
+            "kafka_controller_port",
+            "state_dir",
+            "secrets_dir",
+            "cities_s3_endpoint",
+            "peer_s3_endpoints",
+        )
+        values = {name: getattr(self, name) for name in names}
+        return {f"MEDSHARE_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+
+    @property
+    def peer_endpoints(self) -> list[str]:
+        return [e.strip() for e in self.peer_s3_endpoints.split(",") if e.strip()]
 
     @property
     def spark_jars_dir(self) -> Path:

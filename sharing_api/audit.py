@@ -12,6 +12,11 @@ commit and trimming the journals neither loses nor repeats records when it start
 app id names the journal file (a random id made when the file is created), not only the
 instance: a journal lost and created afresh starts its sequence at 1 again, and must not be
 mistaken for records already flushed.
+
+With two provincial sites the flusher appends every record to its own site's audit table and to
+the other's (same app ids, so each table holds each record once), and trims a journal only up to
+what every table holds: while the other site is away, its records wait in the journal, on this
+site's disk, and are appended when it returns.
 """
 
 from __future__ import annotations
@@ -227,12 +232,59 @@ def journal_label(instance: str, path: Path) -> str:
 
 @dataclass(frozen=True)
 class AuditStore:
-    """Where an instance's audit records are: its journal files (one per worker slot) and the table."""
+    """Where an instance's audit records are: its journal files (one per worker slot) and the table
+    — in this site's store, and the same table in each other provincial site's (`peers`: their
+    storage options)."""
 
     instance: str
     journals: Callable[[], list[Path]]
     table_uri: str
     storage_options: dict[str, str]
+    peers: tuple[dict[str, str], ...] = ()
+
+
+class _Target:
+    """One audit table the flusher appends to, with what it holds of each journal."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str]):
+        self.uri = uri
+        self.storage_options = storage_options
+        self.name = storage_options.get("AWS_ENDPOINT_URL", uri)
+        self.watermarks: dict[str, int] = {}  # app id → last sequence number in the table
+        self.table: DeltaTable | None = None  # kept open: a commit reads only the log since the last
+        self.error: str | None = None
+
+    def open(self) -> DeltaTable | None:
+        if self.table is None:
+            with contextlib.suppress(TableNotFoundError):  # the first batch creates it
+                self.table = DeltaTable(self.uri, storage_options=self.storage_options)
+        else:
+            self.table.update_incremental()
+        return self.table
+
+    def watermark(self, app_id: str) -> int:
+        if app_id not in self.watermarks:
+            table = self.open()
+            self.watermarks[app_id] = (table.transaction_version(app_id) or 0) if table is not None else 0
+        return self.watermarks[app_id]
+
+    def append(self, batch: pa.Table, done: list[tuple[str, int]]) -> None:
+        table = self.open()
+        write_deltalake(
+            table if table is not None else self.uri,
+            batch,
+            mode="append",
+            partition_by=["day"],
+            schema_mode="merge",
+            # The audit identity may not delete (the bucket is append-only): no log clean-up.
+            configuration=None if table is not None else {"delta.enableExpiredLogCleanup": "false"},
+            storage_options=self.storage_options,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id, last) for app_id, last in done]
+            ),
+        )
+        for app_id, last in done:
+            self.watermarks[app_id] = last
 
 
 class AuditFlusher:
@@ -243,13 +295,14 @@ class AuditFlusher:
         self.store = store
         self.interval = interval
         self.batch_rows = batch_rows
-        self.flushed = 0  # records appended by this flusher
+        self.flushed = 0  # records appended by this flusher to its own site's table
         self.last_error: str | None = None
         self._readers: dict[Path, JournalReader] = {}
-        self._watermarks: dict[str, int] = {}  # app id → last sequence number in the table
+        self._targets = [_Target(store.table_uri, store.storage_options)] + [
+            _Target(store.table_uri, options) for options in store.peers
+        ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._table: DeltaTable | None = None  # kept open: a commit reads only the log since the last
         # Trims take the journal's write lock, which the worker's next commit waits for: they run
         # on a thread of normal priority, not on the flusher's lowered one (a lock held by a
         # thread that the scheduler puts last would hold the worker's answers with it).
@@ -307,22 +360,13 @@ class AuditFlusher:
                 self.last_error = str(exc)
                 log.warning("audit flush failed, retrying: %s", exc)
 
-    def _open_table(self) -> DeltaTable | None:
-        if self._table is None:
-            with contextlib.suppress(TableNotFoundError):  # the first batch creates it
-                self._table = DeltaTable(self.store.table_uri, storage_options=self.store.storage_options)
-        else:
-            self._table.update_incremental()
-        return self._table
-
     def _app_id(self, reader: JournalReader) -> str:
         return f"medshare-audit/{journal_label(self.store.instance, reader.path)}/{reader.id}"
 
-    def _watermark(self, app_id: str) -> int:
-        if app_id not in self._watermarks:
-            table = self._open_table()
-            self._watermarks[app_id] = (table.transaction_version(app_id) or 0) if table is not None else 0
-        return self._watermarks[app_id]
+    @property
+    def peer_errors(self) -> dict[str, str]:
+        """The other sites' audit tables that could not be appended to on the last pass."""
+        return {t.name: t.error for t in self._targets[1:] if t.error}
 
     def _journals(self) -> list[JournalReader]:
         for path in self.store.journals():
@@ -331,40 +375,57 @@ class AuditFlusher:
         return list(self._readers.values())
 
     def flush_once(self) -> int:
-        """Append one batch; the number of records appended (0: nothing pending)."""
-        parts: list[pa.Table] = []
-        done: list[tuple[JournalReader, str, int]] = []
+        """Append one batch to each table; the number of records appended to this site's (0:
+        nothing pending). Another site's table that cannot be reached is left for the next pass
+        (its records stay in the journals); this site's failing raises."""
+        local, *peers = self._targets
+        reachable = [local]
+        for peer in peers:
+            try:
+                peer.open()
+                peer.error = None
+                reachable.append(peer)
+            except (DeltaError, OSError) as exc:
+                peer.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                peer.table = None
+        pending: list[tuple[JournalReader, str, list[tuple[int, dict[str, Any]]]]] = []
         room = self.batch_rows
         for reader in self._journals():
             if room <= 0:
                 break
             app_id = self._app_id(reader)
-            rows = reader.pending(self._watermark(app_id), room)
+            rows = reader.pending(min(t.watermark(app_id) for t in reachable), room)
             if rows:
-                parts.append(to_arrow(journal_label(self.store.instance, reader.path), reader.id, rows))
-                done.append((reader, app_id, rows[-1][0]))
+                pending.append((reader, app_id, rows))
                 room -= len(rows)
-        if not parts:
+        if not pending:
             return 0
-        table = self._open_table()
-        batch = pa.concat_tables(parts)
-        write_deltalake(
-            table if table is not None else self.store.table_uri,
-            batch,
-            mode="append",
-            partition_by=["day"],
-            schema_mode="merge",
-            # The audit identity may not delete (the bucket is append-only): no log clean-up.
-            configuration=None if table is not None else {"delta.enableExpiredLogCleanup": "false"},
-            storage_options=self.store.storage_options,
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(app_id, last) for _, app_id, last in done]
-            ),
-        )
-        for reader, app_id, last in done:
-            self._watermarks[app_id] = last
-            self._trim(reader, last)
-        appended = int(batch.num_rows)
+        appended = 0
+        for target in reachable:
+            parts, done = [], []
+            for reader, app_id, rows in pending:
+                mine = [r for r in rows if r[0] > target.watermark(app_id)]
+                if mine:
+                    parts.append(to_arrow(journal_label(self.store.instance, reader.path), reader.id, mine))
+                    done.append((app_id, mine[-1][0]))
+            if not parts:
+                continue
+            batch = pa.concat_tables(parts)
+            try:
+                target.append(batch, done)
+            except (DeltaError, OSError) as exc:
+                if target is local:
+                    raise
+                target.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                target.table = None
+                continue
+            if target is local:
+                appended = int(batch.num_rows)
+        for reader, app_id, _rows in pending:
+            # Trimmed only up to what every table holds; a table never reached holds nothing yet.
+            held = min(t.watermarks.get(app_id, 0) for t in self._targets)
+            if held:
+                self._trim(reader, held)
         self.flushed += appended
         return appended
 

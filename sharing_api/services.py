@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lakehouse import kafka
@@ -39,6 +39,10 @@ from sharing_api.reviews import Reviews
 from sharing_api.settings import ApiSettings
 from sharing_api.shares import Shares
 from sharing_api.signing import UrlSigner
+
+# object_store's retry settings for another site's store: a few quick tries, not its default
+# minutes of back-off, while the site is down.
+PEER_RETRIES = {"max_retries": "2", "retry_timeout": "5s", "connect_timeout": "2s"}
 
 
 @dataclass
@@ -130,12 +134,19 @@ def build_shares(
 
 
 def audit_store(platform: Settings, api: ApiSettings, topology: Topology) -> AuditStore:
+    # Its own bucket, as an identity that can append and read but never delete; the same table in
+    # the other provincial sites' stores (tried briefly: a site away must not hold up the flush).
+    credentials = site_credentials(platform, AUDIT_SITE)
+    peers = tuple(
+        delta_storage_options(platform, replace(credentials, endpoint=endpoint)) | PEER_RETRIES
+        for endpoint in platform.peer_endpoints
+    )
     return AuditStore(
         instance=api.instance,
         journals=lambda: api.journal_files(platform),
         table_uri=audit_table(api, topology),
-        # Its own bucket, as an identity that can append and read but never delete.
-        storage_options=delta_storage_options(platform, site_credentials(platform, AUDIT_SITE)),
+        storage_options=delta_storage_options(platform, credentials),
+        peers=peers,
     )
 
 
