@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lakehouse.errors import MedshareError
 from lakehouse.settings import get_settings
+from medshare.sites import SiteOption, site_settings
 from medshare.ui import console, fail, service_logging
 
 if TYPE_CHECKING:
@@ -272,13 +273,16 @@ def serve(
             help="Worker processes (default MEDSHARE_API_WORKERS, 1); each holds its own read model."
         ),
     ] = None,
+    site: SiteOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Run the sharing API (FastAPI on uvicorn): patient history, dataset queries, audit, admin, /ui.
 
     Reads the provincial tables from the lakehouse (MEDSHARE_* settings) and the grants from
     platform/grants.yaml (MEDSHARE_API_GRANTS_FILE); OpenAPI at /docs. Stops cleanly on SIGTERM,
-    flushing the audit journal to the audit table."""
+    flushing the audit journal to the audit table. With two provincial sites each runs its own
+    (`--site b`: that site's store, broker and state folder, on port + 1); changes to credentials,
+    consents, reviews and grants made at either reach the other through the operations topic."""
     import os
 
     from sharing_api.serve import serve as run
@@ -290,6 +294,14 @@ def serve(
         if value is not None:
             os.environ[f"MEDSHARE_API_{name}"] = str(value)
     try:
+        if site is not None:
+            stack = get_settings()
+            chosen = site_settings(site)
+            os.environ.update(chosen.site_environment())
+            if port is None:
+                index = stack.site_ids.index(chosen.site_id)
+                os.environ["MEDSHARE_API_PORT"] = str(load_api_settings().port + index)
+            get_settings.cache_clear()
         api = load_api_settings()
         log.info(
             "sharing API on http://%s:%d, %d worker(s) (docs at /docs, clinician page at /ui)",
@@ -302,6 +314,55 @@ def serve(
         fail(exc)
 
 
+def history(
+    resident_id: Annotated[
+        str, typer.Argument(help="The patient's resident ID (sent in a header, never a URL).")
+    ],
+    purpose: Annotated[str, typer.Option(help="Why: treatment or operations.")] = "treatment",
+    limit: Annotated[int, typer.Option(help="Entries per page (newest first).")] = 50,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="A file holding the hospital's bearer token (default: MEDSHARE_API_TOKEN)."),
+    ] = None,
+    url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--url",
+            help="The API at each provincial site, tried in order (repeatable; default MEDSHARE_API_URLS, "
+            "or this host's sites).",
+        ),
+    ] = None,
+) -> None:
+    """Look up a patient's shared history as a hospital, at whichever provincial site answers:
+    a site that does not answer is left for the other within seconds (`sharing_api.client`)."""
+    import json
+    import os
+
+    from sharing_api.client import FailoverClient
+    from sharing_api.settings import load_api_settings
+
+    token = token_file.read_text().strip() if token_file else os.environ.get("MEDSHARE_API_TOKEN", "")
+    if not token:
+        fail(MedshareError("no token: set MEDSHARE_API_TOKEN or give --token-file"))
+    try:
+        urls = url or load_api_settings().site_urls(get_settings())
+        with FailoverClient(urls, token) as client:
+            response = client.get(
+                "/v1/patients/history",
+                params={"purpose": purpose, "limit": limit},
+                headers={"X-Resident-Id": resident_id},
+            )
+            site = client.site
+    except MedshareError as exc:
+        fail(exc)
+    if response.status_code != 200:
+        fail(MedshareError(f"{site} answered {response.status_code}: {response.text[:500]}"))
+    body = response.json()
+    console.print_json(json.dumps(body))
+    console.print(f"{len(body.get('entries', []))} entr(ies) from {site}", style="dim")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    app.command()(history)
     app.add_typer(hospitals, name="hospitals")

@@ -82,6 +82,11 @@ class ApiSettings(BaseSettings):
     operations_topic: str | None = None
     operations_wait_seconds: float = Field(default=5.0, ge=0)
 
+    # The API at each provincial site, in the order a client tries them (comma-separated URLs).
+    # Default: this host's, and on a two-site development stack the other sites' (`serve --site`
+    # puts site i's API on port + i).
+    urls: str | None = None
+
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     # How long a paging cursor keeps its data version readable.
@@ -94,6 +99,11 @@ class ApiSettings(BaseSettings):
             if topic.dataset == "operations":
                 return topic.name
         raise ConfigError("no Kafka topic for dataset 'operations' in the topology's kafka.topics")
+
+    def site_urls(self, platform: Settings) -> list[str]:
+        if self.urls:
+            return [u.strip() for u in self.urls.split(",") if u.strip()]
+        return [f"http://{self.host}:{self.port + i}" for i in range(len(platform.site_ids))]
 
     def grants_path(self, platform: Settings) -> Path:
         return self.grants_file or platform.platform_dir / "grants.yaml"
