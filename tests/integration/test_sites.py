@@ -1,28 +1,45 @@
-"""Two provincial sites (docs/sites.md): every city's data reaches both sites' lakehouses exactly
-once each; when every process of one site is killed, the cities keep publishing, the other site
-loses nothing, and the killed site catches up by itself when it returns.
+"""Two provincial sites (docs/sites.md), both serving: every city's data reaches both sites'
+lakehouses exactly once each; a revocation or an opt-out made at one site holds at the other
+within seconds; when every process of one site is killed under a steady load of history lookups,
+the lookups carry on at the other site, the cities keep publishing, nothing is lost, the audit
+trail holds every request once, and the killed site catches up by itself when it returns.
 
 On a two-site stack of the test's own (tests/utils/sites.py): the cities' object store, two sites
 (a MinIO and a broker each, one Kafka cluster with a replica of every partition in each site),
-the witness controller, and a replicator per site as its own `medshare replicator --site` process.
+the witness controller; a replicator per site (`medshare replicator --site`) and a sharing API
+per site (`medshare serve`, with its site's settings), each its own process.
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+from deltalake import DeltaTable
+from kafka.admin import NewTopic
 
 from infra import stack
-from lakehouse.contracts import Contract
+from lakehouse import kafka
+from lakehouse.contracts import Contract, load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings
+from lakehouse.storage import AUDIT_SITE, PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
+from sharing_api.client import FailoverClient
+from sharing_api.identities import parse_token
+from tests.utils.api import ApiServer
+from tests.utils.province import Province, build_province, write_province
 from tests.utils.replication import (
     CITIES,
     assert_province_holds_the_cities,
@@ -36,12 +53,121 @@ from tests.utils.replication import (
 from tests.utils.sites import SITES, TwoSites, two_site_stack
 
 DATASETS = ("encounters", "patients")
+# A revocation or an opt-out made at one site holds at the other within this (issue 20).
+PROPAGATION_SECONDS = 5.0
+# After a site is lost, the first lookup answered by the other site within this (RTO).
+RTO_SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
 def sites(settings: Settings, topology: Topology) -> Iterator[TwoSites]:
     with two_site_stack(topology, settings.cache_dir) as two:
         yield two
+
+
+@pytest.fixture(scope="module")
+def province(sites: TwoSites, topology: Topology) -> Province:
+    """The same small provincial lakehouse in both sites' stores, for the APIs to serve."""
+    contracts = load_contracts(sites.settings.platform_dir)
+    key = ProvinceKey.from_settings(sites.settings)
+    data = build_province(topology, contracts, key, patients=300, encounters=2400, seed=5)
+    root = f"s3://{topology.province.buckets.lakehouse}/sites-api-{uuid.uuid4().hex[:8]}"
+    for site in SITES:
+        settings = sites.site(site)
+        write_province(data, root, delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE)))
+    return data
+
+
+@pytest.fixture(scope="module")
+def apis(
+    sites: TwoSites, province: Province, topology: Topology, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ApiServer]]:
+    """A sharing API at each site, over that site's copy of `province`, sharing one operations topic."""
+    topic = f"t{uuid.uuid4().hex[:8]}.operations"
+    client = kafka.admin(sites.settings)
+    try:
+        client.create_topics([NewTopic(topic, 1, len(SITES), topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        client.close()
+    audit = f"s3://{topology.province.buckets.audit}/sites-{uuid.uuid4().hex[:8]}"
+    servers = {
+        site: sites.api(
+            site, tmp_path_factory.mktemp(site), tables_root=province.root, audit_table=audit, topic=topic
+        )
+        for site in SITES
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def history(client: httpx.Client | FailoverClient, province: Province, patient: int) -> httpx.Response:
+    return client.get(
+        "/v1/patients/history",
+        params={"purpose": "operations", "limit": 5},
+        headers={"X-Resident-Id": province.resident_ids[patient]},
+    )
+
+
+def until(what: str, ok: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `ok()` holds; fails after `timeout`."""
+    started = time.monotonic()
+    while not ok():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def patient_with_history(server: ApiServer, province: Province) -> tuple[int, str]:
+    """A patient whose home hospital sees rows of theirs (purpose operations: its own rows)."""
+    for patient, home in enumerate(province.home[:100]):
+        token = server.issue(str(home))
+        with server.client(token) as c:
+            response = history(c, province, patient)
+        if response.status_code == 200 and response.json()["entries"]:
+            return patient, str(home)
+    raise AssertionError("no patient with rows at their home hospital among the first 100")
+
+
+def test_a_revocation_and_an_opt_out_at_one_site_hold_at_the_other_within_seconds(
+    apis: dict[str, ApiServer], province: Province
+) -> None:
+    a, b = (apis[s] for s in SITES)
+    patient, hospital = patient_with_history(a, province)
+    # Issued at A (as `medshare hospitals issue-token` there would), usable at B once applied there.
+    token = a.issue(hospital)
+    parsed = parse_token(token)
+    assert parsed is not None
+    with a.client(token) as at_a, b.client(token) as at_b, b.client(b.issue("ops-b", operator=True)) as op_b:
+        until(
+            "A's new credential accepted at B",
+            lambda: history(at_b, province, patient).status_code == 200,
+            30,
+        )
+
+        revoked = op_b.post(f"/v1/admin/credentials/{parsed[0]}/revoke")
+        assert revoked.status_code == 200, revoked.text
+        seconds = until(
+            "B's revocation refused at A", lambda: history(at_a, province, patient).status_code == 401, 30
+        )
+        assert seconds <= PROPAGATION_SECONDS
+        assert history(at_a, province, patient).json()["errorCode"] == "token_revoked"
+
+    other = a.issue(hospital)
+    with a.client(other) as at_a, b.client(b.issue("ops-b2", operator=True)) as op_b:
+        assert history(at_a, province, patient).status_code == 200
+        opted = op_b.post("/v1/admin/consents", json={"resident_id": province.resident_ids[patient]})
+        assert opted.status_code == 201, opted.text
+        seconds = until(
+            "B's opt-out applied at A", lambda: history(at_a, province, patient).status_code == 403, 30
+        )
+        assert seconds <= PROPAGATION_SECONDS
+        assert history(at_a, province, patient).json()["errorCode"] == "consent_denied"
 
 
 def commit_round(
@@ -73,8 +199,56 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(30)
 
 
+@dataclass
+class Lookups:
+    """A steady load of history lookups through the failover client, on a thread."""
+
+    client: FailoverClient
+    province: Province
+    patient: int
+    answers: list[tuple[float, float, int, str, str]] = field(
+        default_factory=list
+    )  # start, end, status, site, id
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                response = history(self.client, self.province, self.patient)
+            except Exception as exc:  # counted: after the failover no request may fail
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            rid = response.headers.get("x-request-id", "")
+            self.answers.append((started, time.monotonic(), response.status_code, self.client.site, rid))
+            time.sleep(0.05)
+
+
+def known_at(server: ApiServer, *tokens: str) -> bool:
+    ids = [parse_token(t)[0] for t in tokens]  # type: ignore[index]
+    with sqlite3.connect(server.api_settings().db_path(server.settings)) as conn:
+        marks = ",".join("?" * len(ids))
+        found = conn.execute(f"SELECT COUNT(*) FROM credentials WHERE token_id IN ({marks})", ids).fetchone()
+    return bool(found[0] == len(ids))
+
+
+def audit_ids(settings: Settings, uri: str, token_ids: set[str]) -> Counter[str]:
+    """Request ids in one site's audit table, of requests made with these credentials, counted."""
+    try:
+        table = DeltaTable(
+            uri, storage_options=delta_storage_options(settings, site_credentials(settings, AUDIT_SITE))
+        )
+    except Exception:  # not created yet
+        return Counter()
+    rows = table.to_pyarrow_dataset().to_table(columns=["request_id", "token_id"]).to_pylist()
+    return Counter(r["request_id"] for r in rows if r["token_id"] in token_ids)
+
+
 def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
     sites: TwoSites,
+    apis: dict[str, ApiServer],
+    province: Province,
     topology: Topology,
     contracts: dict[str, Contract],
     key: ProvinceKey,
@@ -82,27 +256,51 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
     tmp_path: Path,
 ) -> None:
     a, b = (sites.site(s) for s in SITES)
+    api_a, api_b = (apis[s] for s in SITES)
     layout = ReplicationLayout(topology, f"t{unique}")
     make_topics(sites.settings, layout)
     args = ("replicator", "--namespace", layout.namespace, "--metrics-port", "0", "--site")
     logs = {s: tmp_path / f"replicator-{s}.log" for s in SITES}
     replicators = {s: sites.medshare(logs[s], *args, s) for s in SITES}
+
+    patient, hospital = patient_with_history(api_a, province)
+    token = api_a.issue(hospital)
+    counted = api_a.issue(hospital)  # the N sequential requests of the audit check
+    # Applied at B before A goes (read from B's database: a request would be audited).
+    until("A's credentials applied at B", lambda: known_at(api_b, token, counted), 30)
+    load = Lookups(FailoverClient([api_a.url, api_b.url], token), province, patient)
+    loader = threading.Thread(target=load.run, name="lookups", daemon=True)
+    sequential: list[str] = []
+
+    def lookup_at(server: ApiServer) -> None:
+        with server.client(counted) as c:
+            response = history(c, province, patient)
+        assert response.status_code == 200, response.text
+        sequential.append(response.headers["x-request-id"])
+
     try:
         started = time.monotonic()
         commit_round(sites, layout, contracts, "r1")
         publish_all(sites, layout, contracts, key)
         wait_verified(sites.settings, layout, contracts, key, sites=[a, b], datasets=DATASETS, timeout=180)
         both_after = time.monotonic() - started
+        loader.start()
+        for n in range(10):  # spread over both sites
+            lookup_at(api_a if n % 2 else api_b)
 
         # Committed by the cities and published just before the failure; applied nowhere yet, or
         # in one site only — either way it must be in both in the end.
         commit_round(sites, layout, contracts, "r2")
         publish_all(sites, layout, contracts, key)
+        time.sleep(1.0)  # lookups answered by A before it goes
+        lost_at = time.monotonic()
         replicators[SITES[0]].send_signal(signal.SIGKILL)
+        api_a.kill()
         killed = sites.kill_site(SITES[0])
         assert sorted(killed) == [f"kafka-{SITES[0]}", f"minio-{SITES[0]}"]
         replicators[SITES[0]].wait(30)
-        lost_at = time.monotonic()
+        for _ in range(10):
+            lookup_at(api_b)
 
         # The cities keep publishing while site A is gone, and site B has everything.
         commit_round(sites, layout, contracts, "r3")
@@ -110,21 +308,61 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
         published_after = time.monotonic() - lost_at
         wait_verified(sites.settings, layout, contracts, key, sites=[b], datasets=DATASETS, timeout=180)
         b_complete_after = time.monotonic() - lost_at
+        load.stop.set()
+        loader.join(60)
+
+        # Lookups: answered by A before the loss, by B after, none failed; the first answer after
+        # the loss came within the RTO.
+        assert not load.failures, load.failures[:5]
+        assert all(status == 200 for _, _, status, _, _ in load.answers), Counter(a[2] for a in load.answers)
+        before = [end for _, end, _, site, _ in load.answers if end < lost_at and site == api_a.url]
+        after = [end for start, end, _, site, _ in load.answers if end > lost_at and site == api_b.url]
+        assert before and after
+        rto = min(after) - lost_at
+        assert rto <= RTO_SECONDS
 
         # Site A comes back on its old folders, knowing nothing of the interval, and catches up.
         back = time.monotonic()
         stack.up(sites.settings, topology, sites=[SITES[0]])
         replicators[SITES[0]] = sites.medshare(logs[SITES[0]], *args, SITES[0])
+        api_a.start()
         wait_verified(sites.settings, layout, contracts, key, sites=[a, b], datasets=DATASETS, timeout=240)
         caught_up_after = time.monotonic() - back
         for site in (a, b):
             assert_province_holds_the_cities(site, layout, contracts, key, DATASETS)
+
+        # The audit trail, in both sites: the N sequential requests exactly once each; every
+        # answered lookup once (plus at most the one in flight when A died, journaled there).
+        answered = {rid for *_, rid in load.answers}
+        ids = {t: parse_token(t)[0] for t in (token, counted)}  # type: ignore[index]
+        for site in (a, b):
+
+            def missing(site: Settings = site) -> str:
+                held = audit_ids(site, api_a.audit_table, {ids[counted]})
+                lookups = audit_ids(site, api_a.audit_table, {ids[token]})
+                gaps = (set(sequential) ^ set(held), answered - set(lookups))
+                return "" if not any(gaps) else f"{len(gaps[0])} of the N, {len(gaps[1])} lookups"
+
+            try:
+                until(f"the audit trail complete at {site.site_id}", lambda: not missing(), 120)
+            except AssertionError as exc:
+                tail = "\n".join(
+                    line for s in apis.values() for line in s.log.read_text().splitlines() if "audit" in line
+                )
+                raise AssertionError(f"{exc}: {missing()} missing\n{tail[-3000:]}") from None
+            held = audit_ids(site, api_a.audit_table, {ids[counted]})
+            assert sum(held.values()) == len(sequential) == 20 and max(held.values()) == 1
+            lookups = audit_ids(site, api_a.audit_table, {ids[token]})
+            assert max(lookups.values()) == 1 and len(lookups) - len(answered) <= 1
         print(
-            f"both sites complete {both_after:.1f} s after the first commits; site A lost: cities "
+            f"both sites complete {both_after:.1f} s after the first commits; site A lost: lookups "
+            f"answered by B {rto:.2f} s later ({len(load.answers)} lookups, none failed); cities "
             f"published again after {published_after:.1f} s, site B complete after "
             f"{b_complete_after:.1f} s; site A back and caught up after {caught_up_after:.1f} s"
         )
     finally:
+        load.stop.set()
+        load.client.close()
         for proc in replicators.values():
             stop(proc)
     for site in SITES:

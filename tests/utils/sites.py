@@ -23,6 +23,7 @@ from infra.provision import provision_storage
 from infra.services import minio_spec
 from lakehouse.settings import Settings, load_settings
 from lakehouse.topology import Topology
+from tests.utils.api import ApiServer
 
 SITES = ("henan-dc-a", "henan-dc-b")
 STEP = 10
@@ -56,6 +57,19 @@ class TwoSites:
 
     def site(self, site: str) -> Settings:
         return self.settings.for_site(site)
+
+    def api(self, site: str, workdir: Path, *, tables_root: str, audit_table: str, topic: str) -> ApiServer:
+        """The sharing API of one site (not started): its store, broker and state folder, its own
+        grants file, the operations topic `topic`."""
+        env = self.settings.for_site(site).site_environment() | {"MEDSHARE_API_OPERATIONS_TOPIC": topic}
+        return ApiServer(
+            settings=self.settings.for_site(site),
+            workdir=workdir,
+            tables_root=tables_root,
+            audit_table=audit_table,
+            instance=f"api-{site}",
+            extra_env=env,
+        )
 
     def medshare(self, log: Path, *args: str) -> subprocess.Popen[bytes]:
         """`medshare <args>` on this stack, as its own process, output appended to `log`."""
