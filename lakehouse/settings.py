@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # listen `i * site_port_step` above the ports above, its services keep their state in
     # `<state>/sites/<id>`, and a witness controller (the quorum's third voter) listens one step
     # above the last site's controller. A deployment sets each site's endpoints itself.
-    sites: str = "henan-dc-a"
+    sites: str = "henan-dc-a,henan-dc-b"
     site_port_step: int = Field(default=10, ge=2)
     # The provincial site this process belongs to (its replicator's consumer group, its broker's
     # rack); None: the first of `sites`.

@@ -185,27 +185,43 @@ def _replicate(settings: Settings, report: Report, cities: Sequence[str]) -> Tab
         published = publish_city(settings, layout, contracts, key, city_id)
         units = sum(d.units for d in published.datasets.values())
         report(f"{city_id}: published {published.rows:,} rows in {units} unit(s) through Kafka")
-    replicator = Replicator(settings, layout, contracts)
+    # One replicator per provincial site, each writing its own site's store.
+    sites = settings.each_site()
     stop = threading.Event()
-    worker = threading.Thread(target=replicator.run, args=(stop,), name="replicator")
-    report("provincial replicator applying the units; verify compares province and cities")
-    worker.start()
+    workers = [
+        threading.Thread(
+            target=Replicator(site, layout, contracts).run, args=(stop,), name=f"replicator-{site.site_id}"
+        )
+        for site in sites
+    ]
+    where = f"{len(sites)} provincial sites" if len(sites) > 1 else "the province"
+    report(f"replicators applying the units in {where}; verify compares each with the cities")
+    for worker in workers:
+        worker.start()
     try:
         deadline = time.monotonic() + 180
-        while not (result := verify(settings, layout, contracts, key, cities=cities)).ok:
+        while not (result := verify(settings, layout, contracts, key, cities=cities, sites=sites)).ok:
             if time.monotonic() > deadline:
                 raise MedshareError(f"the province still differs after 180 s: {result.differences[:5]}")
             time.sleep(1)
     finally:
         stop.set()
-        worker.join(60)
+        for worker in workers:
+            worker.join(60)
     table = Table(
-        "city", "dataset", "partitions", "rows", "city version", "province reflects", title="replication"
+        "city",
+        "dataset",
+        "partitions",
+        "rows",
+        "city version",
+        "site",
+        "province reflects",
+        title="replication",
     )
     for c in result.compared:
-        versions = (str(c.city_version), str(c.province_version))
+        versions = (str(c.city_version), c.site or "-", str(c.province_version))
         table.add_row(c.city, c.dataset, str(c.partitions), str(c.rows), *versions)
-    table.caption = "verify: no difference — the province holds exactly each city's shareable data"
+    table.caption = f"verify: no difference — {where} hold(s) exactly each city's shareable data"
     return table
 
 

@@ -50,6 +50,8 @@ def _private_stack_environment() -> Path:
             "MEDSHARE_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker}",
             "MEDSHARE_KAFKA_CONTROLLER_PORT": str(controller),
             "MEDSHARE_API_PORT": str(api),
+            # One provincial site: the two-site layout has a stack of its own (tests/utils/sites.py).
+            "MEDSHARE_SITES": "henan-dc-a",
         }
     )
     return state
