@@ -171,7 +171,9 @@ def profile(
     ] = None,
     by: By = None,
 ) -> None:
-    """Write a Delta Sharing profile file for a hospital, with a new credential of its own.
+    """Write a Delta Sharing profile file for a hospital, with a new credential of its own — one
+    file per provincial site (`<hospital>.share`, `<hospital>.<site>.share`): if one site is down
+    the hospital's tools use the other's.
 
     Give the file to the hospital: `delta_sharing.SharingClient("<file>").list_all_tables()` then
     lists what its grants allow, and `delta_sharing.load_as_pandas("<file>#research.province.encounters")`
@@ -193,11 +195,21 @@ def profile(
         )
         _ship()
         target = out or Path(f"{hospital}.share")
+        written = [target]
         write_profile(target, profile_document(endpoint or api.sharing_endpoint(), issued))
+        if endpoint is None:
+            # The protocol's profile names one endpoint: one file per other provincial site, with
+            # the same credential (it holds at every site).
+            settings = get_settings()
+            for site, url in list(zip(settings.site_ids, api.site_urls(settings), strict=False))[1:]:
+                other = target.with_name(f"{target.stem}.{site}{target.suffix}")
+                write_profile(other, profile_document(url.rstrip("/") + "/delta-sharing/", issued))
+                written.append(other)
     except (MedshareError, ApiError, OSError) as exc:
         fail(exc)
     console.print(
-        f"[green]wrote[/green] {target}: Delta Sharing profile of {hospital} (credential "
+        f"[green]wrote[/green] {', '.join(map(str, written))}: Delta Sharing profile of {hospital} "
+        f"(credential "
         f"[bold]{issued.token_id}[/bold], expires {_when(issued.expires_at)}). It holds a secret: send it "
         "to the hospital over a secure channel."
     )

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
 
 from lakehouse.settings import Settings
 from sharing_api import handlers
 from sharing_api.middleware import AuditMiddleware
 from sharing_api.responses import json_response
 from sharing_api.routes import admin, audit, auth, datasets, patients, sharing, ui
+from sharing_api.routes.ui import origin
 from sharing_api.services import Services, build_services
 from sharing_api.settings import ApiSettings
 
@@ -70,6 +72,14 @@ def create_app(platform: Settings, api: ApiSettings, *, services: Services | Non
     app = FastAPI(title="medshare sharing API", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
     app.add_middleware(AuditMiddleware, journal=services.journal)
+    # The clinician page served by another provincial site calls this one when its own fails.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[origin(u) for u in api.site_urls(platform)],
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Accept", "X-Resident-Id"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+    )
     handlers.install(app)
     for module in (auth, patients, datasets, sharing, audit, admin, ui):
         app.include_router(module.router)

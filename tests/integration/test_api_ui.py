@@ -13,11 +13,11 @@ import pytest
 
 from lakehouse.topology import Topology
 from sharing_api.catalog import HISTORY
-from tests.utils.browser import ARTIFACTS, TIMEOUT_MS, chromium_page
+from tests.utils.browser import ARTIFACTS, TIMEOUT_MS, chromium_page, look_up, sign_in
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from playwright.sync_api import Page, Request
+    from playwright.sync_api import Request
 
     from tests.utils.api import ApiServer
     from tests.utils.province import Province
@@ -45,26 +45,6 @@ def _rows_of(table: pa.Table, key: str) -> int:
     return int(pc.sum(pc.equal(table["person_key"], key)).as_py() or 0)
 
 
-def _sign_in(page: Page, token: str) -> str:
-    page.fill("#token", token)
-    page.click("#signin")
-    page.wait_for_function(
-        "() => /Signed in as|Not signed in:/.test(document.getElementById('whoami').textContent)",
-        timeout=TIMEOUT_MS,
-    )
-    return str(page.text_content("#whoami"))
-
-
-def _look_up(page: Page, resident_id: str, purpose: str, page_size: int = 50, reason: str = "") -> None:
-    page.fill("#resident-id", resident_id)
-    page.select_option("#purpose", purpose)
-    if purpose == "emergency":
-        page.fill("#reason", reason)
-    page.select_option("#page-size", str(page_size))
-    page.click("#lookup")
-    page.wait_for_selector("#results:not([hidden]), #error:not([hidden])", timeout=TIMEOUT_MS)
-
-
 def test_clinician_page(api_server: ApiServer, province_data: Province, topology: Topology) -> None:
     counts, cities = _histories(province_data)
     index = next(
@@ -86,7 +66,7 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         assert "default-src 'self'" in (response.headers.get("content-security-policy") or "")
 
         # 1. Sign in; the token lives in sessionStorage only.
-        whoami = _sign_in(page, api_server.issue(hospital.id))
+        whoami = sign_in(page, api_server.issue(hospital.id))
         assert f"Signed in as {hospital.name} ({hospital.city}, {hospital.level})" in whoami, whoami
         assert page.evaluate("() => localStorage.length") == 0
         assert page.evaluate("() => sessionStorage.getItem('medshare.token')")
@@ -99,7 +79,7 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         # 2. An emergency lookup (break-glass, with its reason): the whole history across cities,
         # newest first.
         reason = "unconscious on arrival, allergies unknown"
-        _look_up(page, resident_id, "emergency", PAGE_SIZE, reason)
+        look_up(page, resident_id, "emergency", PAGE_SIZE, reason)
         assert page.locator("#error").is_hidden(), page.text_content("#error")
         assert page.get_attribute("#timeline", "data-page-size") == str(PAGE_SIZE)
         rows = page.locator("#timeline tr.entry")
@@ -138,15 +118,15 @@ def test_clinician_page(api_server: ApiServer, province_data: Province, topology
         page.screenshot(path=str(ARTIFACTS / "ui-clinician.png"), full_page=True)
 
         # 4. An emergency without a reason is refused, and the page says what is missing.
-        whoami = _sign_in(page, api_server.issue(county.id))
+        whoami = sign_in(page, api_server.issue(county.id))
         assert f"Signed in as {county.name}" in whoami, whoami
-        _look_up(page, resident_id, "emergency", reason="")
+        look_up(page, resident_id, "emergency", reason="")
         assert page.locator("#error").is_visible()
         assert "reason_required" in str(page.text_content("#error"))
         assert page.locator("#results").is_hidden()
         page.screenshot(path=str(ARTIFACTS / "ui-clinician-denied.png"))
         # The county's own records of the patient (operations): a GET with the ID in a header.
-        _look_up(page, resident_id, "operations")
+        look_up(page, resident_id, "operations")
         assert page.locator("#results").is_visible() or "not_under_care" not in str(
             page.text_content("#error")
         )

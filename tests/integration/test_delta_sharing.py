@@ -625,3 +625,24 @@ def test_profile_command_writes_a_private_working_profile(sharing: Sharing, tmp_
     assert profile["bearerToken"] not in done.stdout + done.stderr  # the secret is in the file only
     listed = read_share(sharing.settings, target, "list")["tables"]
     assert set(listed) == expected_tables(sharing, "zz-fahzu")
+
+    # Two provincial sites: a file per site, one credential (it holds at both sites).
+    other_site = "http://127.0.0.1:1"  # never called: only named in the second file
+    two = {
+        "MEDSHARE_SITES": "henan-dc-a,henan-dc-b",
+        # Given as a list: not derived from the one-site stack's ports.
+        "MEDSHARE_KAFKA_BOOTSTRAP": f"{sharing.settings.kafka_bootstrap},{sharing.settings.kafka_bootstrap}",
+        "MEDSHARE_API_URLS": f"{sharing.server.url},{other_site}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "medshare", "hospitals", "profile", "zz-fahzu", "--out", str(target)],
+        env=env | two,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    second = json.loads((tmp_path / "zz-fahzu.henan-dc-b.share").read_text())
+    assert second["endpoint"] == f"{other_site}/delta-sharing/"
+    assert second["bearerToken"] == json.loads(target.read_text())["bearerToken"]

@@ -39,6 +39,7 @@ from lakehouse.topology import Topology
 from sharing_api.client import FailoverClient
 from sharing_api.identities import parse_token
 from tests.utils.api import ApiServer
+from tests.utils.browser import TIMEOUT_MS, chromium_page, look_up, sign_in
 from tests.utils.province import Province, build_province, write_province
 from tests.utils.replication import (
     CITIES,
@@ -96,6 +97,9 @@ def apis(
         )
         for site in SITES
     }
+    urls = ",".join(server.url for server in servers.values())
+    for server in servers.values():
+        server.extra_env["MEDSHARE_API_URLS"] = urls  # the clinician page fails over between them
     try:
         for server in servers.values():
             server.start()
@@ -197,6 +201,33 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(30)
+
+
+def test_the_clinician_page_carries_on_at_the_other_site(
+    apis: dict[str, ApiServer], province: Province
+) -> None:
+    a, b = (apis[s] for s in SITES)
+    patient, hospital = patient_with_history(a, province)
+    token = a.issue(hospital)
+    until("A's credential applied at B", lambda: known_at(b, token), 30)
+    with chromium_page() as page:
+        response = page.goto(f"{a.url}/ui", timeout=TIMEOUT_MS)
+        assert response is not None and response.ok
+        assert b.url in (response.headers.get("content-security-policy") or "")
+        assert "Signed in as" in sign_in(page, token)
+        look_up(page, province.resident_ids[patient], "operations")
+        assert page.locator("#error").is_hidden(), page.text_content("#error")
+        shown = page.locator("#timeline tr.entry").count()
+        assert shown > 0 and page.evaluate("() => document.body.dataset.site") == a.url
+
+        a.kill()  # the page, already loaded, carries on at B
+        try:
+            look_up(page, province.resident_ids[patient], "operations")
+            assert page.locator("#error").is_hidden(), page.text_content("#error")
+            assert page.locator("#timeline tr.entry").count() == shown
+            assert page.evaluate("() => document.body.dataset.site") == b.url
+        finally:
+            a.start()
 
 
 @dataclass

@@ -47,3 +47,25 @@ def chromium_page() -> Iterator[Page]:
             yield page
         finally:
             context.close()
+
+
+def sign_in(page: Page, token: str) -> str:
+    """Sign in on the clinician page; what it then says of the caller."""
+    page.fill("#token", token)
+    page.click("#signin")
+    page.wait_for_function(
+        "() => /Signed in as|Not signed in:/.test(document.getElementById('whoami').textContent)",
+        timeout=TIMEOUT_MS,
+    )
+    return str(page.text_content("#whoami"))
+
+
+def look_up(page: Page, resident_id: str, purpose: str, page_size: int = 50, reason: str = "") -> None:
+    """A lookup on the clinician page, until it shows results or an error."""
+    page.fill("#resident-id", resident_id)
+    page.select_option("#purpose", purpose)
+    if purpose == "emergency":
+        page.fill("#reason", reason)
+    page.select_option("#page-size", str(page_size))
+    page.click("#lookup")
+    page.wait_for_selector("#results:not([hidden]), #error:not([hidden])", timeout=TIMEOUT_MS)
