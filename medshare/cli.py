@@ -122,15 +122,21 @@ def status(
     ] = False,
 ) -> None:
     """Show each service, its ports, pid and health, then how far the province's replicas are
-    behind each city and what each replicator is doing; exit 1 unless all services are healthy
-    and no replicator is stalled."""
+    behind each city and what each replicator is doing — at each provincial site, and how far each
+    site is behind the other; exit 1 unless all services are healthy and no replicator is
+    stalled."""
     try:
         healthy = _print_status()
         if healthy:
+            lag = replication_cli.site_lag(get_settings())
             for settings in get_settings().each_site():
                 if settings.site is not None:
                     console.print(f"[bold]site {settings.site_id}[/bold] ({settings.s3_endpoint})")
-                healthy = replication_cli.print_replication(settings, by_dataset=datasets) and healthy
+                rows = lag[settings.site_id]
+                healthy = (
+                    replication_cli.print_replication(settings, by_dataset=datasets, rows=rows) and healthy
+                )
+            replication_cli.print_sites_lag(lag)
     except MedshareError as exc:
         _fail(exc)
     if not healthy:

@@ -276,7 +276,43 @@ def relayout(
     console.print(f"{rebuilt} table(s) rebuilt; applied versions and row counts checked")
 
 
-def print_replication(settings: Settings, namespace: str = "", *, by_dataset: bool = False) -> bool:
+def site_lag(settings: Settings, namespace: str = "") -> dict[str, list[LagRow]]:
+    """Each provincial site's replication rows (one site: the settings' own)."""
+    from lakehouse.contracts import load_contracts
+    from lakehouse.replication.status import replication_lag
+
+    contracts = load_contracts(settings.platform_dir)
+    layout = _layout(settings, namespace)
+    return {s.site_id: replication_lag(s, layout, contracts) for s in settings.each_site()}
+
+
+def print_sites_lag(lag: dict[str, list[LagRow]]) -> None:
+    """How far each site is behind the other: per (city, dataset), the versions one site has
+    applied and the other not yet."""
+    if len(lag) < 2:
+        return
+    applied = {
+        site: {(r.city, r.dataset): -1 if r.applied_version is None else r.applied_version for r in rows}
+        for site, rows in lag.items()
+    }
+    table = Table("site", "behind", "tables behind", "versions behind")
+    for site, mine in applied.items():
+        for other, theirs in applied.items():
+            if other == site:
+                continue
+            gaps = [theirs[k] - v for k, v in mine.items() if theirs.get(k, -1) > v]
+            style = "green" if not gaps else "yellow"
+            table.add_row(site, other, f"[{style}]{len(gaps)}[/{style}]", f"[{style}]{sum(gaps)}[/{style}]")
+    Console().print(table)
+
+
+def print_replication(
+    settings: Settings,
+    namespace: str = "",
+    *,
+    by_dataset: bool = False,
+    rows: list[LagRow] | None = None,
+) -> bool:
     """The replication part of `medshare status`: how far the province is behind each city (one
     row per city, or per city and dataset), and what each replicator on this machine is doing;
     False when one cannot make progress."""
@@ -285,7 +321,8 @@ def print_replication(settings: Settings, namespace: str = "", *, by_dataset: bo
     from lakehouse.replication.status import replication_lag
 
     layout = _layout(settings, namespace)
-    rows = replication_lag(settings, layout, load_contracts(settings.platform_dir))
+    if rows is None:
+        rows = replication_lag(settings, layout, load_contracts(settings.platform_dir))
 
     def lateness(behind: int, lag: float | None) -> tuple[str, bool]:
         late = bool(behind) and (lag is None or lag >= STALL_SECONDS)
