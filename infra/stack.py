@@ -82,11 +82,11 @@ def up(
         report(f"starting {spec.name}")
         if process.start(spec):
             started.append(spec.name)
+    # A site's store holds the provincial buckets; the cities' store (in a development stack the
+    # first site's) the cities' — provisioned when it is one of the stores just started.
+    running = {site.s3_endpoint for site in chosen}
     for site in chosen:
-        # A site's store holds the provincial buckets; the cities' store (in a development stack
-        # the first site's) the cities'.
         report(f"creating buckets, site users and policies ({site.site_id})")
-        running = {s.s3_endpoint for s in chosen}
         provision_storage(site, topology, cities=site.cities_endpoint in running)
     report("creating Kafka topics")
     provision_topics(chosen[0], topology)

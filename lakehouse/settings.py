@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         """Every broker a client may bootstrap from: as given, or with two sites on a development
         stack (one broker given) every site's, this site's first — a client that starts while a
         site is down must still find the cluster."""
-        if "," in self.kafka_bootstrap or not self.multi_site:
+        if "," in self.kafka_bootstrap or not (self.multi_site and self.development):
             return self.kafka_bootstrap
         host, port = self.kafka_host_port
         ports = [port + i * self.site_port_step for i in range(len(self.site_ids))]
@@ -178,7 +178,8 @@ class Settings(BaseSettings):
 
     @property
     def witness_controller_port(self) -> int:
-        """The third KRaft voter's port (two sites on a development stack)."""
+        """The third KRaft voter's port (two sites on a development stack; of the stack's own
+        settings, not a site's)."""
         return self.kafka_controller_port + len(self.site_ids) * self.site_port_step
 
     def site_named(self, name: str) -> str:
@@ -211,7 +212,7 @@ class Settings(BaseSettings):
         return self.model_copy(
             update={
                 "site": site,
-                "s3_endpoint": self.for_site_store(site),
+                "s3_endpoint": self._site_store(site),
                 "s3_console_port": self.s3_console_port + step,
                 "kafka_bootstrap": ",".join([mine, *(b for b in brokers if b != mine)]),
                 "kafka_controller_port": self.kafka_controller_port + step,
@@ -219,13 +220,14 @@ class Settings(BaseSettings):
                 "secrets_dir": self.site_secrets_dir,
                 "cities_s3_endpoint": self.cities_endpoint,
                 "peer_s3_endpoints": ",".join(
-                    self.for_site_store(other) for other in self.site_ids if other != site
+                    self._site_store(other) for other in self.site_ids if other != site
                 ),
             }
         )
 
-    def for_site_store(self, site: str) -> str:
-        """Site `site`'s object store on a development stack (see `sites`)."""
+    def _site_store(self, site: str) -> str:
+        """Site `site`'s object store on a development stack (see `sites`; of the stack's own
+        settings)."""
         url = urlsplit(self.s3_endpoint)
         step = self.site_ids.index(site) * self.site_port_step
         return f"{url.scheme}://{url.hostname}:{(url.port or 80) + step}"
