@@ -13,9 +13,16 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from infra.provision import store_contents
+from infra.services import _kafka_properties, _witness_properties, node_id, quorum_voters
+from lakehouse.settings import Settings, load_settings
+from lakehouse.topology import load_topology
+from sharing_api.settings import load_api_settings
 
 pytestmark = pytest.mark.unit
 
@@ -265,6 +272,183 @@ def test_required_variables_of_the_compose_file_are_known() -> None:
     """DUMMY_REQUIRED_ENV (used for `docker compose config`) lists every required variable."""
     required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?", COMPOSE_FILE.read_text()))
     assert required == set(DUMMY_REQUIRED_ENV)
+
+
+# The two provincial sites (docs/sites.md) and the letter their services are suffixed with.
+SITES = {"henan-dc-a": "a", "henan-dc-b": "b"}
+WITNESS = "kafka-witness"
+# Kafka settings that name hosts, ports or folders: compared by structure, not by value.
+KAFKA_PLACES = {"listeners", "advertised.listeners", "log.dirs", "controller.quorum.voters"}
+
+
+def kafka_settings(service: dict[str, Any]) -> dict[str, str]:
+    """A Kafka node's server.properties as the apache/kafka image writes them (KAFKA_FOO_BAR is
+    foo.bar)."""
+    return {
+        name.removeprefix("KAFKA_").lower().replace("_", "."): value
+        for name, value in environment_items(service)
+        if name.startswith("KAFKA_")
+    }
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """("kafka-a", 9092) of kafka-a:9092, PLAINTEXT://kafka-a:9092 or http://kafka-a:9092."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    assert parts.hostname and parts.port, address
+    return parts.hostname, parts.port
+
+
+def listener_ports(service: dict[str, Any]) -> dict[str, int]:
+    """Listener name -> port of a Kafka node (PLAINTEXT://:9092,CONTROLLER://:9093)."""
+    listeners = kafka_settings(service)["listeners"].split(",")
+    return {name: int(rest.rsplit(":", 1)[1]) for name, _, rest in (s.partition("://") for s in listeners)}
+
+
+def two_site_stack(tmp_path: Path) -> Settings:
+    """The platform's own two-site development stack, whose Kafka settings the file must match."""
+    return load_settings(
+        state_dir=tmp_path,
+        sites=",".join(SITES),
+        s3_endpoint="http://127.0.0.1:19000",
+        s3_console_port=19001,
+        kafka_bootstrap="127.0.0.1:19092",
+        kafka_controller_port=19093,
+    )
+
+
+def test_the_kafka_cluster_is_stretched_over_both_sites_with_a_witness(tmp_path: Path) -> None:
+    """A broker+controller per site with its rack, a controller-only witness, one voters list and
+    one cluster id, and the settings infra/services.py gives a two-site stack (RF 2 and the rest)."""
+    services = load_compose()["services"]
+    topology = load_topology(REPO_ROOT / "platform")
+    assert tuple(SITES) == tuple(dc.id for dc in topology.province.data_centres)
+    stack = two_site_stack(tmp_path)
+    nodes = [f"kafka-{letter}" for letter in SITES.values()] + [WITNESS]
+    assert all(node in services for node in nodes), f"Kafka nodes missing: {nodes}"
+    for site, letter in SITES.items():
+        mine = stack.for_site(site)
+        rack = topology.data_centre(site).rack
+        wanted = parse_properties(_kafka_properties(mine, tmp_path, rack))
+        given = kafka_settings(services[f"kafka-{letter}"])
+        assert set(given) == set(wanted), f"kafka-{letter}: {set(given) ^ set(wanted)}"
+        for key in set(wanted) - KAFKA_PLACES:
+            assert given[key] == wanted[key], f"kafka-{letter}: {key}={given[key]}, not {wanted[key]}"
+        assert given["broker.rack"] == rack and given["node.id"] == str(node_id(mine))
+        assert given["process.roles"] == "broker,controller"
+        assert host_port(given["advertised.listeners"]) == (
+            f"kafka-{letter}",
+            listener_ports(services[f"kafka-{letter}"])["PLAINTEXT"],
+        )
+        # The replication the design rests on (docs/sites.md), stated once more in plain words.
+        for key, value in {
+            "default.replication.factor": "2",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "2",
+            "transaction.state.log.replication.factor": "2",
+            "transaction.state.log.min.isr": "1",
+            "unclean.leader.election.enable": "false",
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "1000",
+            "auto.create.topics.enable": "false",
+        }.items():
+            assert given[key] == value, f"kafka-{letter}: {key}={given[key]}, not {value}"
+    witness = kafka_settings(services[WITNESS])
+    wanted = parse_properties(_witness_properties(stack.for_site(next(iter(SITES))), tmp_path))
+    assert set(witness) == set(wanted), f"{WITNESS}: {set(witness) ^ set(wanted)}"
+    for key in set(wanted) - KAFKA_PLACES:
+        assert witness[key] == wanted[key], f"{WITNESS}: {key}={witness[key]}, not {wanted[key]}"
+    assert witness["process.roles"] == "controller" and "broker.rack" not in witness
+    # Every node has the same voters and cluster id; voter n is node n at its controller port, in
+    # the platform's order: each site's broker, then the witness.
+    voters = {kafka_settings(services[n])["controller.quorum.voters"] for n in nodes}
+    assert len(voters) == 1, f"the Kafka nodes disagree on the voters: {voters}"
+    cluster_ids = {dict(environment_items(services[n])).get("CLUSTER_ID") for n in nodes}
+    assert len(cluster_ids) == 1 and None not in cluster_ids, f"cluster ids: {cluster_ids}"
+    listed = [voter.partition("@") for voter in voters.pop().split(",")]
+    platform_ids = [v.partition("@")[0] for v in quorum_voters(stack.for_site(next(iter(SITES)))).split(",")]
+    assert [voter_id for voter_id, _, _ in listed] == platform_ids
+    assert [host_port(address)[0] for _, _, address in listed] == nodes
+    for (voter_id, _, address), node in zip(listed, nodes, strict=True):
+        assert kafka_settings(services[node])["node.id"] == voter_id
+        assert listener_ports(services[node])["CONTROLLER"] == host_port(address)[1]
+
+
+def test_each_site_runs_its_own_store_broker_replicator_and_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each site's components are told their site, their own store first (the other's as the
+    peer), the cities' store, their own broker first; the APIs are listed for failover."""
+    services = load_compose()["services"]
+    topology = load_topology(REPO_ROOT / "platform")
+    stores = {letter: f"minio-{letter}" for letter in SITES.values()}
+    brokers = {
+        letter: host_port(kafka_settings(services[f"kafka-{letter}"])["advertised.listeners"])
+        for letter in SITES.values()
+    }
+    assert "minio-cities" in services
+    store_volumes = [named_volumes(services[name]) for name in [*stores.values(), "minio-cities"]]
+    assert all(len(v) == 1 for v in store_volumes) and len({v[0] for v in store_volumes}) == 3, (
+        f"each object store needs a volume of its own: {store_volumes}"
+    )
+    api_urls = [f"http://sharing-api-{letter}:8040" for letter in SITES.values()]
+    host_ports, api_volumes, instances = set(), set(), set()
+    for site, letter in SITES.items():
+        others = [other for other in SITES.values() if other != letter]
+        for name in (f"provision-{letter}", f"replicator-{letter}", f"sharing-api-{letter}"):
+            assert name in services, f"site {site} has no {name}"
+            env = dict(environment_items(services[name]))
+            assert env.get("MEDSHARE_SITE") == site, name
+            assert env.get("MEDSHARE_SITES") == ",".join(SITES), name
+            assert env.get("MEDSHARE_ENV") == "production", name
+            # As the platform reads them: the plain (non-secret, non-interpolated) variables.
+            for var in [v for v in os.environ if v.startswith("MEDSHARE_")]:
+                monkeypatch.delenv(var)
+            for var, value in env.items():
+                if var.startswith("MEDSHARE_") and "${" not in value:
+                    monkeypatch.setenv(var, value)
+            seen = load_settings()
+            assert seen.site_id == site, name
+            assert host_port(seen.s3_endpoint)[0] == stores[letter], f"{name} must use its own store"
+            assert [host_port(e)[0] for e in seen.peer_endpoints] == [stores[o] for o in others], name
+            assert host_port(seen.cities_endpoint)[0] == "minio-cities", name
+            bootstrap = [host_port(b) for b in seen.kafka_bootstrap.split(",")]
+            assert bootstrap == [brokers[letter], *(brokers[o] for o in others)], (
+                f"{name} must list its own broker first, then the other site's: {bootstrap}"
+            )
+            # What it provisions or writes is its own store (and, provisioning, the cities').
+            assert {host_port(e)[0] for e in store_contents(seen, topology)} == {
+                stores[letter],
+                "minio-cities",
+            }
+            assert [u.rstrip("/") for u in load_api_settings().site_urls(seen)] == api_urls, name
+            deps = set(depends_on_names(services[name]))
+            assert {stores[letter], f"kafka-{letter}"} <= deps, f"{name} waits for {deps}"
+            assert not {stores[o] for o in others} & deps, f"{name} waits for the other site: {deps}"
+        api = services[f"sharing-api-{letter}"]
+        env = dict(environment_items(api))
+        # The URL the clients are given reaches this API: its host name and the port it listens on.
+        assert host_port(api_urls[list(SITES).index(site)])[0] == f"sharing-api-{letter}"
+        command = shlex.split(api["command"]) if isinstance(api["command"], str) else api["command"]
+        assert command[command.index("--port") + 1] == "8040", command
+        (published,) = api["ports"]
+        host_side, _, container_side = str(published).rpartition(":")
+        assert container_side == "8040", published
+        host_ports.add(host_side)
+        (volume,) = named_volumes(api)
+        assert any(str(v).endswith(":" + env["MEDSHARE_API_STATE_DIR"]) for v in api["volumes"])
+        api_volumes.add(volume)
+        instances.add(env.get("MEDSHARE_API_INSTANCE"))
+    assert len(host_ports) == len(SITES), f"the APIs need distinct host ports: {host_ports}"
+    assert len(api_volumes) == len(SITES), f"each API needs its own state volume: {api_volumes}"
+    assert len(instances) == len(SITES) and None not in instances, instances
+    # The analysts' one Spark cluster reads site A's lakehouse by default.
+    spark = dict(environment_items(services["spark-master"]))
+    assert host_port(spark["MEDSHARE_S3_ENDPOINT"])[0] == stores["a"]
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
