@@ -233,7 +233,8 @@ class OperationsLink:
     def _failed(self, what: str, exc: BaseException) -> None:
         message = f"{what}: {type(exc).__name__}: {exc}"
         if message != self.last_error:
-            log.warning("operations %s (retrying)", message)
+            expected = isinstance(exc, (KafkaError, sqlite3.Error, OSError))
+            log.warning("operations %s (retrying)", message, exc_info=not expected)
         self.last_error = message
         self._stop.wait(1.0)
 
@@ -249,7 +250,7 @@ class OperationsLink:
                     self.last_error = None
                 else:
                     self._stop.wait(self.interval)
-            except (KafkaError, sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # the loop outlives any one failure: the outbox keeps the changes
                 if producer is not None:
                     producer.close(timeout=0)
                     producer = None
@@ -269,7 +270,7 @@ class OperationsLink:
                 polled = consumer.poll(timeout_ms=250)
                 for records in polled.values():
                     self.applied += apply_records(self.db, self.topic, records, self.grants_path)
-            except (KafkaError, sqlite3.Error, OSError, AssertionError) as exc:
+            except Exception as exc:  # the loop outlives any one failure: the offset says where it was
                 if consumer is not None:
                     consumer.close()
                     consumer = None

@@ -26,10 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 from deltalake import DeltaTable
-from kafka.admin import NewTopic
 
 from infra import stack
-from lakehouse import kafka
 from lakehouse.contracts import Contract, load_contracts
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
@@ -84,12 +82,7 @@ def apis(
     sites: TwoSites, province: Province, topology: Topology, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ApiServer]]:
     """A sharing API at each site, over that site's copy of `province`, sharing one operations topic."""
-    topic = f"t{uuid.uuid4().hex[:8]}.operations"
-    client = kafka.admin(sites.settings)
-    try:
-        client.create_topics([NewTopic(topic, 1, len(SITES), topic_configs={"cleanup.policy": "compact"})])
-    finally:
-        client.close()
+    topic = f"t{uuid.uuid4().hex[:8]}.operations"  # one for both sites' servers (made as they start)
     audit = f"s3://{topology.province.buckets.audit}/sites-{uuid.uuid4().hex[:8]}"
     servers = {
         site: sites.api(

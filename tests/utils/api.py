@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class ApiServer:
     # kept only when extra_env sets MEDSHARE_API_SHARE_SYNC_SECONDS: building them costs CPU.
     share_root: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Its own operations topic (credentials, consents… changes), so that test servers do not apply
+    # each other's; made when the server starts. extra_env may name a shared one instead.
+    operations_topic: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.operations")
     process: subprocess.Popen[bytes] | None = None
     _operator: str | None = None
 
@@ -91,6 +95,7 @@ class ApiServer:
             "MEDSHARE_API_SHARE_SYNC_SECONDS": "0",
             # Tests send bad tokens on purpose from one address; the limit has a test of its own.
             "MEDSHARE_API_LOGIN_FAILURE_BURST": "1000000",
+            "MEDSHARE_API_OPERATIONS_TOPIC": self.operations_topic,
             **self.extra_env,
         }
 
@@ -106,7 +111,25 @@ class ApiServer:
             instance=self.instance,
         )
 
+    def _make_operations_topic(self) -> None:
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        from lakehouse import kafka
+        from lakehouse.topology import load_topology
+
+        topic = self.env["MEDSHARE_API_OPERATIONS_TOPIC"]
+        replicas = kafka.replicas(self.settings, load_topology(self.settings.platform_dir))
+        client = kafka.admin(self.settings)
+        try:
+            client.create_topics([NewTopic(topic, 1, replicas, topic_configs={"cleanup.policy": "compact"})])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            client.close()
+
     def start(self, *, timeout: float = 120.0) -> None:
+        self._make_operations_topic()
         # As deployed: the API never holds the object store's root secret.
         env = {k: v for k, v in os.environ.items() if k != "MEDSHARE_S3_ROOT_PASSWORD"} | self.env
         with self.log.open("ab") as out:
