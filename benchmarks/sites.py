@@ -71,7 +71,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +79,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 from deltalake import DeltaTable
 from kafka.admin import NewTopic
 
@@ -96,11 +95,19 @@ from lakehouse.settings import Settings, get_settings
 from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology, load_topology
 from sharing_api.client import FailoverClient
-from sharing_api.identities import parse_token
 from tests.utils.api import ApiServer
 from tests.utils.province import Province, build_province, write_province
 from tests.utils.replication import CITIES, curated_rows, hospitals, make_topics, write_city
-from tests.utils.sites import SITES, TwoSites, two_site_stack
+from tests.utils.sites import (
+    SITES,
+    Lookups,
+    TwoSites,
+    known_at,
+    patient_with_history,
+    stop,
+    two_site_stack,
+    until,
+)
 
 RESULTS = Path(__file__).parent / "results" / "sites.json"
 DATASETS = ("encounters", "patients")
@@ -522,92 +529,6 @@ def service_pids(sites: TwoSites, site: str) -> dict[str, int]:
     return found
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-
-
-# -- lookups --------------------------------------------------------------------------------------
-
-
-def history(client: httpx.Client | FailoverClient, province: Province, patient: int) -> httpx.Response:
-    return client.get(
-        "/v1/patients/history",
-        params={"purpose": "operations", "limit": 5},
-        headers={"X-Resident-Id": province.resident_ids[patient]},
-    )
-
-
-def patient_with_history(server: ApiServer, province: Province) -> tuple[int, str]:
-    """A patient whose home hospital sees rows of theirs (purpose operations: its own rows)."""
-    for patient, home in enumerate(province.home[:100]):
-        with server.client(server.issue(str(home))) as c:
-            response = history(c, province, patient)
-        if response.status_code == 200 and response.json()["entries"]:
-            return patient, str(home)
-    raise SystemExit("no patient with rows at their home hospital among the first 100")
-
-
-def known_at(server: ApiServer, token: str) -> bool:
-    import sqlite3
-
-    parsed = parse_token(token)
-    assert parsed is not None
-    db = server.api_settings().db_path(server.settings)  # type: ignore[no-untyped-call]
-    with sqlite3.connect(db) as conn:
-        found = conn.execute("SELECT COUNT(*) FROM credentials WHERE token_id = ?", (parsed[0],)).fetchone()
-    return bool(found[0])
-
-
-def until(what: str, ok: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not ok():
-        if time.monotonic() - started > timeout:
-            raise SystemExit(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
-@dataclass
-class Lookups:
-    """History lookups in a loop through the failover client, on a thread."""
-
-    client: FailoverClient
-    province: Province
-    patient: int
-    answers: list[tuple[float, float, int, str]] = field(default_factory=list)  # start, end, status, site
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                response = history(self.client, self.province, self.patient)
-            except Exception as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                continue
-            self.answers.append((started, time.monotonic(), response.status_code, self.client.site))
-            time.sleep(0.05)
-
-    def start(self) -> Lookups:
-        self.thread = threading.Thread(target=self.run, name="lookups", daemon=True)
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(60)
-        self.client.close()
-
-
 # -- the run ----------------------------------------------------------------------------------------
 
 
@@ -744,7 +665,7 @@ class Bench:
         api_a, api_b = self.apis[A], self.apis[B]
         load = Lookups(FailoverClient([api_a.url, api_b.url], token), self.province, patient).start()
         try:
-            until("lookups answered by A", lambda: any(a[3] == api_a.url for a in load.answers), 60)
+            until("lookups answered by A", lambda: any(a.site == api_a.url for a in load.answers), 60)
             time.sleep(1.0)
             outage = self.cities.commit_round()  # committed before the loss, published after
             lost_at = time.monotonic()
@@ -768,12 +689,12 @@ class Bench:
             time.sleep(1.0)  # a few more lookups at B
         finally:
             load.close()
-        before = [end for _, end, _, site in load.answers if end < lost_at and site == api_a.url]
-        after = [end for _, end, _, site in load.answers if end > lost_at and site == api_b.url]
-        ends = sorted(end for _, end, _, _ in load.answers)
+        before = [a.end for a in load.answers if a.end < lost_at and a.site == api_a.url]
+        after = [a.end for a in load.answers if a.end > lost_at and a.site == api_b.url]
+        ends = sorted(a.end for a in load.answers)
         first_b = min(after) - lost_at if after else None
         gap = next((b - a for a, b in itertools.pairwise(ends) if a <= lost_at < b), None)
-        bad = [status for *_, status, _ in load.answers if status != 200]
+        bad = [a.status for a in load.answers if a.status != 200]
         log(
             f"  lookups: first answer from B {first_b:.3f} s after the kill; {len(load.failures)} failed, "
             f"{len(bad)} not 200, of {len(load.answers)}"

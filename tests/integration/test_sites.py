@@ -13,17 +13,12 @@ per site (`medshare serve`, with its site's settings), each its own process.
 from __future__ import annotations
 
 import signal
-import sqlite3
-import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from deltalake import DeltaTable
 
@@ -49,7 +44,17 @@ from tests.utils.replication import (
     wait_verified,
     write_city,
 )
-from tests.utils.sites import SITES, TwoSites, two_site_stack
+from tests.utils.sites import (
+    SITES,
+    Lookups,
+    TwoSites,
+    history,
+    known_at,
+    patient_with_history,
+    stop,
+    two_site_stack,
+    until,
+)
 
 DATASETS = ("encounters", "patients")
 # A revocation or an opt-out made at one site holds at the other within this (issue 20).
@@ -100,35 +105,6 @@ def apis(
     finally:
         for server in servers.values():
             server.stop()
-
-
-def history(client: httpx.Client | FailoverClient, province: Province, patient: int) -> httpx.Response:
-    return client.get(
-        "/v1/patients/history",
-        params={"purpose": "operations", "limit": 5},
-        headers={"X-Resident-Id": province.resident_ids[patient]},
-    )
-
-
-def until(what: str, ok: Callable[[], bool], timeout: float) -> float:
-    """Seconds until `ok()` holds; fails after `timeout`."""
-    started = time.monotonic()
-    while not ok():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-def patient_with_history(server: ApiServer, province: Province) -> tuple[int, str]:
-    """A patient whose home hospital sees rows of theirs (purpose operations: its own rows)."""
-    for patient, home in enumerate(province.home[:100]):
-        token = server.issue(str(home))
-        with server.client(token) as c:
-            response = history(c, province, patient)
-        if response.status_code == 200 and response.json()["entries"]:
-            return patient, str(home)
-    raise AssertionError("no patient with rows at their home hospital among the first 100")
 
 
 def test_a_revocation_and_an_opt_out_at_one_site_hold_at_the_other_within_seconds(
@@ -186,16 +162,6 @@ def publish_all(
         publish(sites.settings, layout, city, contracts, key)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-
-
 def test_the_clinician_page_carries_on_at_the_other_site(
     apis: dict[str, ApiServer], province: Province
 ) -> None:
@@ -221,40 +187,6 @@ def test_the_clinician_page_carries_on_at_the_other_site(
             assert page.evaluate("() => document.body.dataset.site") == b.url
         finally:
             a.start()
-
-
-@dataclass
-class Lookups:
-    """A steady load of history lookups through the failover client, on a thread."""
-
-    client: FailoverClient
-    province: Province
-    patient: int
-    answers: list[tuple[float, float, int, str, str]] = field(
-        default_factory=list
-    )  # start, end, status, site, id
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                response = history(self.client, self.province, self.patient)
-            except Exception as exc:  # counted: after the failover no request may fail
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                continue
-            rid = response.headers.get("x-request-id", "")
-            self.answers.append((started, time.monotonic(), response.status_code, self.client.site, rid))
-            time.sleep(0.05)
-
-
-def known_at(server: ApiServer, *tokens: str) -> bool:
-    ids = [parse_token(t)[0] for t in tokens]  # type: ignore[index]
-    with sqlite3.connect(server.api_settings().db_path(server.settings)) as conn:
-        marks = ",".join("?" * len(ids))
-        found = conn.execute(f"SELECT COUNT(*) FROM credentials WHERE token_id IN ({marks})", ids).fetchone()
-    return bool(found[0] == len(ids))
 
 
 def audit_ids(settings: Settings, uri: str, token_ids: set[str]) -> Counter[str]:
@@ -293,7 +225,6 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
     # Applied at B before A goes (read from B's database: a request would be audited).
     until("A's credentials applied at B", lambda: known_at(api_b, token, counted), 30)
     load = Lookups(FailoverClient([api_a.url, api_b.url], token), province, patient)
-    loader = threading.Thread(target=load.run, name="lookups", daemon=True)
     sequential: list[str] = []
 
     def lookup_at(server: ApiServer) -> None:
@@ -308,7 +239,7 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
         publish_all(sites, layout, contracts, key)
         wait_verified(sites.settings, layout, contracts, key, sites=[a, b], datasets=DATASETS, timeout=180)
         both_after = time.monotonic() - started
-        loader.start()
+        load.start()
         for n in range(10):  # spread over both sites
             lookup_at(api_a if n % 2 else api_b)
 
@@ -332,15 +263,14 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
         published_after = time.monotonic() - lost_at
         wait_verified(sites.settings, layout, contracts, key, sites=[b], datasets=DATASETS, timeout=180)
         b_complete_after = time.monotonic() - lost_at
-        load.stop.set()
-        loader.join(60)
+        load.close()
 
         # Lookups: answered by A before the loss, by B after, none failed; the first answer after
         # the loss came within the RTO.
         assert not load.failures, load.failures[:5]
-        assert all(status == 200 for _, _, status, _, _ in load.answers), Counter(a[2] for a in load.answers)
-        before = [end for _, end, _, site, _ in load.answers if end < lost_at and site == api_a.url]
-        after = [end for start, end, _, site, _ in load.answers if end > lost_at and site == api_b.url]
+        assert all(a.status == 200 for a in load.answers), Counter(a.status for a in load.answers)
+        before = [a.end for a in load.answers if a.end < lost_at and a.site == api_a.url]
+        after = [a.end for a in load.answers if a.end > lost_at and a.site == api_b.url]
         assert before and after
         rto = min(after) - lost_at
         assert rto <= RTO_SECONDS
@@ -357,7 +287,7 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
 
         # The audit trail, in both sites: the N sequential requests exactly once each; every
         # answered lookup once (plus at most the one in flight when A died, journaled there).
-        answered = {rid for *_, rid in load.answers}
+        answered = {a.request_id for a in load.answers}
         ids = {t: parse_token(t)[0] for t in (token, counted)}  # type: ignore[index]
         for site in (a, b):
 
@@ -385,8 +315,7 @@ def test_a_site_killed_loses_nothing_and_catches_up_by_itself(
             f"{b_complete_after:.1f} s; site A back and caught up after {caught_up_after:.1f} s"
         )
     finally:
-        load.stop.set()
-        load.client.close()
+        load.close()
         for proc in replicators.values():
             stop(proc)
     for site in SITES:

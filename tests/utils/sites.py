@@ -10,20 +10,29 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+import httpx
 
 from infra import process, stack
 from infra.provision import provision_storage
 from infra.services import minio_spec
 from lakehouse.settings import Settings, load_settings
 from lakehouse.topology import Topology
+from sharing_api.client import FailoverClient
+from sharing_api.identities import parse_token
 from tests.utils.api import ApiServer
+from tests.utils.province import Province
 
 SITES = ("henan-dc-a", "henan-dc-b")
 STEP = 10
@@ -135,3 +144,102 @@ def two_site_stack(topology: Topology, cache_dir: Path) -> Iterator[TwoSites]:
         stack.down(settings)
         process.stop(cities_store)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- lookups against both sites' APIs (the tests and benchmarks/sites.py) ------------------------
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a minute."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def until(what: str, ok: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `ok()` holds; AssertionError after `timeout`."""
+    started = time.monotonic()
+    while not ok():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def history(client: httpx.Client | FailoverClient, province: Province, patient: int) -> httpx.Response:
+    """A hospital's history lookup of one patient, for its own rows (purpose operations)."""
+    return client.get(
+        "/v1/patients/history",
+        params={"purpose": "operations", "limit": 5},
+        headers={"X-Resident-Id": province.resident_ids[patient]},
+    )
+
+
+def patient_with_history(server: ApiServer, province: Province) -> tuple[int, str]:
+    """A patient whose home hospital sees rows of theirs, and that hospital."""
+    for patient, home in enumerate(province.home[:100]):
+        with server.client(server.issue(str(home))) as c:
+            response = history(c, province, patient)
+        if response.status_code == 200 and response.json()["entries"]:
+            return patient, str(home)
+    raise AssertionError("no patient with rows at their home hospital among the first 100")
+
+
+def known_at(server: ApiServer, *tokens: str) -> bool:
+    """Whether the server's database holds these credentials (read directly: a request would be
+    audited)."""
+    ids = [parse_token(t)[0] for t in tokens]  # type: ignore[index]
+    with sqlite3.connect(server.api_settings().db_path(server.settings)) as conn:
+        marks = ",".join("?" * len(ids))
+        found = conn.execute(f"SELECT COUNT(*) FROM credentials WHERE token_id IN ({marks})", ids).fetchone()
+    return bool(found[0] == len(ids))
+
+
+class Answer(NamedTuple):
+    start: float
+    end: float
+    status: int
+    site: str  # the URL of the site that answered
+    request_id: str
+
+
+@dataclass
+class Lookups:
+    """History lookups in a loop through the failover client, on a thread."""
+
+    client: FailoverClient
+    province: Province
+    patient: int
+    answers: list[Answer] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                response = history(self.client, self.province, self.patient)
+            except Exception as exc:  # counted: after the failover no lookup may fail
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            rid = response.headers.get("x-request-id", "")
+            self.answers.append(
+                Answer(started, time.monotonic(), response.status_code, self.client.site, rid)
+            )
+            time.sleep(0.05)
+
+    def start(self) -> Lookups:
+        self.thread = threading.Thread(target=self.run, name="lookups", daemon=True)
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(60)
+        self.client.close()
