@@ -107,7 +107,7 @@ def apis(
             server.stop()
 
 
-def test_a_revocation_and_an_opt_out_at_one_site_hold_at_the_other_within_seconds(
+def test_a_revocation_an_opt_out_and_a_grant_at_one_site_hold_at_the_other_within_seconds(
     apis: dict[str, ApiServer], province: Province
 ) -> None:
     a, b = (apis[s] for s in SITES)
@@ -141,6 +141,28 @@ def test_a_revocation_and_an_opt_out_at_one_site_hold_at_the_other_within_second
         )
         assert seconds <= PROPAGATION_SECONDS
         assert history(at_a, province, patient).json()["errorCode"] == "consent_denied"
+
+    # A grant added at A is in force at B: the whole document, the same version at both sites.
+    grant = {
+        "id": "sites-test-research",
+        "description": "A grant added at one site",
+        "recipient": {"hospitals": [hospital]},
+        "datasets": ["diagnoses"],
+        "purposes": ["research"],
+        "scope": "own_hospital",
+    }
+    with (
+        a.client(a.issue("ops-a", operator=True)) as op_a,
+        b.client(b.issue("ops-b3", operator=True)) as op_b,
+    ):
+        added = op_a.post("/v1/admin/grants", json=grant)
+        assert added.status_code == 201, added.text
+
+        def in_force_at_b() -> bool:
+            return any(g["id"] == grant["id"] for g in op_b.get("/v1/admin/grants").json()["grants"])
+
+        assert until("A's grant in force at B", in_force_at_b, 30) <= PROPAGATION_SECONDS
+        assert op_b.get("/v1/admin/grants").json()["version"] == added.json()["version"]
 
 
 def commit_round(
