@@ -370,7 +370,7 @@ def history(
     if response.status_code != 200:
         fail(MedshareError(f"{site} answered {response.status_code}: {response.text[:500]}"))
     body = response.json()
-    console.print_json(json.dumps(body))
+    typer.echo(json.dumps(body, ensure_ascii=False, indent=2))  # the data on stdout, for pipes
     console.print(f"{len(body.get('entries', []))} entr(ies) from {site}", style="dim")
 
 

@@ -12,7 +12,11 @@ per site (`medshare serve`, with its site's settings), each its own process.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -207,6 +211,21 @@ def test_the_clinician_page_carries_on_at_the_other_site(
             assert page.locator("#error").is_hidden(), page.text_content("#error")
             assert page.locator("#timeline tr.entry").count() == shown
             assert page.evaluate("() => document.body.dataset.site") == b.url
+
+            # So does the command line, given both sites (A first).
+            command = ["history", province.resident_ids[patient], "--purpose", "operations"]
+            done = subprocess.run(
+                [sys.executable, "-m", "medshare", *command, "--url", a.url, "--url", b.url],
+                env={**os.environ, "MEDSHARE_API_TOKEN": token},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["entries"], done.stdout  # the history, as JSON on stdout
+            assert f"from {b.url}" in done.stderr
+            assert province.resident_ids[patient] not in done.stdout + done.stderr
         finally:
             a.start()
 
