@@ -96,7 +96,7 @@ from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credent
 from lakehouse.topology import Topology, load_topology
 from sharing_api.client import FailoverClient
 from tests.utils.api import ApiServer
-from tests.utils.province import Province, build_province, write_province
+from tests.utils.province import Province
 from tests.utils.replication import CITIES, curated_rows, hospitals, make_topics, write_city
 from tests.utils.sites import (
     SITES,
@@ -104,6 +104,7 @@ from tests.utils.sites import (
     TwoSites,
     known_at,
     patient_with_history,
+    provincial_tables,
     stop,
     two_site_stack,
     until,
@@ -769,17 +770,6 @@ class Bench:
         }
 
 
-def provincial_tables(sites: TwoSites, topology: Topology, key: ProvinceKey) -> Province:
-    """The same small provincial lakehouse in both sites' stores, for the APIs to serve."""
-    contracts = load_contracts(sites.settings.platform_dir)
-    data = build_province(topology, contracts, key, patients=300, encounters=2400, seed=5)
-    root = f"s3://{topology.province.buckets.lakehouse}/bench-sites-api-{uuid.uuid4().hex[:8]}"
-    for site in SITES:
-        settings = sites.site(site)
-        write_province(data, root, delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE)))
-    return data
-
-
 def summary(results: dict[str, Any]) -> str:
     lag, cost = results["lag"], results["lag"]["cost"]
     diff = lag["a_b_abs_diff"]
@@ -866,7 +856,7 @@ def main() -> None:
         key = ProvinceKey.from_settings(sites.settings)
         layout = ReplicationLayout(topology, f"bench{uuid.uuid4().hex[:6]}")
         make_topics(sites.settings, layout)
-        province = provincial_tables(sites, topology, key)
+        province = provincial_tables(sites, topology, "bench-sites-api")
         topic = f"bench{uuid.uuid4().hex[:6]}.operations"
         admin = kafka.admin(sites.settings)
         try:

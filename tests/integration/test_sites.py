@@ -27,17 +27,17 @@ import pytest
 from deltalake import DeltaTable
 
 from infra import stack
-from lakehouse.contracts import Contract, load_contracts
+from lakehouse.contracts import Contract
 from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.replication.layout import ReplicationLayout
 from lakehouse.settings import Settings
-from lakehouse.storage import AUDIT_SITE, PROVINCE_SITE, delta_storage_options, site_credentials
+from lakehouse.storage import AUDIT_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 from sharing_api.client import FailoverClient
 from sharing_api.identities import parse_token
 from tests.utils.api import ApiServer
 from tests.utils.browser import TIMEOUT_MS, chromium_page, look_up, sign_in
-from tests.utils.province import Province, build_province, write_province
+from tests.utils.province import Province
 from tests.utils.replication import (
     CITIES,
     assert_province_holds_the_cities,
@@ -55,6 +55,7 @@ from tests.utils.sites import (
     history,
     known_at,
     patient_with_history,
+    provincial_tables,
     stop,
     two_site_stack,
     until,
@@ -76,14 +77,7 @@ def sites(settings: Settings, topology: Topology) -> Iterator[TwoSites]:
 @pytest.fixture(scope="module")
 def province(sites: TwoSites, topology: Topology) -> Province:
     """The same small provincial lakehouse in both sites' stores, for the APIs to serve."""
-    contracts = load_contracts(sites.settings.platform_dir)
-    key = ProvinceKey.from_settings(sites.settings)
-    data = build_province(topology, contracts, key, patients=300, encounters=2400, seed=5)
-    root = f"s3://{topology.province.buckets.lakehouse}/sites-api-{uuid.uuid4().hex[:8]}"
-    for site in SITES:
-        settings = sites.site(site)
-        write_province(data, root, delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE)))
-    return data
+    return provincial_tables(sites, topology, "sites-api")
 
 
 @pytest.fixture(scope="module")

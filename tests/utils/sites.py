@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ import httpx
 from infra import process, stack
 from infra.provision import provision_storage
 from infra.services import minio_spec
+from lakehouse.contracts import load_contracts
+from lakehouse.pseudonyms import ProvinceKey
 from lakehouse.settings import Settings, load_settings
+from lakehouse.storage import PROVINCE_SITE, delta_storage_options, site_credentials
 from lakehouse.topology import Topology
 from sharing_api.client import FailoverClient
 from sharing_api.identities import parse_token
 from tests.utils.api import ApiServer
-from tests.utils.province import Province
+from tests.utils.province import Province, build_province, write_province
 
 SITES = ("henan-dc-a", "henan-dc-b")
 STEP = 10
@@ -144,6 +148,19 @@ def two_site_stack(topology: Topology, cache_dir: Path) -> Iterator[TwoSites]:
         stack.down(settings)
         process.stop(cities_store)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def provincial_tables(sites: TwoSites, topology: Topology, prefix: str) -> Province:
+    """The same small provincial lakehouse in every site's store (under `prefix-<random>` of the
+    lakehouse bucket), for the sites' APIs to serve."""
+    contracts = load_contracts(sites.settings.platform_dir)
+    key = ProvinceKey.from_settings(sites.settings)
+    data = build_province(topology, contracts, key, patients=300, encounters=2400, seed=5)
+    root = f"s3://{topology.province.buckets.lakehouse}/{prefix}-{uuid.uuid4().hex[:8]}"
+    for site in SITES:
+        settings = sites.site(site)
+        write_province(data, root, delta_storage_options(settings, site_credentials(settings, PROVINCE_SITE)))
+    return data
 
 
 # -- lookups against both sites' APIs (the tests and benchmarks/sites.py) ------------------------
